@@ -1,0 +1,103 @@
+"""The CLI through real subprocesses: files written, JSON parses, bad input gives one line."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import random_image
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "zsfinercam", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "bird photo.png"
+    Image.fromarray(random_image(0, 45, 60)).save(path)
+    return path
+
+
+def tiny_args(tiny_files):
+    cfg, weights = tiny_files
+    return ["--model", "tiny", "--model-config", cfg, "--pretrained", weights, "--device", "cpu"]
+
+
+def test_locate_json_and_files(tiny_files, image, tmp_path):
+    out = tmp_path / "out"
+    proc = run("locate", image, "red hawk", "barn owl", "Ωμέγα/鳥", *tiny_args(tiny_files), "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["concept"] for r in records] == ["red hawk", "barn owl", "Ωμέγα/鳥"]
+    for r in records:
+        assert set(r) >= {"concept", "references", "scores", "peak", "bbox", "files"}
+        assert r["contrast"] == "logits" and r["concept"] not in r["references"] and r["references"]
+        x, y = r["peak"]
+        assert 0 <= x < 60 and 0 <= y < 45
+        for path in r["files"].values():
+            assert os.path.isfile(path) and os.path.dirname(path) == str(out)
+        assert Image.open(r["files"]["overlay"]).size == (60, 45)
+        assert np.load(r["files"]["heatmap"]).shape == (45, 60)
+
+
+def test_locate_with_explicit_references_prints_a_summary(tiny_files, image, tmp_path):
+    proc = run("locate", image, "hawk", "--vs", "owl", "--vs", "eagle", *tiny_args(tiny_files), "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("hawk: score") and "vs [owl, eagle]" in proc.stdout
+
+
+def test_models_lists_the_embedded_model():
+    proc = run("models", "toy")
+    assert proc.returncode == 0 and proc.stdout.splitlines()[1].split()[0] == "toy"
+
+
+@pytest.fixture(scope="module")
+def not_an_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bad") / "notes.jpg"
+    path.write_bytes(b"this is not a jpeg")
+    return path
+
+
+BAD = [
+    # (arguments after IMAGE, exit code, fragment of the message)
+    (["hawk", "--alpha", "nan"], 2, "--alpha"),
+    (["hawk", "--alpha", "-1"], 2, "--alpha"),
+    (["   "], 2, "empty or blank"),
+    (["hawk", "--image-size", "30"], 2, "multiple of the patch size"),
+    (["hawk", "--vocab", "no_such_vocab"], 2, "no_such_vocab"),
+    (["hawk"], 2, "nothing to contrast with"),
+    (["hawk", "--model", "ViT-B-32", "--pretrained", "openai", "--model-config", ""], 1, "not in the local cache"),
+]
+
+
+@pytest.mark.parametrize("extra, code, fragment", BAD)
+def test_bad_input_one_line_no_traceback(tiny_files, image, tmp_path, extra, code, fragment):
+    before = hashlib.sha1(image.read_bytes()).hexdigest()
+    args = tiny_args(tiny_files)
+    if "--model" in extra:
+        args = ["--device", "cpu"]
+        extra = [e for e in extra if e not in ("--model-config", "")]
+    proc = run("locate", image, *extra, *args, "--out", tmp_path / "o")
+    assert proc.returncode == code, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert fragment in lines[0]
+    assert hashlib.sha1(image.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.parametrize("which, code, fragment", [
+    ("missing", 2, "does not exist"), ("folder", 2, "is a directory"), ("garbage", 1, "not an image")])
+def test_bad_image_files(tiny_files, not_an_image, tmp_path, which, code, fragment):
+    path = {"missing": tmp_path / "nope.png", "folder": tmp_path, "garbage": not_an_image}[which]
+    proc = run("locate", path, "hawk", "--vs", "owl", *tiny_args(tiny_files), "--out", tmp_path / "o")
+    assert proc.returncode == code, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and fragment in proc.stderr, proc.stderr

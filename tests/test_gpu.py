@@ -1,0 +1,47 @@
+"""CUDA checks: the fused kernel against the torch reference, the GPU engine against the CPU one.
+
+Skipped where there is no GPU (CI); run on a GPU machine with `pytest tests/test_gpu.py`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_image
+from zsfinercam.kernels import token_maps, token_maps_torch, triton_available
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("shape", [(1, 196, 768, 16), (2, 1024, 768, 64), (3, 1369, 1024, 5), (1, 49, 32, 1)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_kernel_matches_reference_on_cuda(shape, dtype):
+    if not triton_available():
+        pytest.skip("triton unavailable")
+    b, n, d, m = shape
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(b, n, d, device="cuda", generator=g).to(dtype)
+    w = torch.randn(b, m, d, device="cuda", generator=g).to(dtype)
+    raw, norm = token_maps(a, w, impl="triton")
+    raw_ref, norm_ref = token_maps_torch(a, w)
+    torch.testing.assert_close(raw, raw_ref, rtol=1e-4, atol=1e-3 * raw_ref.abs().max().item())
+    torch.testing.assert_close(norm, norm_ref, rtol=0, atol=2e-4)
+
+
+def test_gpu_maps_match_cpu_maps(tiny_files):
+    import zsfinercam as zf
+
+    cfg, weights = tiny_files
+    images = [random_image(1), random_image(2)]
+    concepts = ["cat", "dog", "bird", "owl"]
+    got = {}
+    for device in ("cpu", "cuda"):
+        loc = zf.Localizer.from_pretrained("t", str(weights), model_config=str(cfg), device=device, cache_dir=None)
+        got[device] = loc.locate_many(images, concepts)
+    for cpu_row, gpu_row in zip(got["cpu"], got["cuda"]):
+        for c, g in zip(cpu_row, gpu_row):
+            assert c.references == g.references
+            peak = max(c.token_map.max(), 1e-12)
+            np.testing.assert_allclose(g.token_map / peak, c.token_map / peak, atol=5e-2)
+            assert np.corrcoef(g.token_map.ravel(), c.token_map.ravel())[0, 1] > 0.99

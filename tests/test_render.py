@@ -1,0 +1,93 @@
+"""Rendering and the result type: exact peaks and boxes, types preserved, files round-trip."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zsfinercam import render
+from zsfinercam.result import LocateResult, safe_stem
+
+
+def hand_map():
+    m = np.zeros((6, 8), np.float32)
+    m[1:3, 1:4] = 0.6   # a warm block
+    m[2, 2] = 1.0       # the peak inside it
+    m[5, 7] = 0.7       # a separate hot pixel, not connected to the peak
+    return m
+
+
+def test_peak_and_box_of_the_region_holding_the_peak():
+    m = hand_map()
+    assert render.peak(m) == (2, 2)
+    assert render.bbox(m, 0.5) == (1, 1, 3, 2)
+    assert render.bbox(m, 0.65) == (2, 2, 2, 2)
+    assert render.bbox(np.zeros((3, 3), np.float32)) is None
+
+
+def test_upsample_keeps_range_and_size():
+    up = render.upsample(hand_map(), (30, 41))
+    assert up.shape == (30, 41) and up.dtype == np.float32
+    assert 0.0 <= up.min() and up.max() <= 1.0
+
+
+@pytest.mark.parametrize("as_pil", [True, False])
+def test_overlay_returns_the_type_it_was_given_and_leaves_the_input_alone(as_pil):
+    arr = np.full((6, 8, 3), 100, np.uint8)
+    image = Image.fromarray(arr) if as_pil else arr
+    out = render.overlay(image, hand_map(), alpha=0.5)
+    assert isinstance(out, Image.Image) == as_pil
+    got = np.asarray(out)
+    assert got.shape == (6, 8, 3) and not np.array_equal(got, arr)
+    np.testing.assert_array_equal(np.asarray(image), np.full((6, 8, 3), 100, np.uint8))
+    # hottest pixel leans red, coldest leans blue (JET)
+    assert got[2, 2, 0] > got[2, 2, 2] and got[0, 0, 2] > got[0, 0, 0]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("red-tailed hawk", "red-tailed-hawk-"),
+    ("a/b\\c:d", "a-b-c-d-"),
+    ("Ωμέγα 鳥", "ωμέγα-鳥-"),
+    ("...", ""),
+])
+def test_safe_stems(text, expected):
+    stem = safe_stem(text)
+    assert stem.startswith(expected) and "/" not in stem and "\\" not in stem
+    assert len(stem.split("-")[-1]) == 8
+
+
+def test_safe_stems_are_short_and_distinct():
+    long_a, long_b = "x" * 500 + "a", "x" * 500 + "b"
+    assert len(safe_stem(long_a)) <= 57 and safe_stem(long_a) != safe_stem(long_b)
+
+
+def make_result(**over):
+    image = np.zeros((6, 8, 3), np.uint8)
+    kw = dict(concept="hawk", references=("owl",), scores={"hawk": 2.0, "owl": 1.0},
+              token_map=np.ones((2, 2), np.float32), heatmap=hand_map(), image=image)
+    kw.update(over)
+    return LocateResult(**kw)
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"token_map": np.ones(4)}, "expected token_map of shape"),
+    ({"heatmap": np.zeros((5, 8), np.float32)}, r"expected heatmap of shape \(6, 8\)"),
+    ({"heatmap": hand_map() * 2}, r"values in \[0, 1\]"),
+    ({"image": np.zeros((6, 8), np.uint8)}, "expected image"),
+])
+def test_result_validation(over, message):
+    with pytest.raises(ValueError, match=message):
+        make_result(**over)
+
+
+def test_save_round_trip(tmp_path):
+    res = make_result()
+    files = res.save(tmp_path / "out", "hawk")
+    np.testing.assert_array_equal(np.load(files["heatmap"]), res.heatmap)
+    record = json.loads(open(files["json"], encoding="utf-8").read())
+    assert record["peak"] == [2, 2] and record["bbox"] == [1, 1, 3, 2]
+    assert record["references"] == ["owl"] and record["token_map"] == [[1.0, 1.0], [1.0, 1.0]]
+    assert Image.open(files["overlay"]).size == (8, 6)
+    assert not list((tmp_path / "out").glob(".tmp-*"))

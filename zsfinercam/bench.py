@@ -1,0 +1,449 @@
+"""Speed and memory of the fast path against a plain forward and pytorch-grad-cam (DESIGN.md).
+
+All methods run in one process, interleaved: every round runs each once, the first round is a
+warm-up, medians are reported.
+- floor: the model's own image tower (`encode_image`) at the run size, no grad, same autocast
+  as our trunk (bfloat16 on CUDA, none on CPU);
+- ours: `Localizer.locate_many(image(s), K concepts, vs=references)`, text embeddings warm;
+- gradcam: pytorch-grad-cam `FinerCAM`, one call per concept (how its users run it), on
+  logits = logit_scale * normalize(encode_image(x)) @ T^T, same autocast as the floor. By
+  default a few calls per round are timed and the per-concept median is multiplied by K
+  (marked extrapolated); `gradcam_full` times all K calls;
+- jacobian: the first `locate_many` on fresh cached features (it builds the per-image Jacobian);
+- cached: later calls on those features, text warm; cached+text: prompts never seen before,
+  so the text tower runs (the default template set, and a single template).
+Peak memory above the loaded model, one call per method. CUDA: max_memory_allocated during
+the call minus memory_allocated before it. CPU: a child process per method and configuration
+loads the model, prepares inputs and text, imports everything, returns freed heap to the
+system (malloc_trim), resets the peak RSS (/proc/self/clear_refs) and reports peak RSS minus
+RSS before the call. No call precedes it, so one-time allocations count for every method.
+"""
+from __future__ import annotations
+
+import copy
+import ctypes
+import dataclasses
+import functools
+import gc
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SINGLE_TEMPLATE = ("a photo of a {}.",)
+TARGET_B, TARGET_K = 1, 16
+TARGETS = (  # (row key, limit or None = reported only, what, unit)
+    ("ours_over_floor", 1.0, "16 concepts, one image: ours", "x a plain forward"),
+    ("speedup_vs_gradcam", 40.0, "16 concepts: speed-up over pytorch-grad-cam FinerCAM", "x"),
+    ("mem_ours_over_floor", 1.2, "16 concepts: peak memory above the model, ours", "x a plain forward's"),
+    ("cached_over_floor", 0.05, "16 new prompts on a cached image, text warm", "x a plain forward"),
+    ("cached_text_over_floor", None, "16 new prompts on a cached image with their text ({} templates)",
+     "x a plain forward"),
+    ("cached_text1_over_floor", None, "16 new prompts on a cached image with their text (1 template)",
+     "x a plain forward"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What to measure. `batches` / `rounds` None pick device defaults: B=(1,) and 3 rounds on
+    CPU (the default grid then takes ~10-15 min on 2 idle cores); B=(1, 8), 10 rounds on CUDA."""
+
+    model: str = "ViT-B-16"
+    pretrained: str | None = None  # None = random weights (speed does not depend on them)
+    model_config: str | None = None
+    sizes: tuple[int, ...] = (224, 448)
+    ks: tuple[int, ...] = (1, 4, 16, 64)
+    batches: tuple[int, ...] | None = None
+    rounds: int | None = None
+    device: str = "auto"
+    gradcam: bool = True
+    gradcam_calls: int = 1  # pytorch-grad-cam calls timed per round and (size, B), extrapolated to K
+    gradcam_full: bool = False  # time all K calls instead
+    memory: bool = True
+    threads: int | None = None  # torch.set_num_threads during the run; None leaves torch's default
+    references: int = 3  # explicit references for every concept (keeps the objective count at K)
+
+    def __post_init__(self) -> None:
+        for name in ("sizes", "ks", "batches"):
+            value = getattr(self, name)
+            if value is not None or name != "batches":
+                if not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+                    raise ValueError(f"expected {name} to be a non-empty tuple of positive ints, got {value!r}")
+                object.__setattr__(self, name, tuple(value))
+        for name in ("rounds", "threads", "gradcam_calls", "references"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"expected {name} to be a positive int or None, got {value!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"expected device auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclasses.dataclass(eq=False)
+class _Setup:
+    """One run size: the localizer, the plain model, inputs, concept names, cached features per B."""
+
+    size: int
+    loc: object
+    head: nn.Module
+    pixels: dict
+    images: list
+    warm: list
+    refs: list
+    fresh: object  # iterator over concept names never encoded before
+    feats: dict
+
+    def image_arg(self, batch: int):
+        return self.images[0] if batch == 1 else self.images[:batch]
+
+    def new_names(self, k: int) -> list[str]:
+        return list(itertools.islice(self.fresh, k))
+
+
+class _ZeroShotHead(nn.Module):
+    """x -> scale * normalize(visual(x)) @ T^T: the plain model, as a pytorch-grad-cam user writes it."""
+
+    def __init__(self, visual: nn.Module, text: torch.Tensor, scale: float, dtype):
+        super().__init__()
+        self.visual, self.text, self.scale, self.dtype = visual, text, scale, dtype
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            return self.visual(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(self.embed(x).float(), dim=-1) @ self.text.T
+
+
+def _plain_visual(loc) -> nn.Module:
+    """The image tower at the run size: the model's own, or a shallow copy sharing every weight
+    with its own resampled position embedding (the caller's model is never changed)."""
+    visual, grid = loc.backend.model.visual, tuple(loc.config.grid_size)
+    if tuple(visual.grid_size) == grid:
+        return visual
+    from timm.layers import resample_abs_pos_embed
+
+    pe = resample_abs_pos_embed(visual.positional_embedding.detach()[None], new_size=list(grid),
+                                old_size=list(visual.grid_size), num_prefix_tokens=loc.config.num_prefix_tokens)
+    clone = copy.copy(visual)
+    clone._parameters = dict(visual._parameters)
+    clone.positional_embedding = nn.Parameter(pe[0].clone(), requires_grad=False)
+    return clone
+
+
+def _fresh_names(pool: list[str]):
+    for j in itertools.count():
+        yield from (name if j == 0 else f"{name} {j}" for name in pool)
+
+
+def _prepare(cfg: BenchConfig, size: int, device: torch.device, batches, cached: bool) -> _Setup:
+    from .images import to_pixels
+    from .localizer import Localizer
+    from .vocab import load_vocab
+
+    loc = Localizer.from_pretrained(cfg.model, cfg.pretrained, model_config=cfg.model_config,
+                                    device=str(device), image_size=size, cache_dir=None)
+    pool, k = load_vocab("imagenet1k"), max(cfg.ks)
+    warm, refs = pool[:k], pool[k:k + cfg.references]
+    text = loc.encode_text(warm + refs)  # now in the in-memory text cache
+    loc.encode_text(refs, list(SINGLE_TEMPLATE))
+    rng = np.random.RandomState(size)
+    images = [(rng.rand(size, size, 3) * 255).astype(np.uint8) for _ in range(max(batches))]
+    c = loc.config
+    pixels = {b: to_pixels(images[:b], c.image_size, c.mean, c.std).to(device) for b in batches}
+    head = _ZeroShotHead(_plain_visual(loc), text, loc.backend.logit_scale, loc.backend.autocast_dtype)
+    s = _Setup(size, loc, head, pixels, images, warm, refs, _fresh_names(pool[k + cfg.references:]), {})
+    if cached:
+        s.feats = {b: loc.encode_image(s.image_arg(b)) for b in batches}
+    return s
+
+
+def _floor(s: _Setup, b: int):
+    with torch.inference_mode():
+        return s.head.embed(s.pixels[b])
+
+
+def _ours(s: _Setup, b: int, k: int):
+    return s.loc.locate_many(s.image_arg(b), s.warm[:k], vs=s.refs)
+
+
+def _tokens_to_grid(tokens: torch.Tensor, grid, prefix: int, batch_first: bool) -> torch.Tensor:
+    t = (tokens if batch_first else tokens.transpose(0, 1))[:, prefix:].float()
+    return t.reshape(t.shape[0], grid[0], grid[1], t.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _gradcam(s: _Setup, b: int, concept: str):
+    """One pytorch-grad-cam FinerCAM call: the map of one concept in each of the b images."""
+    from pytorch_grad_cam import FinerCAM
+    from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
+
+    names, blocks = s.warm + s.refs, s.head.visual.transformer
+    reshape = functools.partial(_tokens_to_grid, grid=s.loc.config.grid_size,
+                                prefix=s.loc.config.num_prefix_tokens, batch_first=blocks.batch_first)
+    target = FinerWeightedTarget(names.index(concept), [names.index(r) for r in s.refs], 1.0)
+    with FinerCAM(s.head, [blocks.resblocks[-1].ln_1], reshape) as cam:  # hooks live for this call only
+        maps = cam(s.pixels[b], targets=[target] * b)
+    s.head.zero_grad(set_to_none=True)  # its parameter gradients would stay allocated otherwise
+    return maps
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _round(cfg: BenchConfig, setups, batches, samples, device) -> None:
+    """Every method once per (size, B, K); samples None = warm-up (one pytorch-grad-cam call)."""
+    def timed(key, fn) -> None:
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        if samples is not None:
+            samples[key].append(time.perf_counter() - start)
+
+    for s, b in itertools.product(setups, batches):
+        timed((s.size, b, 0, "floor"), lambda: _floor(s, b))
+        calls = 0 if not cfg.gradcam else 1 if samples is None else 0 if cfg.gradcam_full else cfg.gradcam_calls
+        for i in range(calls):  # warm-up: one call; full: timed per K below
+            timed((s.size, b, 0, "gradcam1"), lambda: _gradcam(s, b, s.warm[i % len(s.warm)]))
+        feats = dataclasses.replace(s.feats[b], jacobian=None)
+        timed((s.size, b, 0, "jacobian"), lambda: s.loc.locate_many(feats, s.warm[:1], vs=s.refs))
+        for k in cfg.ks:
+            timed((s.size, b, k, "ours"), lambda: _ours(s, b, k))
+            if cfg.gradcam and cfg.gradcam_full and samples is not None:
+                timed((s.size, b, k, "gradcam"), lambda: [_gradcam(s, b, c) for c in s.warm[:k]])
+            timed((s.size, b, k, "cached"), lambda: s.loc.locate_many(feats, s.warm[:k], vs=s.refs))
+            new = s.new_names(k)
+            timed((s.size, b, k, "cached_text"), lambda: s.loc.locate_many(feats, new, vs=s.refs))
+            new = s.new_names(k)
+            timed((s.size, b, k, "cached_text1"),
+                  lambda: s.loc.locate_many(feats, new, vs=s.refs, templates=list(SINGLE_TEMPLATE)))
+
+
+# memory -----------------------------------------------------------------------------------
+def _call(s: _Setup, method: str, b: int, k: int):
+    return _floor(s, b) if method == "floor" else _ours(s, b, k) if method == "ours" else _gradcam(s, b, s.warm[0])
+
+
+def _memory(cfg: BenchConfig, setups, batches, device, log) -> dict:
+    """Peak MB above the loaded model per (size, B, K, method); K = 0 where it does not apply."""
+    out = {}
+    for s, b in itertools.product(setups, batches):
+        keys = [(0, "floor")] + [(0, "gradcam")] * cfg.gradcam + [(k, "ours") for k in cfg.ks]
+        for k, method in keys:
+            log(f"memory: {method} size={s.size} B={b}" + (f" K={k}" if k else ""))
+            if device.type == "cuda":
+                gc.collect()
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+                _call(s, method, b, k)
+                torch.cuda.synchronize(device)
+                out[(s.size, b, k, method)] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+            else:
+                out[(s.size, b, k, method)] = _child_peak_mb(cfg, s.size, b, k, method, log)
+    return out
+
+
+def _child_peak_mb(cfg: BenchConfig, size: int, b: int, k: int, method: str, log) -> float | None:
+    spec = {**dataclasses.asdict(cfg), "sizes": [size], "ks": [max(k, 1)], "batches": [b], "device": "cpu"}
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-m", "zsfinercam.bench", "--probe", method, json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0 or not done.stdout.strip():
+        log(f"memory probe failed ({method} size={size} B={b}): {done.stderr.strip()[-400:]}")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def _status_kb(name: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(name + ":"))
+    return int(line.split()[1])
+
+
+def _probe(method: str, spec: dict) -> dict:
+    """Child side of the CPU memory measurement (see the module docstring). Linux only."""
+    import pytorch_grad_cam  # noqa: F401 - imported before the baseline, like everything else
+    import timm.layers  # noqa: F401
+
+    cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    s = _prepare(cfg, cfg.sizes[0], torch.device("cpu"), cfg.batches, cached=False)
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: freed heap stays counted in the baseline
+    base = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+    _call(s, method, cfg.batches[0], cfg.ks[0])
+    return {"peak_mb": (_status_kb("VmHWM") - base) / 1024, "baseline_mb": base / 1024}
+
+
+# results ----------------------------------------------------------------------------------
+def _ratio(a, b) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _row(cfg: BenchConfig, size: int, b: int, k: int, samples, memory) -> dict:
+    keys = {"floor": 0, "ours": k, "gradcam1": 0, "gradcam": k, "jacobian": 0, "cached": k, "cached_text": k,
+            "cached_text1": k}
+    raw = {key: samples.get((size, b, kk, key), []) for key, kk in keys.items()}
+    med = {key: statistics.median(v) if v else None for key, v in raw.items()}
+    per_concept = None if cfg.gradcam_full else med["gradcam1"]
+    gradcam = med["gradcam"] if cfg.gradcam_full else per_concept * k if per_concept is not None else None
+    floor, ours = med["floor"], med["ours"]
+    row = {"size": size, "batch": b, "k": k, "floor_s": floor, "ours_s": ours,
+           "ours_over_floor": _ratio(ours, floor), "gradcam_s": gradcam, "gradcam_per_concept_s": per_concept,
+           "gradcam_extrapolated": gradcam is not None and not cfg.gradcam_full,
+           "speedup_vs_gradcam": _ratio(gradcam, ours), "jacobian_s": med["jacobian"]}
+    for key in ("cached", "cached_text", "cached_text1"):
+        row.update({f"{key}_s": med[key], f"{key}_over_floor": _ratio(med[key], floor)})
+    for m in ("floor", "ours", "gradcam"):
+        row[f"mem_{m}_mb"] = memory.get((size, b, k if m == "ours" else 0, m))
+    row["mem_ours_over_floor"] = _ratio(row["mem_ours_mb"], row["mem_floor_mb"])
+    row["samples"] = raw
+    return row
+
+
+def evaluate_targets(rows: list[dict], default_templates: int | None = None) -> list[dict]:
+    """The issue's targets at K=16, B=1 for every size measured: met True/False; None where not
+    measured or reported only."""
+    out = []
+    for size in sorted({r["size"] for r in rows}):
+        row = next((r for r in rows if (r["size"], r["batch"], r["k"]) == (size, TARGET_B, TARGET_K)), {})
+        for key, limit, text, unit in TARGETS:
+            value, higher = row.get(key), key.startswith("speedup")
+            met = None if value is None or limit is None else (value >= limit if higher else value <= limit)
+            goal = f"target {'>=' if higher else '<='} {limit}x" if limit is not None else "reported, no limit"
+            note = " (pytorch-grad-cam extrapolated)" if higher and row.get("gradcam_extrapolated") else ""
+            out.append({"target": key, "size": size, "value": value, "limit": limit, "met": met,
+                        "text": f"{text.format(default_templates)} at {size}: {_fmt(value, 3)}{unit} ({goal}){note}"})
+    return out
+
+
+def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict:
+    """Run the whole grid; returns a JSON-ready report {"meta", "rows", "targets"}.
+
+    The torch thread count is restored afterwards.
+    """
+    from .localizer import resolve_device
+
+    log = log or (lambda message: None)
+    device = resolve_device(cfg.device)
+    threads = torch.get_num_threads()
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        return _run(cfg, device, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: BenchConfig, device: torch.device, log) -> dict:
+    batches = cfg.batches or ((1, 8) if device.type == "cuda" else (1,))
+    rounds = cfg.rounds or (10 if device.type == "cuda" else 3)
+    started, load = time.perf_counter(), _loadavg()
+    setups = []
+    for size in cfg.sizes:
+        log(f"loading {cfg.model} at {size}")
+        setups.append(_prepare(cfg, size, device, batches, cached=True))
+    samples = defaultdict(list)
+    for r in range(rounds + 1):
+        log("warm-up round" if r == 0 else f"round {r}/{rounds}")
+        _round(cfg, setups, batches, samples if r else None, device)
+    memory = _memory(cfg, setups, batches, device, log) if cfg.memory else {}
+    rows = [_row(cfg, size, b, k, samples, memory) for size in cfg.sizes for b in batches for k in cfg.ks]
+    meta = _meta(cfg, setups[0].loc, device, batches, rounds)
+    meta.update(seconds=time.perf_counter() - started, loadavg_start=load, loadavg_end=_loadavg())
+    return {"meta": meta, "rows": rows, "targets": evaluate_targets(rows, meta["default_templates"])}
+
+
+def _loadavg() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(x.split(":", 1)[1].strip() for x in cpuinfo if x.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or platform.machine()
+
+
+def _meta(cfg: BenchConfig, loc, device, batches, rounds) -> dict:
+    import open_clip
+
+    from .vocab import DEFAULT_TEMPLATES, load_templates
+
+    templates = loc.config.default_templates or load_templates(DEFAULT_TEMPLATES)
+    return {"config": {**dataclasses.asdict(cfg), "batches": list(batches), "rounds": rounds},
+            "device": str(device), "device_name": _device_name(device), "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "open_clip": open_clip.__version__,
+            "autocast": str(loc.backend.autocast_dtype), "default_templates": len(templates),
+            "single_template": SINGLE_TEMPLATE[0], "references": cfg.references,
+            "memory_method": "cuda max_memory_allocated" if device.type == "cuda" else "child process peak RSS"}
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+_COLUMNS = (("size", "size", 5, 0), ("B", "batch", 3, 0), ("K", "k", 3, 0), ("floor s", "floor_s", 8, 3),
+            ("ours s", "ours_s", 8, 3), ("ours/fl", "ours_over_floor", 7, 2), ("gcam s", "gradcam_s", 9, 1),
+            ("x faster", "speedup_vs_gradcam", 8, 1), ("jac s", "jacobian_s", 7, 3),
+            ("cache s", "cached_s", 8, 4), ("/fl", "cached_over_floor", 6, 3),
+            ("+txt s", "cached_text_s", 7, 3), ("/fl", "cached_text_over_floor", 6, 3),
+            ("+txt1 s", "cached_text1_s", 7, 3), ("/fl", "cached_text1_over_floor", 6, 3),
+            ("MB fl", "mem_floor_mb", 7, 0), ("MB ours", "mem_ours_mb", 7, 0), ("MB gcam", "mem_gradcam_mb", 7, 0))
+
+
+def format_table(report: dict) -> str:
+    """The rows as a fixed-width table, then a legend and one line per target."""
+    lines = ["  ".join(f"{title:>{width}}" for title, _, width, _ in _COLUMNS)]
+    for row in report["rows"]:
+        cells = [str(row[key]) if digits == 0 and isinstance(row[key], int) else _fmt(row[key], digits)
+                 for _, key, _, digits in _COLUMNS]
+        cells[6] += "*" if row["gradcam_extrapolated"] else ""
+        lines.append("  ".join(f"{text:>{col[2]}}" for text, col in zip(cells, _COLUMNS)))
+    meta = report["meta"]
+    lines += ["", f"times: seconds, medians of {meta['config']['rounds']} interleaved rounds after a warm-up; "
+              f"{meta['device']} ({meta['device_name']}), {meta['threads']} threads, load average before "
+              f"{_fmt(meta.get('loadavg_start'))} (other busy processes distort multi-threaded CPU timings)",
+              "* pytorch-grad-cam: per-concept median x K (extrapolated; --gradcam-full times all K calls)",
+              f"jac: first call on new cached features (builds the Jacobian); +txt: new prompts with their text "
+              f"encoding, {meta['default_templates']} templates; +txt1: one template",
+              f"MB: peak memory above the loaded model during one call ({meta['memory_method']})", ""]
+    for t in report["targets"]:
+        status = {True: "met", False: "NOT MET", None: "reported" if t["value"] is not None else "not measured"}
+        lines.append(f"[{status[t['met']]}] {t['text']}")
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: str | os.PathLike) -> None:
+    """The report as JSON (missing figures are null)."""
+    Path(path).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--probe"]:
+    print(json.dumps(_probe(sys.argv[2], json.loads(sys.argv[3]))))

@@ -1,0 +1,68 @@
+"""The `zsfinercam` command: a click group, one verb a module.
+
+Errors reach the user as one line on stderr: exit 2 when the command line asked for
+something invalid, exit 1 when valid work failed. Set ZSFINERCAM_DEBUG=1 for tracebacks.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import click
+
+from .._version import __version__
+from ..errors import UsageError, WorkError
+from .bench import bench
+from .eval import eval_command
+from .locate import locate
+from .models import models
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="zsfinercam")
+def cli() -> None:
+    """Zero-shot concept localisation: where in the image is the evidence for a concept?"""
+
+
+cli.add_command(locate)
+cli.add_command(models)
+cli.add_command(eval_command)
+cli.add_command(bench)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"zsfinercam: error: {' '.join(str(message).split())}", err=True)
+    sys.exit(code)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"zsfinercam: warning: {' '.join(str(message).split())}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    debug = os.environ.get("ZSFINERCAM_DEBUG", "") not in ("", "0")
+    warnings.showwarning = _one_line_warning
+    try:
+        cli.main(args=argv, prog_name="zsfinercam", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.UsageError as err:
+        _fail(f"{err.format_message()} (see `zsfinercam {err.ctx.info_name if err.ctx else ''} --help`)", 2)
+    except click.ClickException as err:
+        _fail(err.format_message(), err.exit_code)
+    except UsageError as err:
+        _fail(str(err), 2)
+    except (WorkError, OSError) as err:
+        if debug:
+            raise
+        _fail(str(err), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
+        if debug:
+            raise
+        _fail(f"unexpected {type(err).__name__}: {err} (rerun with ZSFINERCAM_DEBUG=1 for the traceback)", 1)

@@ -1,0 +1,40 @@
+"""The model card every other module reads: one frozen object, so CLI and API agree."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the engine needs to know about a loaded image-text model."""
+
+    name: str  # architecture or identifier as the user gave it
+    backend: str  # registry name of the backend that loaded it
+    pretrained: str | None  # weights tag or file; None means random initialisation
+    image_size: tuple[int, int]  # (H, W) the image tower runs at (may differ from native)
+    native_image_size: tuple[int, int]  # (H, W) the position embedding was trained at
+    patch_size: tuple[int, int]  # (h, w) pixels per patch token
+    num_prefix_tokens: int  # tokens before the patch grid (CLS, registers)
+    width: int  # channels D of the target activation
+    embed_dim: int  # size E of the joint image-text embedding
+    logit_scale: float  # s in z = s * cos(image, text)
+    mean: tuple[float, float, float]  # per-channel normalisation of [0, 1] pixels
+    std: tuple[float, float, float]
+    target_layer: str  # module path of the target activation, e.g. "visual.transformer.resblocks.11.ln_1"
+    pooling: str  # how the image embedding is pooled: "cls"
+    context_length: int  # text tokens per prompt
+    default_templates: tuple[str, ...] | None = None  # prompt templates the weights were trained with
+    default_vocab: tuple[str, ...] | None = None  # concepts to contrast with when none are given
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patch grid (h, w) at `image_size`."""
+        return (self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1])
+
+    @property
+    def num_patches(self) -> int:
+        h, w = self.grid_size
+        return h * w

@@ -1,0 +1,145 @@
+"""The fast path (DESIGN.md): trunk once without grad, all objectives from one backward.
+
+    pixels -> backend.trunk -> stream x -> backend.target -> A
+    (x, A, shift) -> backend.embed -> e -> normalise -> z = s e T^T -> objectives O
+    w = (1/N) dO/dshift   (= the token-mean of dO/dA, Grad-CAM's channel weights)
+    maps = ReLU(A_patch w^T)
+
+Two ways to get w, equal up to float rounding:
+- direct: one shift vector per objective, one ordinary backward for all of them;
+- Jacobian: G = (1/N) d normalize(e) / dshift, built once per image (E backward rows),
+  then w = (dO/d e_n) G for any new prompts: text encoding plus small matrix products.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .backends import Backend
+from .objectives import Objective, objective_scores
+
+JACOBIAN_CHUNK = 256  # shift rows per backward when building G; bounds memory
+
+
+@dataclass(eq=False)
+class ImageFeatures:
+    """What the trunk produced for a batch of images; pass it to locate() to skip the trunk.
+
+    The Jacobian needed for new prompts is built on first use and kept here.
+    """
+
+    stream: torch.Tensor  # (B, T, D) residual stream entering the last block
+    target: torch.Tensor  # (B, T, D) target activation A (all tokens)
+    embedding: torch.Tensor  # (B, E) unnormalised image embedding
+    grid: tuple[int, int]  # patch grid (h, w)
+    num_prefix_tokens: int
+    images: list[np.ndarray]  # original images (H, W, 3) uint8, for rendering
+    sources: list[str]  # where each image came from (file path or a label)
+    model_key: str  # the backend that produced these features
+    jacobian: torch.Tensor | None = field(default=None, repr=False)  # (B, E, D), built on demand
+
+    def __len__(self) -> int:
+        return self.stream.shape[0]
+
+    def __getitem__(self, i: int) -> "ImageFeatures":
+        """Features of image i alone (a view, sharing memory)."""
+        sl = slice(i, i + 1)
+        jac = None if self.jacobian is None else self.jacobian[sl]
+        return ImageFeatures(self.stream[sl], self.target[sl], self.embedding[sl], self.grid,
+                             self.num_prefix_tokens, self.images[sl], self.sources[sl], self.model_key, jac)
+
+    @property
+    def patch_tokens(self) -> torch.Tensor:
+        """A without prefix tokens: (B, N, D)."""
+        return self.target[:, self.num_prefix_tokens:]
+
+
+def encode(backend: Backend, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stream, target activation and image embedding, all without grad."""
+    stream = backend.trunk(pixels)
+    target = backend.target(stream)
+    with torch.no_grad():
+        zero = stream.new_zeros(stream.shape[0], 1, stream.shape[-1])
+        embedding = backend.embed(stream, target, zero)[:, 0]
+    return stream, target, embedding
+
+
+def logits(embedding: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
+    """z = s * normalize(e) @ T^T for unnormalised image embeddings (..., E) and normalised text (K, E)."""
+    return scale * F.normalize(embedding, dim=-1) @ text.T
+
+
+def channel_weights(
+    backend: Backend,
+    feats: ImageFeatures,
+    text: torch.Tensor,
+    objectives: Sequence[Sequence[Objective]],
+    *,
+    use_jacobian: bool = False,
+) -> torch.Tensor:
+    """Grad-CAM channel weights w (B, M, D) of every objective: token-mean of dO/dA over patches."""
+    if use_jacobian:
+        u = head_gradient(feats.embedding, text, backend.logit_scale, objectives)
+        return torch.einsum("bme,bed->bmd", u, jacobian(backend, feats))
+    batch, _, width = feats.target.shape
+    shift = feats.target.new_zeros(batch, len(objectives[0]), width, requires_grad=True)
+    with torch.enable_grad():
+        z = logits(backend.embed(feats.stream, feats.target, shift), text, backend.logit_scale)
+        (grad,) = torch.autograd.grad(objective_scores(z, objectives).sum(), shift)
+    return grad / _num_patches(feats)
+
+
+def head_gradient(embedding: torch.Tensor, text: torch.Tensor, scale: float,
+                  objectives: Sequence[Sequence[Objective]]) -> torch.Tensor:
+    """u = dO/d normalize(e), shape (B, M, E): the upstream vector of every objective."""
+    e_n = F.normalize(embedding.detach(), dim=-1)
+    e_n = e_n[:, None].expand(-1, len(objectives[0]), -1).clone().requires_grad_(True)
+    with torch.enable_grad():
+        (u,) = torch.autograd.grad(objective_scores(scale * e_n @ text.T, objectives).sum(), e_n)
+    return u
+
+
+def jacobian(backend: Backend, feats: ImageFeatures) -> torch.Tensor:
+    """G (B, E, D): token-mean over patches of d normalize(e) / dA; built once, kept on feats."""
+    if feats.jacobian is None:
+        batch, _, width = feats.target.shape
+        dim = feats.embedding.shape[-1]
+        rows = []
+        for start in range(0, dim, JACOBIAN_CHUNK):
+            idx = torch.arange(start, min(start + JACOBIAN_CHUNK, dim), device=feats.target.device)
+            shift = feats.target.new_zeros(batch, len(idx), width, requires_grad=True)
+            with torch.enable_grad():
+                e_n = F.normalize(backend.embed(feats.stream, feats.target, shift), dim=-1)
+                picked = e_n.gather(-1, idx.view(1, -1, 1).expand(batch, -1, 1))  # row j keeps component j
+                (grad,) = torch.autograd.grad(picked.sum(), shift)
+            rows.append(grad)
+        feats.jacobian = torch.cat(rows, dim=1) / _num_patches(feats)
+    return feats.jacobian
+
+
+def _num_patches(feats: ImageFeatures) -> int:
+    return feats.grid[0] * feats.grid[1]
+
+
+def token_maps(feats: ImageFeatures, weights: torch.Tensor, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw ReLU'd maps and their per-map min-max normalisation, both (B, M, h, w) float32.
+
+    On CUDA the fused kernel takes half precision: each weight vector is divided by its
+    largest magnitude first (token-mean gradients are tiny and would underflow fp16) and
+    the raw map multiplied back, which is exact because ReLU(c x) = c ReLU(x) for c > 0.
+    """
+    from .kernels import token_maps as fused
+
+    tokens = feats.patch_tokens
+    if tokens.is_cuda and impl != "torch":
+        scale = weights.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        raw, norm = fused(tokens.half(), (weights / scale).half(), impl=impl)
+        raw = raw * scale
+    else:
+        raw, norm = fused(tokens, weights, impl=impl)
+    shape = (*raw.shape[:2], *feats.grid)
+    return raw.reshape(shape), norm.reshape(shape)

@@ -1,0 +1,215 @@
+"""Evaluation with ground truth: manifests (JSONL) or the synthetic benchmark, several methods.
+
+Manifest: one JSON object per line,
+    {"image": "birds/001.jpg", "concept": "red-tailed hawk",
+     "references": ["red-shouldered hawk"]  or  "vocab": "cub200",
+     "mask": "masks/001.png",   (optional: non-zero pixels are the part that should light up)
+     "bbox": [x0, y0, x1, y1]}  (optional: pixels, exclusive ends)
+Relative paths are read from the manifest's folder.
+
+Per item and method the heatmap (at image size) is scored with `zsfinercam.metrics`:
+pointing game, energy inside the mask, mask IoU at 0.5 (box IoU for boxes) and, with
+`perturbation=True`, deletion / insertion AUC and the relative confidence drop RD@k
+(fill: the image's mean colour), where probabilities are a softmax over the concept and
+its references. "random" is the random-map sanity baseline.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from . import metrics
+from .errors import UsageError, WorkError
+from .images import load_image
+
+METHODS = ("finer", "gradcam", "random")
+MASK_METRICS = ("pointing", "energy", "iou")
+PERTURBATION_METRICS = ("deletion", "insertion", "rd")
+
+
+@dataclass
+class EvalItem:
+    image: str | np.ndarray
+    concept: str
+    references: list[str] | None = None
+    vocab: str | list[str] | None = None
+    mask: np.ndarray | None = None  # bool (H, W)
+    bbox: tuple[int, int, int, int] | None = None
+    label: str = ""
+
+
+@dataclass
+class EvalReport:
+    rows: list[dict] = field(default_factory=list)  # one per (item, method)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Mean of each metric per method; items lacking a metric, or where it is undefined
+        (NaN, e.g. the energy of an all-zero map), are left out of its mean."""
+        out: dict[str, dict[str, float]] = {}
+        for method in dict.fromkeys(r["method"] for r in self.rows):
+            mine = [r for r in self.rows if r["method"] == method]
+            stats = {"n": float(len(mine))}
+            for key in (*MASK_METRICS, "box_iou", *PERTURBATION_METRICS):
+                vals = [float(r[key]) for r in mine if r.get(key) is not None and np.isfinite(r[key])]
+                if vals:
+                    stats[key] = float(np.mean(vals))
+            out[method] = stats
+        return out
+
+    def table(self) -> str:
+        summary = self.summary()
+        keys = [k for k in (*MASK_METRICS, "box_iou", *PERTURBATION_METRICS) if any(k in s for s in summary.values())]
+        lines = [f"{'method':<10}{'n':>6}" + "".join(f"{k:>11}" for k in keys)]
+        for method, stats in summary.items():
+            cells = "".join(f"{stats[k]:>11.3f}" if k in stats else f"{'-':>11}" for k in keys)
+            lines.append(f"{method:<10}{int(stats['n']):>6}{cells}")
+        return "\n".join(lines)
+
+
+def read_manifest(path: str | os.PathLike) -> list[EvalItem]:
+    """Items of a JSONL manifest; a bad line raises UsageError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"manifest not found: {path}")
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            items.append(_parse_line(line, path.parent, f"{path}:{number}"))
+    if not items:
+        raise UsageError(f"manifest {path} has no items")
+    return items
+
+
+def _parse_line(line: str, root: Path, where: str) -> EvalItem:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{where}: not JSON ({err.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("image"), str) \
+            or not isinstance(record.get("concept"), str):
+        raise UsageError(f"{where}: expected an object with string fields 'image' and 'concept'")
+    mask = None
+    if record.get("mask"):
+        mask_path = root / record["mask"]
+        if not mask_path.is_file():
+            raise UsageError(f"{where}: mask not found: {mask_path}")
+        mask = np.load(mask_path) if mask_path.suffix == ".npy" else np.asarray(Image.open(mask_path).convert("L"))
+        mask = mask.astype(bool)
+    bbox = record.get("bbox")
+    if bbox is not None and (not isinstance(bbox, list) or len(bbox) != 4):
+        raise UsageError(f"{where}: bbox must be [x0, y0, x1, y1]")
+    return EvalItem(str(root / record["image"]), record["concept"], record.get("references"),
+                    record.get("vocab"), mask, tuple(bbox) if bbox else None, record.get("label", ""))
+
+
+def synthetic_items(n: int, seed: int = 12345, split: str = "all", size: int | None = None) -> list[EvalItem]:
+    """The synthetic benchmark: each bird against the classes that differ from it in ONE part.
+
+    Item k contrasts part ATTRIBUTE_PARTS[k % 3]; its references are every class that
+    differs only there, and its mask is that part: the evidence that tells them apart.
+    """
+    from .synthetic import ATTRIBUTE_PARTS, PART_VALUES, class_name, make_dataset
+
+    if n < 1:
+        raise UsageError(f"--synthetic needs a positive number of images, got {n}")
+    items = []
+    for k, sample in enumerate(make_dataset(n, seed=seed, split=split, **({"size": size} if size else {}))):
+        part = ATTRIBUTE_PARTS[k % len(ATTRIBUTE_PARTS)]
+        refs = [class_name({**sample.attrs, part: v}) for v in PART_VALUES[part] if v != sample.attrs[part]]
+        items.append(EvalItem(np.asarray(sample.image), sample.class_name, refs, None,
+                              sample.masks[part], None, f"synthetic-{k}:{part}"))
+    return items
+
+
+def write_manifest(items: Sequence[EvalItem], folder: str | os.PathLike) -> Path:
+    """Save in-memory items (images, masks) as PNGs plus manifest.jsonl; returns the manifest path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for k, item in enumerate(items):
+        image, _ = load_image(item.image)
+        Image.fromarray(image).save(folder / f"image_{k:05d}.png")
+        record = {"image": f"image_{k:05d}.png", "concept": item.concept, "label": item.label}
+        if item.references is not None:
+            record["references"] = list(item.references)
+        if item.vocab is not None:
+            record["vocab"] = item.vocab
+        if item.mask is not None:
+            Image.fromarray(item.mask.astype(np.uint8) * 255).save(folder / f"mask_{k:05d}.png")
+            record["mask"] = f"mask_{k:05d}.png"
+        if item.bbox is not None:
+            record["bbox"] = list(item.bbox)
+        lines.append(json.dumps(record, ensure_ascii=False))
+    path = folder / "manifest.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = METHODS, *, perturbation: bool = False,
+             top_percent: float = 5.0, progress: bool = True) -> EvalReport:
+    """Score every method on every item; the trunk runs once per item for all methods."""
+    from tqdm import tqdm
+
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise UsageError(f"unknown method {bad[0]!r}; choose from: {', '.join(METHODS)}")
+    items = list(items)
+    report = EvalReport()
+    for k, item in enumerate(tqdm(items, desc="eval", unit="img", disable=not progress)):
+        feats = loc.encode_image(item.image)
+        image = feats.images[0]
+        refs = item.references
+        for method in methods:
+            heat, used = _heatmap(loc, feats, item, method, seed=k)
+            refs = refs or used
+            row = {"item": k, "label": item.label, "concept": item.concept, "method": method}
+            row.update(_mask_metrics(heat, item))
+            if perturbation:
+                row.update(_perturbation_metrics(loc, image, heat, [item.concept, *(refs or [])], top_percent))
+            report.rows.append(row)
+    return report
+
+
+def _heatmap(loc, feats, item: EvalItem, method: str, seed: int) -> tuple[np.ndarray, list[str]]:
+    """The method's heatmap at image size, and the references Finer-CAM used."""
+    if method == "random":
+        return metrics.resize_map(metrics.random_map(loc.config.grid_size, seed), feats.images[0].shape[:2]), []
+    res = loc.locate_many(feats, [item.concept], vs=item.references, vocab=item.vocab, method=method)[0]
+    return res.heatmap, list(res.references)
+
+
+def _mask_metrics(heat: np.ndarray, item: EvalItem) -> dict:
+    out = {}
+    if item.mask is not None:
+        if item.mask.shape != heat.shape:
+            raise WorkError(f"{item.label or item.concept}: mask {item.mask.shape} does not match image {heat.shape}")
+        out = {"pointing": float(metrics.pointing_game(heat, item.mask)),
+               "energy": metrics.energy_in_mask(heat, item.mask),
+               "iou": metrics.iou_at_threshold(heat, item.mask, 0.5)}
+    if item.bbox is not None:
+        out["box_iou"] = metrics.box_iou(metrics.map_to_bbox(heat, 0.5), item.bbox)
+    return out
+
+
+def _perturbation_metrics(loc, image: np.ndarray, heat: np.ndarray, classes: list[str], top_percent: float) -> dict:
+    text = loc.encode_text(classes)
+
+    def score_fn(batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        arrays = [np.clip(np.round(b), 0, 255).astype(np.uint8) for b in batch]
+        feats = loc.encode_image(arrays)
+        z = loc.backend.logit_scale * torch.nn.functional.normalize(feats.embedding, dim=-1) @ text.T
+        return torch.softmax(z, dim=-1).cpu().numpy()
+
+    out = {"deletion": metrics.deletion_auc(image, heat, score_fn, target=0),
+           "insertion": metrics.insertion_auc(image, heat, score_fn, target=0)}
+    if len(classes) > 1:
+        out["rd"] = metrics.relative_drop(image, heat, score_fn, 0, list(range(1, len(classes))), top_percent)
+    return out

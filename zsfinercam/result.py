@@ -1,0 +1,115 @@
+"""The result of one localisation: validated, renderable, saveable."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import render
+
+
+@dataclass
+class LocateResult:
+    """Where the evidence for `concept` is in one image.
+
+    `token_map` is the raw map on the patch grid (ReLU'd, not normalised), kept so
+    maps can be compared across concepts; `heatmap` is its min-max normalisation
+    upsampled to the original image size, for display.
+    """
+
+    concept: str
+    references: tuple[str, ...]
+    scores: dict[str, float]  # logit of the target and of every concept it was compared with
+    token_map: np.ndarray  # (h, w) float32 >= 0
+    heatmap: np.ndarray  # (H, W) float32 in [0, 1]
+    image: np.ndarray = field(repr=False)  # (H, W, 3) uint8, the image as loaded
+    method: str = "finer"  # "finer" or "gradcam"
+    objective: str = "weighted"
+    alpha: float = 1.0
+    contrast: str = "vs"  # how references were chosen: "vs", "logits", "none"
+    source: str = "image"
+
+    def __post_init__(self) -> None:
+        self.token_map = np.asarray(self.token_map, dtype=np.float32)
+        self.heatmap = np.asarray(self.heatmap, dtype=np.float32)
+        self.references = tuple(self.references)
+        if self.token_map.ndim != 2:
+            raise ValueError(f"expected token_map of shape (h, w), got {self.token_map.shape}")
+        if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
+            raise ValueError(f"expected image (H, W, 3) uint8, got {self.image.shape} {self.image.dtype}")
+        if self.heatmap.shape != self.image.shape[:2]:
+            raise ValueError(f"expected heatmap of shape {self.image.shape[:2]}, got {self.heatmap.shape}")
+        if self.heatmap.size and (self.heatmap.min() < 0 or self.heatmap.max() > 1):
+            raise ValueError("expected heatmap values in [0, 1]")
+
+    @property
+    def peak(self) -> tuple[int, int]:
+        """(x, y) in image pixels of the heatmap's maximum."""
+        return render.peak(self.heatmap)
+
+    def bbox(self, threshold: float = render.DEFAULT_THRESHOLD) -> tuple[int, int, int, int] | None:
+        """Inclusive (x0, y0, x1, y1) around the hot region holding the peak."""
+        return render.bbox(self.heatmap, threshold)
+
+    def overlay(self, alpha: float = 0.5) -> Image.Image:
+        """The heatmap in JET colours over the image."""
+        return render.overlay(Image.fromarray(self.image), self.heatmap, alpha)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (no image pixels; the token map as nested lists)."""
+        return {
+            "concept": self.concept,
+            "references": list(self.references),
+            "scores": {k: round(float(v), 6) for k, v in self.scores.items()},
+            "method": self.method,
+            "objective": self.objective,
+            "alpha": self.alpha,
+            "contrast": self.contrast,
+            "source": self.source,
+            "image_size": [int(self.image.shape[1]), int(self.image.shape[0])],
+            "peak": list(self.peak),
+            "bbox": list(b) if (b := self.bbox()) else None,
+            "token_map": np.round(self.token_map, 6).tolist(),
+        }
+
+    def save(self, directory: str | os.PathLike, stem: str | None = None) -> dict[str, str]:
+        """Write <stem>_overlay.png, <stem>_heatmap.npy and <stem>.json; returns their paths.
+
+        Files are written atomically (temporary file, then rename).
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = stem or safe_stem(self.concept)
+        paths = {"overlay": out / f"{stem}_overlay.png", "heatmap": out / f"{stem}_heatmap.npy",
+                 "json": out / f"{stem}.json"}
+        _atomic(paths["overlay"], lambda f: self.overlay().save(f, format="PNG"))
+        _atomic(paths["heatmap"], lambda f: np.save(f, self.heatmap))
+        record = {**self.to_dict(), "files": {k: str(v) for k, v in paths.items()}}
+        _atomic(paths["json"], lambda f: f.write(json.dumps(record, ensure_ascii=False, indent=1).encode()))
+        return {k: str(v) for k, v in paths.items()}
+
+
+def safe_stem(text: str, max_len: int = 48) -> str:
+    """A file-name stem for any text: letters and digits kept (unicode too), the rest '-',
+    cut to max_len, plus a short hash of the full text so different texts never collide."""
+    slug = re.sub(r"[^\w]+", "-", text.strip().lower(), flags=re.UNICODE).strip("-_")[:max_len].strip("-_")
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+    return f"{slug}-{digest}" if slug else digest
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,124 @@
+"""Prompts -> templates -> text tower -> concept embeddings T (the zero-shot head).
+
+Each concept is put through every template, encoded, L2-normalised, averaged over
+templates and re-normalised (CLIP's zero-shot classifier). Embeddings are cached in
+memory and, when a cache folder is given, on disk, keyed by the text tower's weights
+and the template set, so a repeated prompt costs nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .backends import Backend
+from .errors import UsageError
+
+TEXT_BATCH = 256  # prompts per text-tower call
+
+
+def default_cache_dir() -> Path:
+    """$ZSFINERCAM_CACHE, else ~/.cache/zsfinercam (read when called, not at import)."""
+    return Path(os.environ.get("ZSFINERCAM_CACHE") or Path.home() / ".cache" / "zsfinercam")
+
+
+def check_concepts(concepts: Sequence[str]) -> list[str]:
+    """Concepts as a list of non-blank strings (surrounding space stripped)."""
+    if isinstance(concepts, str) or not isinstance(concepts, Sequence):
+        raise UsageError(f"expected a list of concept strings, got {type(concepts).__name__}")
+    out = []
+    for c in concepts:
+        if not isinstance(c, str):
+            raise UsageError(f"expected concept strings, got {type(c).__name__}: {c!r}")
+        if not c.strip():
+            raise UsageError("a concept is empty or blank; give some text, e.g. \"red-tailed hawk\"")
+        out.append(c.strip())
+    return out
+
+
+class ConceptEncoder:
+    """Concept embeddings for one backend, cached."""
+
+    def __init__(self, backend: Backend, cache_dir: Path | None = None):
+        self.backend = backend
+        self.cache_dir = cache_dir
+        self._memory: dict[tuple[str, str], torch.Tensor] = {}
+
+    def __call__(self, concepts: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """Normalised embeddings (K, E), one row per concept, in order."""
+        concepts = check_concepts(concepts)
+        templates = list(templates)
+        if not templates:
+            raise UsageError("the template list is empty; give at least one template such as 'a photo of a {}.'")
+        key = hashlib.sha1("\n".join(templates).encode()).hexdigest()[:16]
+        missing = list(dict.fromkeys(c for c in concepts if (key, c) not in self._memory))
+        if missing and self.cache_dir is not None:
+            self._load_disk(key)
+            missing = [c for c in missing if (key, c) not in self._memory]
+        if missing:
+            fresh = self._encode(missing, templates)
+            self._memory.update({(key, c): row for c, row in zip(missing, fresh)})
+            if self.cache_dir is not None:
+                self._save_disk(key)
+        return torch.stack([self._memory[(key, c)] for c in concepts])
+
+    def _encode(self, concepts: list[str], templates: list[str]) -> torch.Tensor:
+        self._warn_truncated(concepts, max(templates, key=len))
+        prompts = [t.replace("{}", c) for c in concepts for t in templates]
+        rows = []
+        for start in range(0, len(prompts), TEXT_BATCH):
+            tokens = self.backend.tokenize(prompts[start:start + TEXT_BATCH])
+            rows.append(F.normalize(self.backend.encode_text(tokens), dim=-1))
+        per_template = torch.cat(rows).view(len(concepts), len(templates), -1)
+        return F.normalize(per_template.mean(dim=1), dim=-1)
+
+    def _warn_truncated(self, concepts: list[str], template: str) -> None:
+        encode = getattr(self.backend.tokenizer, "encode", None)
+        limit = self.backend.config.context_length - 2  # start and end tokens
+        if encode is None:
+            return
+        for c in concepts:
+            if len(encode(template.replace("{}", c))) > limit:
+                warnings.warn(f"prompt for {c[:40]!r}... is longer than the text context "
+                              f"({limit} tokens) and was truncated", stacklevel=3)
+
+    def _path(self, key: str) -> Path:
+        return self.cache_dir / "text" / f"{self.backend.fingerprint()}-{key}.safetensors"
+
+    def _load_disk(self, key: str) -> None:
+        from safetensors import safe_open
+
+        path = self._path(key)
+        if not path.is_file():
+            return
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                names = json.loads(f.metadata()["concepts"])
+                table = f.get_tensor("embeddings").to(self.backend.device)
+        except Exception as err:  # noqa: BLE001 - a damaged cache file is rebuilt, never fatal
+            warnings.warn(f"ignoring unreadable text cache {path}: {err}", stacklevel=3)
+            return
+        for name, row in zip(names, table):
+            self._memory.setdefault((key, name), row)
+
+    def _save_disk(self, key: str) -> None:
+        from safetensors.torch import save_file
+
+        names = [c for (k, c) in self._memory if k == key]
+        table = torch.stack([self._memory[(key, c)] for c in names]).cpu().contiguous()
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(fd)
+            save_file({"embeddings": table}, tmp, metadata={"concepts": json.dumps(names, ensure_ascii=False)})
+            os.replace(tmp, path)
+        except OSError as err:
+            warnings.warn(f"could not write the text cache {path}: {err}", stacklevel=3)
