@@ -155,18 +155,14 @@ def test_every_caption_fits_the_toy_context_length():
 
 
 def test_shipped_toy_model_recognises_unseen_birds():
-    torch = pytest.importorskip("torch")
-    from zsfinercam.synthetic.data import to_tensor
-    from zsfinercam.synthetic.train import build_tokenizer, class_embeddings, load_toy
+    """The embedded model, loaded through the real loader (`--model toy`), on images it never saw."""
+    import zsfinercam as zf
 
-    model, cfg = load_toy(TOY)
+    loc = zf.Localizer.from_pretrained("toy", device="cpu", cache_dir=None)
     names = S.list_classes("all")
-    assert cfg["zsfinercam"]["classes"] == names and cfg["zsfinercam"]["templates"] == list(TEMPLATES)
-    head = class_embeddings(model, build_tokenizer(cfg), names)
+    assert list(loc.config.default_vocab) == names and list(loc.config.default_templates) == list(TEMPLATES)
     samples = S.make_dataset(96, seed=987, split="all")
-    with torch.no_grad():
-        feats = torch.nn.functional.normalize(model.encode_image(to_tensor(
-            np.stack([np.asarray(s.image) for s in samples]))), dim=-1)
-    pred = (feats @ head.T).argmax(-1).numpy()
+    scores = loc.scores([np.asarray(s.image) for s in samples], names)
+    pred = np.array([int(np.argmax([row[n] for n in names])) for row in scores])
     truth = np.array([names.index(s.class_name) for s in samples])
     assert (pred == truth).mean() >= 0.6  # chance is 1 / 48

@@ -12,11 +12,13 @@ warm-up, medians are reported.
 - jacobian: the first `locate_many` on fresh cached features (it builds the per-image Jacobian);
 - cached: later calls on those features, text warm; cached+text: prompts never seen before,
   so the text tower runs (the default template set, and a single template).
-Peak memory above the loaded model, one call per method. CUDA: max_memory_allocated during
-the call minus memory_allocated before it. CPU: a child process per method and configuration
-loads the model, prepares inputs and text, imports everything, returns freed heap to the
-system (malloc_trim), resets the peak RSS (/proc/self/clear_refs) and reports peak RSS minus
-RSS before the call. No call precedes it, so one-time allocations count for every method.
+Peak memory above the loaded model during one call of each method, after a warm-up call. CUDA:
+max_memory_allocated during the call minus memory_allocated before it (the timed rounds were
+the warm-up). CPU: a child process per method and configuration loads the model, prepares
+inputs and text, imports everything, then 1 + PROBE_WARM_CALLS times: returns freed heap to
+the system (malloc_trim), resets the peak RSS (/proc/self/clear_refs), runs the call and takes peak RSS
+minus RSS before it. The median of the calls after the first is reported; the first (cold:
+code pages of libraries touched for the first time, one-time buffers) is kept as *_cold_mb.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SINGLE_TEMPLATE = ("a photo of a {}.",)
+PROBE_WARM_CALLS = 3  # CPU memory: median over this many calls after the cold one (RSS is noisy)
 TARGET_B, TARGET_K = 1, 16
 TARGETS = (  # (row key, limit or None = reported only, what, unit)
     ("ours_over_floor", 1.0, "16 concepts, one image: ours", "x a plain forward"),
@@ -142,6 +145,10 @@ def _plain_visual(loc) -> nn.Module:
     return clone
 
 
+def _autocast_dtype(loc):
+    return getattr(loc.backend, "autocast_dtype", None)  # what the backend's trunk runs in
+
+
 def _fresh_names(pool: list[str]):
     for j in itertools.count():
         yield from (name if j == 0 else f"{name} {j}" for name in pool)
@@ -162,7 +169,7 @@ def _prepare(cfg: BenchConfig, size: int, device: torch.device, batches, cached:
     images = [(rng.rand(size, size, 3) * 255).astype(np.uint8) for _ in range(max(batches))]
     c = loc.config
     pixels = {b: to_pixels(images[:b], c.image_size, c.mean, c.std).to(device) for b in batches}
-    head = _ZeroShotHead(_plain_visual(loc), text, loc.backend.logit_scale, loc.backend.autocast_dtype)
+    head = _ZeroShotHead(_plain_visual(loc), text, loc.backend.logit_scale, _autocast_dtype(loc))
     s = _Setup(size, loc, head, pixels, images, warm, refs, _fresh_names(pool[k + cfg.references:]), {})
     if cached:
         s.feats = {b: loc.encode_image(s.image_arg(b)) for b in batches}
@@ -238,7 +245,8 @@ def _call(s: _Setup, method: str, b: int, k: int):
 
 
 def _memory(cfg: BenchConfig, setups, batches, device, log) -> dict:
-    """Peak MB above the loaded model per (size, B, K, method); K = 0 where it does not apply."""
+    """(warm, cold) peak MB above the loaded model per (size, B, K, method); K = 0 where it does not
+    apply. On CUDA the timed rounds warmed everything: warm only."""
     out = {}
     for s, b in itertools.product(setups, batches):
         keys = [(0, "floor")] + [(0, "gradcam")] * cfg.gradcam + [(k, "ours") for k in cfg.ks]
@@ -251,13 +259,14 @@ def _memory(cfg: BenchConfig, setups, batches, device, log) -> dict:
                 base = torch.cuda.memory_allocated(device)
                 _call(s, method, b, k)
                 torch.cuda.synchronize(device)
-                out[(s.size, b, k, method)] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+                out[(s.size, b, k, method)] = ((torch.cuda.max_memory_allocated(device) - base) / 2**20, None)
             else:
                 out[(s.size, b, k, method)] = _child_peak_mb(cfg, s.size, b, k, method, log)
     return out
 
 
-def _child_peak_mb(cfg: BenchConfig, size: int, b: int, k: int, method: str, log) -> float | None:
+def _child_peak_mb(cfg: BenchConfig, size: int, b: int, k: int, method: str, log) -> tuple | None:
+    """(warm, cold) peak MB of one call, measured in a fresh process."""
     spec = {**dataclasses.asdict(cfg), "sizes": [size], "ks": [max(k, 1)], "batches": [b], "device": "cpu"}
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
@@ -266,7 +275,8 @@ def _child_peak_mb(cfg: BenchConfig, size: int, b: int, k: int, method: str, log
     if done.returncode != 0 or not done.stdout.strip():
         log(f"memory probe failed ({method} size={size} B={b}): {done.stderr.strip()[-400:]}")
         return None
-    return json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    return found["peak_mb"], found["cold_peak_mb"]
 
 
 def _status_kb(name: str) -> int:
@@ -283,15 +293,18 @@ def _probe(method: str, spec: dict) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     s = _prepare(cfg, cfg.sizes[0], torch.device("cpu"), cfg.batches, cached=False)
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: freed heap stays counted in the baseline
-    base = _status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
-    _call(s, method, cfg.batches[0], cfg.ks[0])
-    return {"peak_mb": (_status_kb("VmHWM") - base) / 1024, "baseline_mb": base / 1024}
+    peaks = []
+    for _ in range(1 + PROBE_WARM_CALLS):  # first call cold, then warm (code paged in, buffers made)
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the system: RSS ~ live memory
+        except (OSError, AttributeError):
+            pass  # not glibc: freed heap stays in the baseline
+        base = _status_kb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+        _call(s, method, cfg.batches[0], cfg.ks[0])
+        peaks.append((_status_kb("VmHWM") - base) / 1024)
+    return {"peak_mb": statistics.median(peaks[1:]), "cold_peak_mb": peaks[0], "peaks_mb": peaks}
 
 
 # results ----------------------------------------------------------------------------------
@@ -314,7 +327,8 @@ def _row(cfg: BenchConfig, size: int, b: int, k: int, samples, memory) -> dict:
     for key in ("cached", "cached_text", "cached_text1"):
         row.update({f"{key}_s": med[key], f"{key}_over_floor": _ratio(med[key], floor)})
     for m in ("floor", "ours", "gradcam"):
-        row[f"mem_{m}_mb"] = memory.get((size, b, k if m == "ours" else 0, m))
+        warm, cold = memory.get((size, b, k if m == "ours" else 0, m)) or (None, None)
+        row.update({f"mem_{m}_mb": warm, f"mem_{m}_cold_mb": cold})
     row["mem_ours_over_floor"] = _ratio(row["mem_ours_mb"], row["mem_floor_mb"])
     row["samples"] = raw
     return row
@@ -357,24 +371,40 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] | None = None) ->
 def _run(cfg: BenchConfig, device: torch.device, log) -> dict:
     batches = cfg.batches or ((1, 8) if device.type == "cuda" else (1,))
     rounds = cfg.rounds or (10 if device.type == "cuda" else 3)
-    started, load = time.perf_counter(), _loadavg()
+    started = time.perf_counter()
     setups = []
     for size in cfg.sizes:
         log(f"loading {cfg.model} at {size}")
         setups.append(_prepare(cfg, size, device, batches, cached=True))
-    samples = defaultdict(list)
+    samples, cpu = defaultdict(list), _cpu_seconds()
     for r in range(rounds + 1):
         log("warm-up round" if r == 0 else f"round {r}/{rounds}")
         _round(cfg, setups, batches, samples if r else None, device)
+    others = _others_share(cpu, _cpu_seconds())
     memory = _memory(cfg, setups, batches, device, log) if cfg.memory else {}
     rows = [_row(cfg, size, b, k, samples, memory) for size in cfg.sizes for b in batches for k in cfg.ks]
     meta = _meta(cfg, setups[0].loc, device, batches, rounds)
-    meta.update(seconds=time.perf_counter() - started, loadavg_start=load, loadavg_end=_loadavg())
+    meta.update(seconds=time.perf_counter() - started, other_cpu_share=others)
     return {"meta": meta, "rows": rows, "targets": evaluate_targets(rows, meta["default_templates"])}
 
 
-def _loadavg() -> float | None:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+def _cpu_seconds() -> tuple[float, float, float] | None:
+    """(wall, busy CPU seconds of the whole machine incl. steal, of this process); None off Linux."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    own = os.times()
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+def _others_share(before, after) -> float | None:
+    """Share of all CPUs that other processes (or the hypervisor) used between two readings."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    other = (after[1] - before[1]) - (after[2] - before[2])
+    return max(0.0, other / ((after[0] - before[0]) * (os.cpu_count() or 1)))
 
 
 def _device_name(device: torch.device) -> str:
@@ -398,9 +428,10 @@ def _meta(cfg: BenchConfig, loc, device, batches, rounds) -> dict:
     return {"config": {**dataclasses.asdict(cfg), "batches": list(batches), "rounds": rounds},
             "device": str(device), "device_name": _device_name(device), "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "open_clip": open_clip.__version__,
-            "autocast": str(loc.backend.autocast_dtype), "default_templates": len(templates),
+            "autocast": str(_autocast_dtype(loc)), "default_templates": len(templates),
             "single_template": SINGLE_TEMPLATE[0], "references": cfg.references,
-            "memory_method": "cuda max_memory_allocated" if device.type == "cuda" else "child process peak RSS"}
+            "memory_method": "CUDA max_memory_allocated" if device.type == "cuda" else
+            f"peak RSS in a child process, median of {PROBE_WARM_CALLS} calls after a cold one"}
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -427,9 +458,12 @@ def format_table(report: dict) -> str:
         cells[6] += "*" if row["gradcam_extrapolated"] else ""
         lines.append("  ".join(f"{text:>{col[2]}}" for text, col in zip(cells, _COLUMNS)))
     meta = report["meta"]
+    others = meta.get("other_cpu_share")
     lines += ["", f"times: seconds, medians of {meta['config']['rounds']} interleaved rounds after a warm-up; "
-              f"{meta['device']} ({meta['device_name']}), {meta['threads']} threads, load average before "
-              f"{_fmt(meta.get('loadavg_start'))} (other busy processes distort multi-threaded CPU timings)",
+              f"{meta['device']} ({meta['device_name']}), {meta['threads']} threads; other processes used "
+              f"{_fmt(None if others is None else 100 * others, 0)}% of the CPUs meanwhile"
+              + (" -- WARNING: busy machine, multi-threaded CPU timings are distorted" if (others or 0) > 0.05
+                 else ""),
               "* pytorch-grad-cam: per-concept median x K (extrapolated; --gradcam-full times all K calls)",
               f"jac: first call on new cached features (builds the Jacobian); +txt: new prompts with their text "
               f"encoding, {meta['default_templates']} templates; +txt1: one template",

@@ -11,7 +11,8 @@ Per item and method the heatmap (at image size) is scored with `zsfinercam.metri
 pointing game, energy inside the mask, mask IoU at 0.5 (box IoU for boxes) and, with
 `perturbation=True`, deletion / insertion AUC and the relative confidence drop RD@k
 (fill: the image's mean colour), where probabilities are a softmax over the concept and
-its references. "random" is the random-map sanity baseline.
+its references. Sanity baselines: "random" is a random map; "randomized" is Finer-CAM on
+a copy of the model whose weight matrices are redrawn (the map should collapse to chance).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from . import metrics
 from .errors import UsageError, WorkError
 from .images import load_image
 
-METHODS = ("finer", "gradcam", "random")
+METHODS = ("finer", "gradcam", "random", "randomized")
 MASK_METRICS = ("pointing", "energy", "iou")
 PERTURBATION_METRICS = ("deletion", "insertion", "rd")
 
@@ -161,12 +162,16 @@ def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = METHODS, *
         raise UsageError(f"unknown method {bad[0]!r}; choose from: {', '.join(METHODS)}")
     items = list(items)
     report = EvalReport()
-    for k, item in enumerate(tqdm(items, desc="eval", unit="img", disable=not progress)):
+    scrambled = _randomized(loc) if "randomized" in methods else None
+    for k, item in enumerate(tqdm(items, desc="eval", unit="img", disable=None if progress else True)):
         feats = loc.encode_image(item.image)
         image = feats.images[0]
         refs = item.references
         for method in methods:
-            heat, used = _heatmap(loc, feats, item, method, seed=k)
+            if method == "randomized":
+                heat, used = _heatmap(scrambled, scrambled.encode_image(item.image), item, "finer", seed=k)
+            else:
+                heat, used = _heatmap(loc, feats, item, method, seed=k)
             refs = refs or used
             row = {"item": k, "label": item.label, "concept": item.concept, "method": method}
             row.update(_mask_metrics(heat, item))
@@ -174,6 +179,18 @@ def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = METHODS, *
                 row.update(_perturbation_metrics(loc, image, heat, [item.concept, *(refs or [])], top_percent))
             report.rows.append(row)
     return report
+
+
+def _randomized(loc):
+    """A Localizer over a copy of the backend whose model has redrawn weight matrices."""
+    import copy
+
+    from .localizer import Localizer
+
+    backend = copy.copy(loc.backend)
+    backend.model = metrics.randomized_copy(loc.backend.model, seed=0)
+    backend._fingerprint = None
+    return Localizer(backend, cache_dir=None, kernel=loc.kernel)
 
 
 def _heatmap(loc, feats, item: EvalItem, method: str, seed: int) -> tuple[np.ndarray, list[str]]:

@@ -25,7 +25,8 @@ def _methods(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--split", type=click.Choice(["all", "train", "heldout"]), default="all", show_default=True,
               help="Synthetic classes to draw from (heldout: never seen in the toy model's training).")
 @click.option("--seed", type=int, default=12345, show_default=True, help="Synthetic set seed.")
-@click.option("--methods", default="finer,gradcam,random", show_default=True, callback=_methods)
+@click.option("--methods", default="finer,gradcam,random,randomized", show_default=True, callback=_methods,
+              help="finer, gradcam; sanity baselines: random (map), randomized (model weights).")
 @click.option("--perturbation", is_flag=True, help="Also deletion/insertion AUC and RD@k (slower).")
 @click.option("--top-percent", type=click.FloatRange(0, 100, min_open=True), default=5.0, show_default=True,
               help="k of RD@k: percent of pixels hidden.")

@@ -2,7 +2,9 @@
 
 Distractors use the attribute colours (and stripes and dots like the wing patterns), so
 that neither "is there red anywhere" nor "is there a striped thing anywhere" tells two
-classes apart: only *where on the bird* a colour or pattern sits does.
+classes apart: only *where on the bird* a colour or pattern sits does. Their shapes
+(discs, ellipses, rings, rectangles, bars) avoid the fan of a tail, so that a tail can be
+told from clutter by its own shape, not only by where it joins the body.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ OTHER_COLOURS: tuple[tuple[int, int, int], ...] = (
     (230, 130, 170), (40, 40, 40), (150, 110, 70),
 )
 BACKGROUND_NOISE_STD = 4.0
-_SHAPES = ("disc", "ellipse", "rect", "triangle", "bar")
+_SHAPES = ("disc", "ellipse", "rect", "ring", "bar")
 
 
 def _muted(r: np.random.Generator) -> np.ndarray:
@@ -50,12 +52,8 @@ def _shape_region(kind: str, r: np.random.Generator, size: int) -> np.ndarray:
         return (np.abs(du) <= rad) & (np.abs(dv) <= 0.6 * rad)
     if kind == "bar":
         return (np.abs(du) <= 2.5 * rad) & (np.abs(dv) <= 0.15 * rad + 0.6)
-    # triangle: three half-planes around the centre
-    inside = np.ones((size, size), dtype=bool)
-    for k in range(3):
-        a = 2 * np.pi * k / 3
-        inside &= np.cos(a) * du + np.sin(a) * dv <= 0.5 * rad
-    return inside
+    r = np.hypot(du, dv)  # ring
+    return (r <= rad) & (r >= 0.55 * rad)
 
 
 def _fill_marks(r: np.random.Generator, size: int) -> np.ndarray:

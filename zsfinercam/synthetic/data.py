@@ -54,7 +54,7 @@ def render_pool(n: int, seed: int, size: int, split: str = "train", workers: int
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 NHWC -> normalised float NCHW."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     return (x - mean) / std

@@ -85,7 +85,7 @@ def draw_pose(seed: int, size: int) -> dict[str, float]:
         "flip": float(r.random() < 0.5),
         "body_a": r.uniform(0.27, 0.32), "body_b": r.uniform(0.15, 0.19),
         "head_r": r.uniform(0.115, 0.145), "head_tilt": np.deg2rad(r.uniform(-25.0, 20.0)),
-        "tail_len": r.uniform(0.30, 0.38), "tail_half": np.deg2rad(r.uniform(16.0, 26.0)),
+        "tail_len": r.uniform(0.33, 0.41), "tail_half": np.deg2rad(r.uniform(18.0, 28.0)),
         "tail_tilt": np.deg2rad(r.uniform(-20.0, 20.0)),
         "wing_len": r.uniform(0.19, 0.24), "wing_tilt": np.deg2rad(r.uniform(-20.0, 5.0)),
         "pattern_phase": r.uniform(0.0, 1.0),
@@ -132,7 +132,10 @@ def _part_regions(u, v, p: dict[str, float]) -> dict[str, np.ndarray]:
     """Region of each shape (before occlusion), keyed by paint layer name."""
     root_u, root_v = -0.18, -0.02
     tu, tv = _rot(u, v, root_u, root_v, np.pi - p["tail_tilt"])
-    tail = (np.hypot(tu, tv) <= p["tail_len"]) & (np.abs(np.arctan2(tv, tu)) <= p["tail_half"]) & (tu > 0)
+    # a forked fan: the reach shrinks from tail_len at the edges to 0.7 * tail_len mid-fan
+    spread = np.abs(np.arctan2(tv, tu)) / p["tail_half"]
+    reach = p["tail_len"] * (0.7 + 0.3 * np.clip(spread, 0.0, 1.0))
+    tail = (np.hypot(tu, tv) <= reach) & (spread <= 1.0) & (tu > 0)
     body = _ellipse(u, v, 0.0, 0.0, p["body_a"], p["body_b"])
     wing = _ellipse(u, v, -0.05, -0.03, p["wing_len"], 0.42 * p["wing_len"], p["wing_tilt"])
     hu, hv, look = _head_geometry(p)

@@ -55,6 +55,7 @@ def check_attrs(attrs: Mapping[str, str]) -> dict[str, str]:
     """Validate an attribute dict and return a plain copy in canonical part order.
 
     Raises:
+        TypeError: attrs is not a mapping.
         ValueError: a part is missing, unknown, or has a value outside `PART_VALUES`.
     """
     if not isinstance(attrs, Mapping):
