@@ -154,3 +154,33 @@ def test_the_official_epsilon_form_misses_the_limit_at_scale_100(tmp_path):
     w = a.grad[:, 1:].mean(1, keepdim=True)
     _, official = engine.token_maps(feats, w.detach(), impl="torch")
     assert (official - want).abs().max() > 0.1
+
+
+def test_features_of_several_images_give_one_result_list_per_image(tiny):
+    images = [random_image(9), random_image(10)]
+    direct = tiny.locate_many(images, ["cat", "dog", "owl"])
+    cached = tiny.locate_many(tiny.encode_image(images), ["cat", "dog", "owl"])
+    assert [len(row) for row in cached] == [3, 3]
+    for row_a, row_b in zip(direct, cached):
+        for a, b in zip(row_a, row_b):
+            assert a.references == b.references
+            np.testing.assert_allclose(a.token_map, b.token_map, rtol=1e-4, atol=1e-5 * a.token_map.max())
+
+
+def test_text_embeddings_do_not_depend_on_batching(tiny, monkeypatch):
+    """Prompts are sorted by length and cut per batch: the result must not depend on the batches."""
+    import zsfinercam.text as text_module
+
+    concepts = ["a cat", "a very long and winding description of a small dog", "owl", "x"]
+    templates = ["a photo of {}.", "{}"]
+    tiny.text._memory.clear()
+    together = tiny.encode_text(concepts, templates)
+    tiny.text._memory.clear()
+    monkeypatch.setattr(text_module, "TEXT_BATCH", 3)
+    mixed = tiny.encode_text(concepts, templates)
+    with torch.no_grad():
+        tokens = tiny.backend.tokenize([t.replace("{}", c) for c in concepts for t in templates])
+        full = F.normalize(F.normalize(tiny.backend.model.encode_text(tokens), dim=-1).view(4, 2, -1).mean(1), dim=-1)
+    torch.testing.assert_close(together, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed, full, atol=1e-5, rtol=1e-5)
+    tiny.text._memory.clear()

@@ -64,17 +64,24 @@ def test_safe_stems_are_short_and_distinct():
 
 
 def make_result(**over):
-    image = np.zeros((6, 8, 3), np.uint8)
     kw = dict(concept="hawk", references=("owl",), scores={"hawk": 2.0, "owl": 1.0},
-              token_map=np.ones((2, 2), np.float32), heatmap=hand_map(), image=image)
+              token_map=hand_map(), image=np.zeros((12, 16, 3), np.uint8))
     kw.update(over)
     return LocateResult(**kw)
 
 
+def test_heatmap_is_the_normalised_map_at_image_size():
+    res = make_result(token_map=hand_map() * 3.0)
+    np.testing.assert_allclose(res.norm_map, hand_map(), atol=1e-7)
+    np.testing.assert_array_equal(res.heatmap, render.upsample(hand_map(), (12, 16)))
+    assert res.heatmap is res.heatmap  # made once
+    assert make_result(token_map=np.full((2, 2), 5.0, np.float32)).heatmap.max() == 0.0
+
+
 @pytest.mark.parametrize("over, message", [
     ({"token_map": np.ones(4)}, "expected token_map of shape"),
-    ({"heatmap": np.zeros((5, 8), np.float32)}, r"expected heatmap of shape \(6, 8\)"),
-    ({"heatmap": hand_map() * 2}, r"values in \[0, 1\]"),
+    ({"norm_map": np.zeros((5, 8), np.float32)}, r"expected norm_map of shape \(6, 8\)"),
+    ({"norm_map": hand_map() * 2}, r"values in \[0, 1\]"),
     ({"image": np.zeros((6, 8), np.uint8)}, "expected image"),
 ])
 def test_result_validation(over, message):
@@ -87,7 +94,7 @@ def test_save_round_trip(tmp_path):
     files = res.save(tmp_path / "out", "hawk")
     np.testing.assert_array_equal(np.load(files["heatmap"]), res.heatmap)
     record = json.loads(open(files["json"], encoding="utf-8").read())
-    assert record["peak"] == [2, 2] and record["bbox"] == [1, 1, 3, 2]
-    assert record["references"] == ["owl"] and record["token_map"] == [[1.0, 1.0], [1.0, 1.0]]
-    assert Image.open(files["overlay"]).size == (8, 6)
+    assert record["peak"] == list(res.peak) and record["bbox"] == list(res.bbox())
+    assert record["references"] == ["owl"] and np.allclose(record["token_map"], hand_map())
+    assert Image.open(files["overlay"]).size == (16, 12)
     assert not list((tmp_path / "out").glob(".tmp-*"))

@@ -14,11 +14,13 @@ warm-up, medians are reported.
   so the text tower runs (the default template set, and a single template).
 Peak memory above the loaded model during one call of each method, after a warm-up call. CUDA:
 max_memory_allocated during the call minus memory_allocated before it (the timed rounds were
-the warm-up). CPU: a child process per method and configuration loads the model, prepares
-inputs and text, imports everything, then 1 + PROBE_WARM_CALLS times: returns freed heap to
-the system (malloc_trim), resets the peak RSS (/proc/self/clear_refs), runs the call and takes peak RSS
-minus RSS before it. The median of the calls after the first is reported; the first (cold:
-code pages of libraries touched for the first time, one-time buffers) is kept as *_cold_mb.
+the warm-up). CPU: a child process per method and configuration, with glibc's mmap threshold
+fixed at 128 KiB so large blocks go back to the system when freed (RSS then follows live
+memory instead of the allocator's history), loads the model, prepares inputs and text,
+imports everything, then 1 + PROBE_WARM_CALLS times: returns freed heap (malloc_trim),
+resets the peak RSS (/proc/self/clear_refs), runs the call and takes peak RSS minus RSS
+before it. The median of the calls after the first is reported; the first (cold: code pages
+of libraries touched for the first time, one-time buffers) is kept as *_cold_mb.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ TARGETS = (  # (row key, limit or None = reported only, what, unit)
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """What to measure. `batches` / `rounds` None pick device defaults: B=(1,) and 3 rounds on
-    CPU (the default grid then takes ~10-15 min on 2 idle cores); B=(1, 8), 10 rounds on CUDA."""
+    CPU (the default grid then takes ~5 min on 2 idle cores); B=(1, 8), 10 rounds on CUDA."""
 
     model: str = "ViT-B-16"
     pretrained: str | None = None  # None = random weights (speed does not depend on them)
@@ -269,7 +271,8 @@ def _child_peak_mb(cfg: BenchConfig, size: int, b: int, k: int, method: str, log
     """(warm, cold) peak MB of one call, measured in a fresh process."""
     spec = {**dataclasses.asdict(cfg), "sizes": [size], "ks": [max(k, 1)], "batches": [b], "device": "cpu"}
     root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    env = {"MALLOC_MMAP_THRESHOLD_": "131072", **os.environ,
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     done = subprocess.run([sys.executable, "-m", "zsfinercam.bench", "--probe", method, json.dumps(spec)],
                           capture_output=True, text=True, env=env)
     if done.returncode != 0 or not done.stdout.strip():

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import engine, render
+from . import engine
 from .backends import Backend, get_backend
 from .contrast import DEFAULT_NUM_REFERENCES, nearest_by_logit
 from .engine import ImageFeatures
@@ -141,10 +141,11 @@ class Localizer:
             templates: template set name or file, or a list of format strings with one "{}".
 
         Returns:
-            A list of LocateResult per concept; for a list of images, one such list per image.
+            A list of LocateResult per concept; for a list of images (or ImageFeatures of
+            several images), one such list per image.
         """
-        batched = isinstance(images, (list, tuple))
         feats = self._features(images)
+        batched = isinstance(images, (list, tuple)) or len(feats) > 1
         names = check_concepts(concepts)
         if not names:
             raise UsageError("no concepts given")
@@ -153,7 +154,7 @@ class Localizer:
         table = list(dict.fromkeys(names + refs + candidates))
         index = {n: i for i, n in enumerate(table)}
         text = self.encode_text(table, templates)
-        z = engine.logits(feats.embedding, text, self.backend.logit_scale)
+        z = engine.logits(feats.embedding, text, self.backend.logit_scale).cpu()  # small; read many times
         objectives = [[self._objective(index[n], z[b], refs, candidates, index, alpha, method, objective,
                                        num_references) for n in names] for b in range(len(feats))]
         weights = engine.channel_weights(self.backend, feats, text, objectives,
@@ -161,6 +162,7 @@ class Localizer:
         raw, norm = engine.token_maps(feats, weights, impl=self.kernel)
         contrast = "none" if method == "gradcam" or alpha == 0 else ("vs" if vs else "logits")
         shown = [index[c] for c in candidates]
+        raw, norm, z = raw.cpu().numpy(), norm.cpu().numpy(), z.tolist()  # one device sync, not one per map
         out = [[self._result(feats, b, m, objectives[b][m], table, z[b], raw, norm, shown, method,
                              objective, alpha, contrast) for m in range(len(names))] for b in range(len(feats))]
         return out if batched else out[0]
@@ -243,7 +245,7 @@ class Localizer:
         shown = [obj.target, *obj.references, *vocab_idx]
         return LocateResult(
             concept=table[obj.target], references=tuple(table[r] for r in obj.references),
-            scores={table[i]: float(z_b[i]) for i in dict.fromkeys(shown)},
-            token_map=raw[b, m].cpu().numpy(), heatmap=render.upsample(norm[b, m].cpu().numpy(), image.shape[:2]),
+            scores={table[i]: z_b[i] for i in dict.fromkeys(shown)},
+            token_map=raw[b, m], norm_map=norm[b, m],
             image=image, method=method, objective=objective if method == "finer" else "gradcam", alpha=alpha,
             contrast=contrast, source=feats.sources[b])

@@ -1,6 +1,7 @@
 """The result of one localisation: validated, renderable, saveable."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -21,33 +22,43 @@ class LocateResult:
 
     `token_map` is the raw map on the patch grid (ReLU'd, not normalised), kept so
     maps can be compared across concepts; `heatmap` is its min-max normalisation
-    upsampled to the original image size, for display.
+    upsampled to the original image size, for display. The heatmap is made on first
+    use, so results of many concepts cost little until they are shown.
     """
 
     concept: str
     references: tuple[str, ...]
     scores: dict[str, float]  # logit of the target and of every concept it was compared with
     token_map: np.ndarray  # (h, w) float32 >= 0
-    heatmap: np.ndarray  # (H, W) float32 in [0, 1]
     image: np.ndarray = field(repr=False)  # (H, W, 3) uint8, the image as loaded
     method: str = "finer"  # "finer" or "gradcam"
     objective: str = "weighted"
     alpha: float = 1.0
     contrast: str = "vs"  # how references were chosen: "vs", "logits", "none"
     source: str = "image"
+    norm_map: np.ndarray | None = field(default=None, repr=False)  # (h, w) min-max of token_map; None: computed
 
     def __post_init__(self) -> None:
         self.token_map = np.asarray(self.token_map, dtype=np.float32)
-        self.heatmap = np.asarray(self.heatmap, dtype=np.float32)
         self.references = tuple(self.references)
         if self.token_map.ndim != 2:
             raise ValueError(f"expected token_map of shape (h, w), got {self.token_map.shape}")
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
             raise ValueError(f"expected image (H, W, 3) uint8, got {self.image.shape} {self.image.dtype}")
-        if self.heatmap.shape != self.image.shape[:2]:
-            raise ValueError(f"expected heatmap of shape {self.image.shape[:2]}, got {self.heatmap.shape}")
-        if self.heatmap.size and (self.heatmap.min() < 0 or self.heatmap.max() > 1):
-            raise ValueError("expected heatmap values in [0, 1]")
+        if self.norm_map is None:
+            low, span = self.token_map.min(), np.ptp(self.token_map)
+            self.norm_map = (self.token_map - low) / span if span > 0 else np.zeros_like(self.token_map)
+        self.norm_map = np.asarray(self.norm_map, dtype=np.float32)
+        if self.norm_map.shape != self.token_map.shape:
+            raise ValueError(f"expected norm_map of shape {self.token_map.shape}, got {self.norm_map.shape}")
+        if self.norm_map.size and (self.norm_map.min() < -1e-4 or self.norm_map.max() > 1 + 1e-4):
+            raise ValueError("expected norm_map values in [0, 1]")
+        self.norm_map = np.clip(self.norm_map, 0.0, 1.0)  # kernels may round a hair past the ends
+
+    @functools.cached_property
+    def heatmap(self) -> np.ndarray:
+        """float32 (H, W) in [0, 1] at the image's size: the normalised map, upsampled bilinearly."""
+        return render.upsample(self.norm_map, self.image.shape[:2])
 
     @property
     def peak(self) -> tuple[int, int]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .backends import Backend
 from .errors import UsageError
 
-TEXT_BATCH = 256  # prompts per text-tower call
+TEXT_BATCH = 64  # prompts per text-tower call (each call is cut to its longest prompt)
 
 
 def default_cache_dir() -> Path:
@@ -72,11 +72,14 @@ class ConceptEncoder:
     def _encode(self, concepts: list[str], templates: list[str]) -> torch.Tensor:
         self._warn_truncated(concepts, max(templates, key=len))
         prompts = [t.replace("{}", c) for c in concepts for t in templates]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
         rows = []
-        for start in range(0, len(prompts), TEXT_BATCH):
-            tokens = self.backend.tokenize(prompts[start:start + TEXT_BATCH])
+        for start in range(0, len(order), TEXT_BATCH):
+            tokens = self.backend.tokenize([prompts[i] for i in order[start:start + TEXT_BATCH]])
             rows.append(F.normalize(self.backend.encode_text(tokens), dim=-1))
-        per_template = torch.cat(rows).view(len(concepts), len(templates), -1)
+        encoded = torch.empty_like(torch.cat(rows))
+        encoded[torch.tensor(order, device=encoded.device)] = torch.cat(rows)
+        per_template = encoded.view(len(concepts), len(templates), -1)
         return F.normalize(per_template.mean(dim=1), dim=-1)
 
     def _warn_truncated(self, concepts: list[str], template: str) -> None:

@@ -51,16 +51,21 @@ def bench(model, pretrained, model_config, sizes, ks, batches, rounds, device, g
     ViT-B-16 with random weights by default. Methods: the plain image tower (the floor), ours
     (locate_many, text warm), pytorch-grad-cam FinerCAM one call per concept, new prompts on
     cached image features with warm text and with their text encoding. Prints a table and
-    whether the targets are met. On a 2-core CPU the default grid (sizes 224,448, K 1,4,16,64,
-    B 1, 3 rounds, memory in child processes) takes about 10-15 minutes.
+    whether the targets are met. On 2 idle CPU cores the default grid (sizes 224,448,
+    K 1,4,16,64, B 1, 3 rounds, memory in child processes) takes about 5 minutes; other busy
+    processes make it slower and distort multi-threaded timings (the table says how busy).
     """
     from ..bench import BenchConfig, format_table, run_benchmark, write_json
+    from ..errors import UsageError
 
     cfg = BenchConfig(model=model, pretrained=pretrained, model_config=model_config, sizes=sizes, ks=ks,
                       batches=batches, rounds=rounds, device=device, gradcam=not no_gradcam,
                       gradcam_calls=gradcam_calls, gradcam_full=gradcam_full, memory=not no_memory,
                       threads=threads, references=references)
-    report = run_benchmark(cfg, log=None if quiet else (lambda message: click.echo(message, err=True)))
+    try:
+        report = run_benchmark(cfg, log=None if quiet else (lambda message: click.echo(message, err=True)))
+    except UsageError as err:  # e.g. --device cuda without CUDA; also when run as a script
+        raise click.UsageError(str(err)) from None
     click.echo(format_table(report))
     if json_path:
         write_json(report, json_path)
