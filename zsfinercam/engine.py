@@ -41,6 +41,7 @@ class ImageFeatures:
     sources: list[str]  # where each image came from (file path or a label)
     model_key: str  # the backend that produced these features
     jacobian: torch.Tensor | None = field(default=None, repr=False)  # (B, E, D), built on demand
+    cache: dict = field(default_factory=dict, repr=False)  # the backend's shift-independent work
 
     def __len__(self) -> int:
         return self.stream.shape[0]
@@ -58,14 +59,15 @@ class ImageFeatures:
         return self.target[:, self.num_prefix_tokens:]
 
 
-def encode(backend: Backend, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stream, target activation and image embedding, all without grad."""
+def encode(backend: Backend, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Stream, target activation, image embedding (all without grad) and the backend's cache."""
     stream = backend.trunk(pixels)
     target = backend.target(stream)
+    cache: dict = {}
     with torch.no_grad():
         zero = stream.new_zeros(stream.shape[0], 1, stream.shape[-1])
-        embedding = backend.embed(stream, target, zero)[:, 0]
-    return stream, target, embedding
+        embedding = backend.embed(stream, target, zero, cache)[:, 0]
+    return stream, target, embedding, cache
 
 
 def logits(embedding: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
@@ -88,7 +90,7 @@ def channel_weights(
     batch, _, width = feats.target.shape
     shift = feats.target.new_zeros(batch, len(objectives[0]), width, requires_grad=True)
     with torch.enable_grad():
-        z = logits(backend.embed(feats.stream, feats.target, shift), text, backend.logit_scale)
+        z = logits(backend.embed(feats.stream, feats.target, shift, feats.cache), text, backend.logit_scale)
         (grad,) = torch.autograd.grad(objective_scores(z, objectives).sum(), shift)
     return grad / _num_patches(feats)
 
@@ -113,7 +115,7 @@ def jacobian(backend: Backend, feats: ImageFeatures) -> torch.Tensor:
             idx = torch.arange(start, min(start + JACOBIAN_CHUNK, dim), device=feats.target.device)
             shift = feats.target.new_zeros(batch, len(idx), width, requires_grad=True)
             with torch.enable_grad():
-                e_n = F.normalize(backend.embed(feats.stream, feats.target, shift), dim=-1)
+                e_n = F.normalize(backend.embed(feats.stream, feats.target, shift, feats.cache), dim=-1)
                 picked = e_n.gather(-1, idx.view(1, -1, 1).expand(batch, -1, 1))  # row j keeps component j
                 (grad,) = torch.autograd.grad(picked.sum(), shift)
             rows.append(grad)

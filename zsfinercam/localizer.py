@@ -95,9 +95,9 @@ class Localizer:
         arrays = [a for a, _ in loaded]
         cfg = self.config
         pixels = to_pixels(arrays, cfg.image_size, cfg.mean, cfg.std).to(self.backend.device)
-        stream, target, embedding = engine.encode(self.backend, pixels)
+        stream, target, embedding, cache = engine.encode(self.backend, pixels)
         return ImageFeatures(stream, target, embedding, cfg.grid_size, cfg.num_prefix_tokens, arrays,
-                             [s for _, s in loaded], self._key())
+                             [s for _, s in loaded], self._key(), cache=cache)
 
     def scores(self, image, concepts: Sequence[str], templates=None) -> list[dict[str, float]]:
         """Zero-shot logits {concept: z} for each image."""

@@ -60,8 +60,13 @@ class Backend(ABC):
         """Target activation A (B, T, D) computed from the stream."""
 
     @abstractmethod
-    def embed(self, stream: torch.Tensor, target: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        """Unnormalised image embeddings (B, M, E) with shift (B, M, D) added to the patch tokens of A."""
+    def embed(self, stream: torch.Tensor, target: torch.Tensor, shift: torch.Tensor,
+              cache: dict | None = None) -> torch.Tensor:
+        """Unnormalised image embeddings (B, M, E) with shift (B, M, D) added to the patch tokens of A.
+
+        `cache` is a scratch dict tied to this (stream, target): the backend may keep work
+        that does not depend on the shift there (e.g. the last block's keys and values).
+        """
 
     @property
     def logit_scale(self) -> float:

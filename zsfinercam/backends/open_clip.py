@@ -83,10 +83,10 @@ class OpenClipBackend(Backend):
         with torch.no_grad():
             return self.model.visual.transformer.resblocks[-1].ln_1(stream)
 
-    def embed(self, stream: torch.Tensor, target: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    def embed(self, stream, target, shift, cache=None) -> torch.Tensor:
         v = self.model.visual
         block = v.transformer.resblocks[-1]
-        cls_out = _cls_attention(block.attn, target, shift, self.config.num_prefix_tokens)
+        cls_out = _cls_attention(block.attn, target, shift, self.config.num_prefix_tokens, cache)
         x = stream[:, :1] + block.ls_1(cls_out)  # (B, M, D): the CLS residual, one per shift
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
         pooled = v.ln_post(x)
@@ -116,23 +116,29 @@ def _run_block(block: nn.Module, x: torch.Tensor, batch_first: bool) -> torch.Te
     return block(x.transpose(0, 1)).transpose(0, 1)
 
 
-def _cls_attention(attn: nn.MultiheadAttention, a: torch.Tensor, shift: torch.Tensor, prefix: int) -> torch.Tensor:
+def _cls_attention(attn: nn.MultiheadAttention, a: torch.Tensor, shift: torch.Tensor, prefix: int,
+                   cache: dict | None = None) -> torch.Tensor:
     """The CLS row of multi-head attention over A, once per shift vector added to the patch tokens.
 
     Keys and values are linear in A, so a shift s moves every patch key by W_k s and
     every patch value by W_v s: the shared keys/values are computed once without
     grad, and only the (B, M, H) score offsets and (B, M, D) value offsets carry it.
+    The shared part is kept in `cache` when one is given.
     """
     batch, tokens, width = a.shape
     heads = attn.num_heads
     hd = width // heads
     wq, wk, wv = attn.in_proj_weight.chunk(3)
     bq, bk, bv = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
-    with torch.no_grad():
-        q = F.linear(a[:, 0], wq, bq).view(batch, heads, hd) * hd**-0.5
-        k = F.linear(a, wk, bk).view(batch, tokens, heads, hd)
-        v = F.linear(a, wv, bv).view(batch, tokens, heads, hd)
-        base = torch.einsum("bhd,bthd->bht", q, k)
+    if cache is not None and "cls_qvb" in cache:
+        q, v, base = cache["cls_qvb"]
+    else:
+        with torch.no_grad():
+            q = F.linear(a[:, 0], wq, bq).view(batch, heads, hd) * hd**-0.5
+            v = F.linear(a, wv, bv).view(batch, tokens, heads, hd)
+            base = torch.einsum("bhd,bthd->bht", q, F.linear(a, wk, bk).view(batch, tokens, heads, hd))
+        if cache is not None:
+            cache["cls_qvb"] = (q, v, base)
     m = shift.shape[1]
     dk = (shift @ wk.T).view(batch, m, heads, hd)
     dv = (shift @ wv.T).view(batch, m, heads, hd)
