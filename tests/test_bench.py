@@ -9,7 +9,8 @@ import statistics
 import pytest
 from click.testing import CliRunner
 
-from zsfinercam.bench import BenchConfig, evaluate_targets, format_table, run_benchmark, write_json
+from zsfinercam.bench import BenchConfig, run_benchmark
+from zsfinercam.bench_report import evaluate_targets, format_table, write_json
 from zsfinercam.cli.bench import bench
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # the tiny text context truncates long names

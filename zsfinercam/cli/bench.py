@@ -55,7 +55,8 @@ def bench(model, pretrained, model_config, sizes, ks, batches, rounds, device, g
     K 1,4,16,64, B 1, 3 rounds, memory in child processes) takes about 5 minutes; other busy
     processes make it slower and distort multi-threaded timings (the table says how busy).
     """
-    from ..bench import BenchConfig, format_table, run_benchmark, write_json
+    from ..bench import BenchConfig, run_benchmark
+    from ..bench_report import format_table, write_json
     from ..errors import UsageError
 
     cfg = BenchConfig(model=model, pretrained=pretrained, model_config=model_config, sizes=sizes, ks=ks,
