@@ -106,6 +106,23 @@ class Localizer:
         z = engine.logits(feats.embedding, self.encode_text(names, templates), self.backend.logit_scale)
         return [{n: float(v) for n, v in zip(names, row)} for row in z.tolist()]
 
+    def neighbors(self, concept: str, vocab: str | Sequence[str] | None = None, k: int = 5,
+                  templates=None) -> list[tuple[str, float]]:
+        """The k vocabulary entries nearest to `concept` by cosine similarity of their
+        template-averaged text embeddings (image-independent), best first; the concept
+        itself is left out. `vocab` defaults to the model's own classes."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise UsageError(f"k must be a positive integer, got {k!r}")
+        (target,) = check_concepts([concept])
+        pool = self._vocab(vocab) if vocab is not None else list(self.config.default_vocab or [])
+        entries = [e for e in pool if e != target]
+        if not entries:
+            raise UsageError("the vocabulary has no entry besides the concept itself; give one with --vocab")
+        text = self.encode_text([target, *entries], templates)
+        sims = (text[1:] @ text[0]).cpu()
+        top = torch.sort(sims, descending=True, stable=True).indices[:k].tolist()
+        return [(entries[i], float(sims[i])) for i in top]
+
     def locate(self, image, concept: str, vs: Sequence[str] | None = None, **kwargs) -> LocateResult:
         """The map of one concept in one image. See `locate_many` for the keyword arguments."""
         if not isinstance(concept, str):

@@ -17,6 +17,7 @@ from .bench import bench
 from .eval import eval_command
 from .locate import locate
 from .models import models
+from .prompts import neighbors, prompts_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -29,6 +30,8 @@ cli.add_command(locate)
 cli.add_command(models)
 cli.add_command(eval_command)
 cli.add_command(bench)
+cli.add_command(neighbors)
+cli.add_command(prompts_command)
 
 
 def _fail(message: str, code: int) -> None:
