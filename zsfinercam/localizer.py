@@ -196,17 +196,13 @@ class Localizer:
         return f"{self.backend.name}:{self.config.name}:{id(self.backend)}"
 
     def _templates(self, templates) -> list[str]:
-        from .vocab import DEFAULT_TEMPLATES, load_templates
+        from .vocab import DEFAULT_TEMPLATES, check_template, load_templates
 
         if templates is None:
             return list(self.config.default_templates or load_templates(DEFAULT_TEMPLATES))
         if isinstance(templates, (str, Path)):
             return load_templates(str(templates))
-        templates = list(templates)
-        bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
-        if bad:
-            raise UsageError(f"each template needs exactly one '{{}}' placeholder, got {bad[0]!r}")
-        return templates
+        return [check_template(t) for t in templates]
 
     @staticmethod
     def _alpha(alpha, method: str, objective: str) -> float:

@@ -179,11 +179,17 @@ def load_templates(name_or_path: PathLike = DEFAULT_TEMPLATES) -> list[str]:
         raise UsageError(f"{doc.label} holds concepts, not templates; "
                          f"use load_vocab({str(name_or_path)!r})")
     for where, template in doc.entries:
-        rest = template.replace(_PLACEHOLDER, "", 1)
-        if _PLACEHOLDER not in template or "{" in rest or "}" in rest:
-            raise UsageError(f"{doc.label}, {where}: template {template!r} must contain "
-                             f"exactly one {_PLACEHOLDER} and no other braces")
+        check_template(template, f"{doc.label}, {where}: ")
     return _dedupe(doc.label, doc.entries)
+
+
+def check_template(template: object, where: str = "") -> str:
+    """`template` itself if it is a string with exactly one ``{}`` and no other brace."""
+    rest = template.replace(_PLACEHOLDER, "", 1) if isinstance(template, str) else None
+    if rest is None or _PLACEHOLDER not in template or "{" in rest or "}" in rest:
+        raise UsageError(f"{where}template {template!r} must contain exactly one {_PLACEHOLDER} "
+                         "and no other braces")
+    return template
 
 
 def vocab_info() -> list[dict]:
