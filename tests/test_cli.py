@@ -68,36 +68,60 @@ def not_an_image(tmp_path_factory):
 
 
 BAD = [
-    # (arguments after IMAGE, exit code, fragment of the message)
-    (["hawk", "--alpha", "nan"], 2, "--alpha"),
-    (["hawk", "--alpha", "-1"], 2, "--alpha"),
-    (["   "], 2, "empty or blank"),
-    (["hawk", "--image-size", "30"], 2, "multiple of the patch size"),
-    (["hawk", "--vocab", "no_such_vocab"], 2, "no_such_vocab"),
-    (["hawk"], 2, "nothing to contrast with"),
-    (["hawk", "--model", "ViT-B-32", "--pretrained", "openai", "--model-config", ""], 1, "not in the local cache"),
+    # (arguments after IMAGE, exit code, fragment of the message, also in a real process)
+    (["hawk", "--alpha", "nan"], 2, "--alpha", False),
+    (["hawk", "--alpha", "-1"], 2, "--alpha", False),
+    (["   "], 2, "empty or blank", False),
+    (["hawk", "--image-size", "30"], 2, "multiple of the patch size", False),
+    (["hawk", "--vocab", "no_such_vocab"], 2, "no_such_vocab", False),
+    (["hawk"], 2, "nothing to contrast with", False),
+    (["hawk", "--model", "ViT-B-32", "--pretrained", "openai", "--model-config", ""], 1, "not in the local cache",
+     True),
 ]
 
 
-@pytest.mark.parametrize("extra, code, fragment", BAD)
-def test_bad_input_one_line_no_traceback(tiny_files, image, tmp_path, extra, code, fragment):
+@pytest.mark.parametrize("extra, code, fragment, real", BAD)
+def test_bad_input_one_line_no_traceback(tiny_files, image, tmp_path, extra, code, fragment, real):
+    """In this process (see test_inputs.cli); the last row also through a real subprocess."""
+    from test_inputs import cli
+
     before = hashlib.sha1(image.read_bytes()).hexdigest()
     args = tiny_args(tiny_files)
     if "--model" in extra:
         args = ["--device", "cpu"]
         extra = [e for e in extra if e not in ("--model-config", "")]
-    proc = run("locate", image, *extra, *args, "--out", tmp_path / "o")
-    assert proc.returncode == code, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert fragment in lines[0]
+    argv = ["locate", image, *extra, *args, "--out", tmp_path / "o"]
+    inproc = cli(argv)
+    assert inproc.code == code and len(inproc.err) == 1 and fragment in inproc.err[0], inproc.err
+    if real:
+        proc = run(*argv)
+        assert proc.returncode == code, proc.stderr
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert lines == inproc.err
     assert hashlib.sha1(image.read_bytes()).hexdigest() == before
 
 
 @pytest.mark.parametrize("which, code, fragment", [
     ("missing", 2, "does not exist"), ("folder", 2, "is a directory"), ("garbage", 1, "not an image")])
 def test_bad_image_files(tiny_files, not_an_image, tmp_path, which, code, fragment):
+    from test_inputs import cli
+
     path = {"missing": tmp_path / "nope.png", "folder": tmp_path, "garbage": not_an_image}[which]
-    proc = run("locate", path, "hawk", "--vs", "owl", *tiny_args(tiny_files), "--out", tmp_path / "o")
-    assert proc.returncode == code, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and fragment in proc.stderr, proc.stderr
+    argv = ["locate", path, "hawk", "--vs", "owl", *tiny_args(tiny_files), "--out", tmp_path / "o"]
+    inproc = cli(argv)
+    assert inproc.code == code and len(inproc.err) == 1 and fragment in inproc.err[0], inproc.err
+    if which == "garbage":
+        proc = run(*argv)
+        assert proc.returncode == code, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and fragment in proc.stderr, proc.stderr
+
+
+def test_batch_help_lists_its_options():
+    from test_inputs import cli
+
+    res = cli(["batch", "--help"])
+    assert res.code == 0 and not res.err
+    for flag in ("--concepts", "--out", "--resume", "--recursive", "--batch-size", "--max-pixels", "--vs", "--alpha",
+                 "--model", "--image-size"):
+        assert flag in res.out

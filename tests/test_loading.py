@@ -61,7 +61,7 @@ def test_missing_weights_offline_fail_with_a_clear_message(name, pretrained):
     ({"name": "ViT-B-32", "pretrained": "/no/such/file.safetensors"}, "weights file not found"),
     ({"name": "t", "model_config": "/no/such.json"}, "model config not found"),
     ({"name": "t", "device": "cuda"} if not torch.cuda.is_available() else {"name": "ViT-B-61"}, "CUDA|did you"),
-    ({"name": "t", "backend": "nope"}, "unknown backend 'nope'; choose one of: open_clip"),
+    ({"name": "t", "backend": "nope"}, "unknown backend 'nope'; choose one of: .*open_clip"),
 ])
 def test_bad_requests_are_usage_errors(kwargs, message, tiny_files):
     if kwargs["name"] == "t" and "model_config" not in kwargs:

@@ -24,10 +24,14 @@ class ModelConfig:
     mean: tuple[float, float, float]  # per-channel normalisation of [0, 1] pixels
     std: tuple[float, float, float]
     target_layer: str  # module path of the target activation, e.g. "visual.transformer.resblocks.11.ln_1"
-    pooling: str  # how the image embedding is pooled: "cls"
+    pooling: str  # how the image embedding is pooled: "cls" (class token), "map" (attention-pooling head), "avg"
     context_length: int  # text tokens per prompt
     default_templates: tuple[str, ...] | None = None  # prompt templates the weights were trained with
     default_vocab: tuple[str, ...] | None = None  # concepts to contrast with when none are given
+    # b in the model's own logits s * cos + b (SigLIP). The same for every concept, so it moves no
+    # map and no softmax over references; reported scores include it.
+    logit_bias: float = 0.0
+    normalize: bool = True  # z = s * cos(e, T); False for a trained linear probe: z = e @ T^T (scale 1)
 
     @property
     def grid_size(self) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
     pixels -> backend.trunk -> stream x -> backend.target -> A
     (x, A, shift) -> backend.embed -> e -> normalise -> z = s e T^T -> objectives O
+    (a trained linear probe skips the normalisation: z = e T^T, its bias folded into e and T)
     w = (1/N) dO/dshift   (= the token-mean of dO/dA, Grad-CAM's channel weights)
     maps = ReLU(A_patch w^T)
 
@@ -70,9 +71,12 @@ def encode(backend: Backend, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.
     return stream, target, embedding, cache
 
 
-def logits(embedding: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
-    """z = s * normalize(e) @ T^T for unnormalised image embeddings (..., E) and normalised text (K, E)."""
-    return scale * F.normalize(embedding, dim=-1) @ text.T
+def logits(embedding: torch.Tensor, text: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """z = s * normalize(e) @ T^T for unnormalised image embeddings (..., E) and normalised text (K, E).
+
+    `scale` None (`Backend.logit_scale` of a linear probe) means the plain linear head z = e @ T^T.
+    """
+    return (embedding if scale is None else scale * F.normalize(embedding, dim=-1)) @ text.T
 
 
 def channel_weights(
@@ -95,27 +99,34 @@ def channel_weights(
     return grad / _num_patches(feats)
 
 
-def head_gradient(embedding: torch.Tensor, text: torch.Tensor, scale: float,
+def head_gradient(embedding: torch.Tensor, text: torch.Tensor, scale: float | None,
                   objectives: Sequence[Sequence[Objective]]) -> torch.Tensor:
-    """u = dO/d normalize(e), shape (B, M, E): the upstream vector of every objective."""
-    e_n = F.normalize(embedding.detach(), dim=-1)
+    """u = dO/d normalize(e) (dO/de for a linear probe, scale None), shape (B, M, E)."""
+    e_n = embedding.detach() if scale is None else F.normalize(embedding.detach(), dim=-1)
     e_n = e_n[:, None].expand(-1, len(objectives[0]), -1).clone().requires_grad_(True)
     with torch.enable_grad():
-        (u,) = torch.autograd.grad(objective_scores(scale * e_n @ text.T, objectives).sum(), e_n)
+        z = e_n @ text.T if scale is None else scale * e_n @ text.T
+        (u,) = torch.autograd.grad(objective_scores(z, objectives).sum(), e_n)
     return u
 
 
 def jacobian(backend: Backend, feats: ImageFeatures) -> torch.Tensor:
-    """G (B, E, D): token-mean over patches of d normalize(e) / dA; built once, kept on feats."""
+    """G (B, E, D): token-mean over patches of d normalize(e) / dA (de / dA for a linear probe).
+
+    Built once and kept on feats. A backend may bound the rows per backward with a
+    `jacobian_chunk` attribute (towers whose embed runs a whole block per row).
+    """
     if feats.jacobian is None:
         batch, _, width = feats.target.shape
         dim = feats.embedding.shape[-1]
+        chunk = getattr(backend, "jacobian_chunk", None) or JACOBIAN_CHUNK
         rows = []
-        for start in range(0, dim, JACOBIAN_CHUNK):
-            idx = torch.arange(start, min(start + JACOBIAN_CHUNK, dim), device=feats.target.device)
+        for start in range(0, dim, chunk):
+            idx = torch.arange(start, min(start + chunk, dim), device=feats.target.device)
             shift = feats.target.new_zeros(batch, len(idx), width, requires_grad=True)
             with torch.enable_grad():
-                e_n = F.normalize(backend.embed(feats.stream, feats.target, shift, feats.cache), dim=-1)
+                e_n = backend.embed(feats.stream, feats.target, shift, feats.cache)
+                e_n = e_n if backend.logit_scale is None else F.normalize(e_n, dim=-1)
                 picked = e_n.gather(-1, idx.view(1, -1, 1).expand(batch, -1, 1))  # row j keeps component j
                 (grad,) = torch.autograd.grad(picked.sum(), shift)
             rows.append(grad)

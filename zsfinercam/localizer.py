@@ -2,20 +2,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from . import engine
 from .backends import Backend, get_backend
-from .contrast import DEFAULT_NUM_REFERENCES, nearest_by_logit
+from .contrast import DEFAULT_NUM_REFERENCES, STRATEGIES, make_plans, pick
 from .engine import ImageFeatures
 from .errors import UsageError
-from .images import ImageInput, load_image, to_pixels
+from .images import DEFAULT_MAX_PIXELS, ImageInput, check_max_pixels, load_image, to_pixels
 from .objectives import DEFAULT_ALPHA, OBJECTIVES, Objective
 from .result import LocateResult
 from .text import ConceptEncoder, check_concepts, default_cache_dir
+
+if TYPE_CHECKING:
+    from .compare import Comparison
 
 METHODS = ("finer", "gradcam")
 
@@ -37,6 +40,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 class Localizer:
     """Zero-shot concept localisation with Finer-CAM over a CLIP image tower."""
+
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # image files with more pixels are refused (None: no limit)
 
     def __init__(self, backend: Backend, *, cache_dir: str | Path | None = None, kernel: str = "auto"):
         """Wrap a loaded backend.
@@ -62,6 +67,7 @@ class Localizer:
         image_size: int | None = None,
         cache_dir: str | Path | None | bool = True,
         kernel: str = "auto",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> "Localizer":
         """Load a model by name: an open_clip architecture ("ViT-B-16") with a weights tag or file,
         "hf-hub:org/repo", "local-dir:/path", or "toy" (the embedded offline demo model).
@@ -71,16 +77,54 @@ class Localizer:
             model_config: JSON file with an open_clip model config, for custom architectures.
             image_size: run the image tower at this size (position embeddings are resampled).
             cache_dir: text-embedding cache folder; True = $ZSFINERCAM_CACHE or ~/.cache/zsfinercam.
+            max_pixels: image files with more pixels (width x height) are refused before
+                decoding (decompression bombs); None = no limit.
         """
+        max_pixels = check_max_pixels(max_pixels)
+        if image_size is not None and (isinstance(image_size, bool)
+                                       or not isinstance(image_size, (int, np.integer))):
+            raise UsageError(f"image_size must be a whole number of pixels, got {image_size!r}")
         loaded = get_backend(backend).from_pretrained(
             name, pretrained=pretrained, model_config=model_config,
             device=resolve_device(device), image_size=image_size)
         folder = default_cache_dir() if cache_dir is True else (cache_dir or None)
-        return cls(loaded, cache_dir=folder, kernel=kernel)
+        loc = cls(loaded, cache_dir=folder, kernel=kernel)
+        loc.max_pixels = max_pixels
+        return loc
+
+    @classmethod
+    def from_classifier(cls, backbone: str, classifier: str | Path, classes: str | Path, *,
+                        pretrained: str | None = None, model_config: str | None = None, device: str = "auto",
+                        image_size: int | None = None, kernel: str = "auto") -> "Localizer":
+        """A trained linear classifier over an image tower (the Finer-CAM paper's setting).
+
+        Args:
+            backbone: an open_clip model name (as for `from_pretrained`) or "timm:NAME" (a timm ViT,
+                e.g. "timm:vit_base_patch14_dinov2"; pooled as the official code: mean of the
+                final-normed patch tokens).
+            classifier: `nn.Linear` state dict (.pth weights-only or .safetensors); the official
+                Finer-CAM `classifier_*.pth` files load as they are.
+            classes: class names, one per line in row order (or a JSON list).
+            pretrained: the backbone's weights (tag or file); for timm, None = timm's hub weights.
+            model_config: open_clip config JSON, or for timm a JSON of create_model overrides.
+
+        Concepts are class names; references are chosen among the classes by logits, as in
+        the paper. See `zsfinercam.probe` and `zsfinercam.backends.probe`.
+        """
+        from .probe import load_probe
+
+        probe = load_probe(backbone, classifier, classes, pretrained=pretrained, model_config=model_config,
+                           device=resolve_device(device), image_size=image_size)
+        return cls(probe, cache_dir=None, kernel=kernel)
 
     @property
     def config(self):
         return self.backend.config
+
+    def head(self, concepts: Sequence[str], templates: str | Sequence[str] | None = None) -> torch.Tensor:
+        """Rows of the linear head for `concepts`: encoded prompts, or a linear probe's classifier rows."""
+        rows = self.backend.head_rows(check_concepts(concepts), templates)
+        return self.encode_text(concepts, templates) if rows is None else rows
 
     def encode_text(self, concepts: Sequence[str], templates: str | Sequence[str] | None = None) -> torch.Tensor:
         """Normalised, template-averaged concept embeddings (K, E)."""
@@ -91,7 +135,7 @@ class Localizer:
         many = images if isinstance(images, (list, tuple)) else [images]
         if not many:
             raise UsageError("no images given")
-        loaded = [load_image(im) for im in many]
+        loaded = [load_image(im, max_pixels=self.max_pixels) for im in many]
         arrays = [a for a, _ in loaded]
         cfg = self.config
         pixels = to_pixels(arrays, cfg.image_size, cfg.mean, cfg.std).to(self.backend.device)
@@ -103,7 +147,8 @@ class Localizer:
         """Zero-shot logits {concept: z} for each image."""
         feats = self._features(image)
         names = check_concepts(concepts)
-        z = engine.logits(feats.embedding, self.encode_text(names, templates), self.backend.logit_scale)
+        z = engine.logits(feats.embedding, self.head(names, templates), self.backend.logit_scale) \
+            + self.config.logit_bias
         return [{n: float(v) for n, v in zip(names, row)} for row in z.tolist()]
 
     def neighbors(self, concept: str, vocab: str | Sequence[str] | None = None, k: int = 5,
@@ -122,6 +167,24 @@ class Localizer:
         sims = (text[1:] @ text[0]).cpu()
         top = torch.sort(sims, descending=True, stable=True).indices[:k].tolist()
         return [(entries[i], float(sims[i])) for i in top]
+
+    def compare(self, image, concepts: Sequence[str], **kwargs) -> "Comparison":
+        """Grad-CAM and Finer-CAM maps of several concepts in one image, for a side-by-side grid.
+
+        The trunk runs once (or not at all for ImageFeatures); both methods then reuse the
+        image's Jacobian, so each extra concept costs text encoding and small matrix products.
+        Keyword arguments are `locate_many`'s (they shape the Finer-CAM row).
+        """
+        from .compare import Comparison
+
+        if "method" in kwargs:
+            raise UsageError("compare always shows both methods; drop method=")
+        feats = self._features(image)
+        if len(feats) != 1:
+            raise UsageError(f"compare takes one image, got {len(feats)}")
+        finer = self.locate_many(feats, concepts, **kwargs)
+        grad = self.locate_many(feats, concepts, method="gradcam", templates=kwargs.get("templates"))
+        return Comparison(gradcam=grad, finer=finer)
 
     def locate(self, image, concept: str, vs: Sequence[str] | None = None, **kwargs) -> LocateResult:
         """The map of one concept in one image. See `locate_many` for the keyword arguments."""
@@ -142,6 +205,9 @@ class Localizer:
         objective: str = "weighted",
         templates: str | Sequence[str] | None = None,
         num_references: int = DEFAULT_NUM_REFERENCES,
+        contrast: str | None = None,
+        category: str | None = None,
+        parts: str | Path | Mapping[str, Sequence[str]] | None = None,
     ) -> list:
         """Maps of several concepts in one image (or a batch): one trunk pass, one backward.
 
@@ -156,6 +222,16 @@ class Localizer:
             method: "finer" or "gradcam" (plain Grad-CAM on the target logit).
             objective: "weighted" (official Finer-CAM), "mean" (paper) or "compare" (one reference).
             templates: template set name or file, or a list of format strings with one "{}".
+            num_references: references picked per pool by the "logits" and "parts" rules,
+                and the neighbours taken by "text".
+            contrast: how references are chosen (see `zsfinercam.contrast`): "logits"
+                (default), "text", "vs" (implied by `vs`), "generic" (against `category`)
+                or "parts" (implied by `parts`).
+            category: what the concepts are kinds of ("bird"), for contrast="generic";
+                default: the vocabulary's category, if its file names one.
+            parts: part vocabulary (name, file or {part: [attributes]}) for attribute
+                mode: each concept is contrasted with the other attributes of its part
+                and with the same trait on the other parts.
 
         Returns:
             A list of LocateResult per concept; for a list of images (or ImageFeatures of
@@ -167,21 +243,22 @@ class Localizer:
         if not names:
             raise UsageError("no concepts given")
         alpha = self._alpha(alpha, method, objective)
-        refs, candidates = self._reference_pool(names, vs, vocab, method, alpha)
-        table = list(dict.fromkeys(names + refs + candidates))
+        k = self._count(num_references)
+        plans, candidates = self._plans(names, vs, vocab, method, alpha, contrast, category, parts, k, templates)
+        table = list(dict.fromkeys([*names, *(c for p in plans for c in p.concepts), *candidates]))
         index = {n: i for i, n in enumerate(table)}
-        text = self.encode_text(table, templates)
-        z = engine.logits(feats.embedding, text, self.backend.logit_scale).cpu()  # small; read many times
-        objectives = [[self._objective(index[n], z[b], refs, candidates, index, alpha, method, objective,
-                                       num_references) for n in names] for b in range(len(feats))]
+        text = self.head(table, templates)
+        z = (engine.logits(feats.embedding, text, self.backend.logit_scale) + self.config.logit_bias).cpu()
+        objectives = [[self._objective(index[n], z[b], plan, index, alpha, objective, k)
+                       for n, plan in zip(names, plans)] for b in range(len(feats))]
         weights = engine.channel_weights(self.backend, feats, text, objectives,
                                          use_jacobian=isinstance(images, ImageFeatures))
         raw, norm = engine.token_maps(feats, weights, impl=self.kernel)
-        contrast = "none" if method == "gradcam" or alpha == 0 else ("vs" if vs else "logits")
         shown = [index[c] for c in candidates]
         raw, norm, z = raw.cpu().numpy(), norm.cpu().numpy(), z.tolist()  # one device sync, not one per map
         out = [[self._result(feats, b, m, objectives[b][m], table, z[b], raw, norm, shown, method,
-                             objective, alpha, contrast) for m in range(len(names))] for b in range(len(feats))]
+                             objective, alpha, plans[m].strategy) for m in range(len(names))]
+               for b in range(len(feats))]
         return out if batched else out[0]
 
     # helpers ---------------------------------------------------------------
@@ -217,19 +294,56 @@ class Localizer:
             raise UsageError(f"alpha must be a finite number >= 0, got {alpha!r}")
         return float(alpha)
 
-    def _reference_pool(self, names, vs, vocab, method, alpha) -> tuple[list[str], list[str]]:
-        """(explicit references, candidates for automatic references and scores)."""
+    def _plans(self, names, vs, vocab, method, alpha, contrast, category, parts, k, templates):
+        """(one reference plan per concept, vocabulary entries whose scores are reported)."""
+        if category is not None:
+            (category,) = check_concepts([category])
         candidates = self._vocab(vocab)
-        if vs is not None:
-            vs = check_concepts([vs] if isinstance(vs, str) else list(vs))
-            return vs, candidates
-        if method == "gradcam" or alpha == 0:
-            return [], candidates
+        strategy = self._strategy(contrast, vs, parts, method, alpha)
+        vs = check_concepts([vs] if isinstance(vs, str) else list(vs)) if vs is not None else []
         pool = candidates or list(self.config.default_vocab or []) or names
-        if not [c for c in pool if c not in names] and len(names) < 2:
+        if strategy in ("logits", "text") and not [c for c in pool if c not in names] and len(names) < 2:
             raise UsageError("nothing to contrast with: give --vs CONCEPT, a --vocab, several concepts, "
                              "or use --method gradcam")
-        return [], pool
+        if strategy == "generic" and category is None and isinstance(vocab, (str, Path)):
+            from .vocab import load_category
+
+            category = load_category(str(vocab))
+        part_table = self._parts(parts) if strategy == "parts" else None
+        plans = make_plans(strategy, names, pool=pool, vs=vs, category=category, parts=part_table, k=k,
+                           embed=lambda texts: self.encode_text(list(texts), templates))
+        return plans, candidates
+
+    @staticmethod
+    def _strategy(contrast, vs, parts, method, alpha) -> str:
+        if contrast is not None and contrast not in STRATEGIES:
+            raise UsageError(f"unknown contrast {contrast!r}; choose one of: {', '.join(STRATEGIES)}")
+        implied = "vs" if vs is not None else ("parts" if parts is not None else None)
+        if vs is not None and parts is not None:
+            raise UsageError("--vs and --parts choose references in different ways; give one of them")
+        if contrast is not None and implied is not None and contrast != implied:
+            raise UsageError(f"--contrast {contrast} conflicts with --{implied}; drop one of them")
+        if contrast in ("vs", "parts") and implied is None:
+            raise UsageError(f"--contrast {contrast} needs --{contrast}")
+        if method == "gradcam" or alpha == 0:
+            return "none"
+        return contrast or implied or "logits"
+
+    @staticmethod
+    def _parts(parts) -> dict[str, list[str]]:
+        if isinstance(parts, (str, Path)):
+            from .vocab import load_parts
+
+            return load_parts(str(parts))
+        if not isinstance(parts, Mapping):
+            raise UsageError(f"parts must be a part vocabulary name, file or dict, got {type(parts).__name__}")
+        return {str(p): check_concepts(list(v)) for p, v in parts.items()}
+
+    @staticmethod
+    def _count(k) -> int:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise UsageError(f"num_references must be a positive integer, got {k!r}")
+        return k
 
     @staticmethod
     def _vocab(vocab) -> list[str]:
@@ -242,11 +356,10 @@ class Localizer:
         return check_concepts(list(vocab))
 
     @staticmethod
-    def _objective(t, z_b, refs, candidates, index, alpha, method, objective, k) -> Objective:
-        if method == "gradcam" or alpha == 0:
+    def _objective(t, z_b, plan, index, alpha, objective, k) -> Objective:
+        if plan.strategy == "none":
             return Objective(t, (), 0.0, "weighted")
-        chosen = tuple(index[r] for r in refs if index[r] != t) if refs else \
-            nearest_by_logit(z_b, t, [index[c] for c in candidates], 1 if objective == "compare" else k)
+        chosen = pick(plan, z_b, t, index, 1 if objective == "compare" and not plan.fixed else k)
         if not chosen:
             raise UsageError(f"no reference left for {list(index)[t]!r} after removing the concept itself")
         if objective == "compare":

@@ -107,11 +107,14 @@ class LocateResult:
         return {k: str(v) for k, v in paths.items()}
 
 
-def safe_stem(text: str, max_len: int = 48) -> str:
+def safe_stem(text: str, max_len: int = 48, key: str | None = None) -> str:
     """A file-name stem for any text: letters and digits kept (unicode too), the rest '-',
-    cut to max_len, plus a short hash of the full text so different texts never collide."""
+    cut to max_len, plus a short hash of the full text so different texts never collide.
+
+    `key`, when given, is hashed instead of `text` (e.g. a file's full path, so that
+    a.jpg in two folders gets two stems)."""
     slug = re.sub(r"[^\w]+", "-", text.strip().lower(), flags=re.UNICODE).strip("-_")[:max_len].strip("-_")
-    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+    digest = hashlib.sha1((text if key is None else key).encode("utf-8")).hexdigest()[:8]
     return f"{slug}-{digest}" if slug else digest
 
 

@@ -87,10 +87,11 @@ class ConceptEncoder:
         limit = self.backend.config.context_length - 2  # start and end tokens
         if encode is None:
             return
-        for c in concepts:
-            if len(encode(template.replace("{}", c))) > limit:
-                warnings.warn(f"prompt for {c[:40]!r}... is longer than the text context "
-                              f"({limit} tokens) and was truncated", stacklevel=3)
+        long = [c for c in concepts if len(encode(template.replace("{}", c))) > limit]
+        if long:
+            shown = ", ".join(repr(c[:40]) for c in long[:3]) + (f" and {len(long) - 3} more" if len(long) > 3 else "")
+            warnings.warn(f"{len(long)} prompt(s) longer than the text context ({limit} tokens) were truncated: "
+                          f"{shown}", stacklevel=3)
 
     def _path(self, key: str) -> Path:
         return self.cache_dir / "text" / f"{self.backend.fingerprint()}-{key}.safetensors"

@@ -24,6 +24,8 @@ File format
     ``"classes"`` (list of strings), ``"templates"`` (list of strings) or
     ``"parts"`` (object: part name -> list of strings). Other keys (``"description"``,
     ``"source"``, ...) are metadata and are not read as entries.
+Category (optional): a comment line ``# category: bird`` or the JSON key
+    ``"category"`` says what the entries are kinds of, for ``contrast="generic"``.
 
 Rules applied to every file:
     * Entries keep their order. A repeated entry keeps its first occurrence and the
@@ -65,6 +67,7 @@ __all__ = [
     "load_vocab",
     "load_parts",
     "load_templates",
+    "load_category",
     "vocab_info",
 ]
 
@@ -83,6 +86,7 @@ _SUFFIXES = (".txt", ".json")
 _CONTENT_KEYS = ("classes", "templates", "parts")
 _HEADER = re.compile(r"^\[(.*)\]$")
 _PLACEHOLDER = "{}"
+_CATEGORY = re.compile(r"^#\s*category:\s*(.+)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class _Doc:
     entries: tuple[tuple[str, str], ...]  # (where, entry), where = "line 3" / "entry 3"
     parts: Optional[tuple[tuple[str, tuple[tuple[str, str], ...]], ...]]
     description: str
+    category: str = ""  # what the entries are kinds of ("bird"), for contrast="generic"
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -181,6 +186,15 @@ def load_templates(name_or_path: PathLike = DEFAULT_TEMPLATES) -> list[str]:
     for where, template in doc.entries:
         check_template(template, f"{doc.label}, {where}: ")
     return _dedupe(doc.label, doc.entries)
+
+
+def load_category(name_or_path: PathLike) -> Optional[str]:
+    """What a vocabulary's entries are kinds of ("bird" for ``cub200``), or None.
+
+    Text files name it in a comment line ``# category: bird``; JSON files under the
+    key ``"category"``. Used by ``contrast="generic"`` when no category is given.
+    """
+    return _load("vocab", name_or_path).category.strip() or None
 
 
 def check_template(template: object, where: str = "") -> str:
@@ -282,11 +296,14 @@ def _parse(text: str, label: str, is_json: bool) -> _Doc:
 def _parse_text(text: str, label: str) -> _Doc:
     entries: list[tuple[str, str]] = []
     parts: dict[str, list[tuple[str, str]]] = {}
-    description, current = "", None
+    description, category, current = "", "", None
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if line.startswith("#"):
-            description = description or line.lstrip("#").strip()
+            if found := _CATEGORY.match(line):
+                category = category or found.group(1).strip()
+            else:
+                description = description or line.lstrip("#").strip()
             continue
         if not line:
             continue
@@ -305,7 +322,7 @@ def _parse_text(text: str, label: str) -> _Doc:
         if current is not None:
             parts[current].append(item)
     frozen_parts = tuple((p, tuple(v)) for p, v in parts.items()) if parts else None
-    return _Doc(label, "text", tuple(entries), frozen_parts, description)
+    return _Doc(label, "text", tuple(entries), frozen_parts, description, category)
 
 
 def _parse_json(text: str, label: str) -> _Doc:
@@ -323,9 +340,9 @@ def _parse_json(text: str, label: str) -> _Doc:
         raise UsageError(f"{label}: a JSON object needs exactly one of the keys "
                          f"{', '.join(repr(k) for k in _CONTENT_KEYS)}; found "
                          f"{', '.join(repr(k) for k in keys) or 'none'}")
-    kind, description = keys[0], str(data.get("description", ""))
+    kind, description, category = keys[0], str(data.get("description", "")), str(data.get("category", ""))
     if kind != "parts":
-        return _Doc(label, kind, _strings(data[kind], f"{label} {kind!r}"), None, description)
+        return _Doc(label, kind, _strings(data[kind], f"{label} {kind!r}"), None, description, category)
     groups = data["parts"]
     if not isinstance(groups, dict) or not groups:
         raise UsageError(f"{label}: 'parts' must be a non-empty object "
@@ -333,7 +350,7 @@ def _parse_json(text: str, label: str) -> _Doc:
     parts = tuple((str(part), _strings(items, f"{label} part {part!r}"))
                   for part, items in groups.items())
     entries = tuple(item for _, items in parts for item in items)
-    return _Doc(label, kind, entries, parts, description)
+    return _Doc(label, kind, entries, parts, description, category)
 
 
 def _strings(items, label: str) -> tuple[tuple[str, str], ...]:

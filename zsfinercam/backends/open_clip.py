@@ -1,4 +1,8 @@
-"""The open_clip backend: CLS-pooled open_clip ViTs (OpenAI, LAION, DFN, BioCLIP, custom configs)."""
+"""The open_clip backend: CLS-pooled open_clip ViTs (OpenAI, LAION, DFN, BioCLIP, custom configs).
+
+Towers with a timm trunk (SigLIP's attention-pooled ViTs) are dispatched by `wrap` to
+`open_clip_timm.OpenClipTimmBackend`, which is registered under the same name.
+"""
 from __future__ import annotations
 
 import copy
@@ -36,14 +40,13 @@ class OpenClipBackend(Backend):
         tokenizer = _tokenizer(resolved)
         _check_tokenizer(tokenizer)
         label = pretrained if resolved.model_cfg is None or model_config else resolved.checkpoint
-        config = describe(model, name, label, image_size, resolved)
-        return cls(model, tokenizer, config, device)
+        return wrap(model, tokenizer, name, label, image_size, resolved, device)
 
     @classmethod
     def from_model(cls, model: nn.Module, tokenizer, *, name: str = "custom", image_size: int | None = None):
         """Wrap an open_clip model the caller already holds; it is used as is, never modified."""
         device = next(model.parameters()).device
-        return cls(model, tokenizer, describe(model, name, None, image_size, Resolved(name, None, None)), device)
+        return wrap(model, tokenizer, name, None, image_size, Resolved(name, None, None), device)
 
     # text -----------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> torch.Tensor:
@@ -232,6 +235,17 @@ def _encode_text_truncated(parts: SimpleNamespace, tokens: torch.Tensor) -> torc
     return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
 
+def wrap(model: nn.Module, tokenizer, name: str, pretrained: str | None, image_size: int | None,
+         resolved: Resolved, device: torch.device) -> OpenClipBackend:
+    """The backend for a built open_clip model: its own ViT, or a timm trunk (SigLIP, `open_clip_timm`)."""
+    from .open_clip_timm import OpenClipTimmBackend, describe_timm, is_timm_tower
+
+    if is_timm_tower(getattr(model, "visual", None)):
+        return OpenClipTimmBackend(model, tokenizer, describe_timm(model, name, pretrained, image_size, resolved),
+                                   device)
+    return OpenClipBackend(model, tokenizer, describe(model, name, pretrained, image_size, resolved), device)
+
+
 def describe(model: nn.Module, name: str, pretrained: str | None, image_size: int | None, resolved: Resolved):
     """Check the model is supported and build its ModelConfig."""
     from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
@@ -239,7 +253,7 @@ def describe(model: nn.Module, name: str, pretrained: str | None, image_size: in
     v = getattr(model, "visual", None)
     if not isinstance(v, VisionTransformer):
         raise UsageError(f"{name}: image tower {type(v).__name__} is not supported by the open_clip backend "
-                         "(CLS-pooled open_clip ViTs only)")
+                         "(open_clip ViTs and timm ViT trunks only)")
     last = v.transformer.resblocks[-1]
     if v.attn_pool is not None or v.pool_type != "tok" or not isinstance(last, ResidualAttentionBlock) \
             or not isinstance(last.attn, nn.MultiheadAttention) or hasattr(last, "ln_1_kv"):

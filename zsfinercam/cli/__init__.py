@@ -13,7 +13,9 @@ import click
 
 from .._version import __version__
 from ..errors import UsageError, WorkError
+from .batch import batch
 from .bench import bench
+from .compare import compare
 from .eval import eval_command
 from .locate import locate
 from .models import models
@@ -27,6 +29,8 @@ def cli() -> None:
 
 
 cli.add_command(locate)
+cli.add_command(batch)
+cli.add_command(compare)
 cli.add_command(models)
 cli.add_command(eval_command)
 cli.add_command(bench)
@@ -68,4 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
         if debug:
             raise
+        if _out_of_memory(err):
+            _fail(f"out of memory ({type(err).__name__}); try a smaller --image-size or --batch-size, "
+                  f"or another --device", 1)
         _fail(f"unexpected {type(err).__name__}: {err} (rerun with ZSFINERCAM_DEBUG=1 for the traceback)", 1)
+
+
+def _out_of_memory(err: Exception) -> bool:
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or "out of memory" in text or "can't allocate memory" in text

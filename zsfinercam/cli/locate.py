@@ -7,38 +7,46 @@ from pathlib import Path
 
 import click
 
-from ..objectives import OBJECTIVES
-from .options import load_localizer, model_options
+from ..images import DEFAULT_MAX_PIXELS
+from .options import contrast_kwargs, contrast_options, load_localizer, method_option, model_options
 
-METHODS = ("finer", "gradcam")
+max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, metavar="N",
+    help="Refuse image files with more pixels (width x height) than N, a guard against decompression "
+         "bombs; raise it for huge images you trust.")
 
 
 @click.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("concepts", nargs=-1, required=True)
-@click.option("--vs", multiple=True, metavar="TEXT", help="A reference concept to contrast with (repeatable).")
-@click.option("--vocab", default=None, metavar="NAME|FILE",
-              help="Vocabulary to pick references from (see prompts/), or a text/JSON file.")
-@click.option("--alpha", type=float, default=None, show_default="1.0; 0.6 for --objective mean",
-              help="Contrast strength; 0 gives plain Grad-CAM.")
-@click.option("--method", type=click.Choice(METHODS), default="finer", show_default=True)
-@click.option("--objective", type=click.Choice(OBJECTIVES), default="weighted", show_default=True)
-@click.option("--templates", default=None, metavar="NAME|FILE", help="Prompt template set or file.")
+@contrast_options
+@method_option
 @model_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("zsfinercam_out"),
               show_default=True, help="Folder for overlays, heatmaps (.npy) and JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per concept on stdout.")
-def locate(image, concepts, vs, vocab, alpha, method, objective, templates, model, pretrained, model_config,
-           backend, device, image_size, out, as_json):
+@max_pixels_option
+def locate(image, concepts, model, pretrained, model_config, backend, device, image_size, out, as_json,
+           max_pixels, **contrast):
     """Show where IMAGE holds the evidence for each CONCEPT, against similar concepts.
 
-    Example: zsfinercam locate bird.jpg "red-tailed hawk" --vs "red-shouldered hawk"
+    Examples:
+
+      zsfinercam locate bird.jpg "red-tailed hawk" --vs "red-shouldered hawk"
+
+      zsfinercam locate bird.jpg "red-tailed hawk" --vocab cub200 --contrast text
+
+      zsfinercam locate bird.jpg "red tail" --parts
+
+    A concept given twice is mapped once (with a warning).
     """
-    if alpha is not None and not (alpha >= 0 and alpha != float("inf")):
-        raise click.BadParameter(f"must be a finite number >= 0, got {alpha}", param_hint="--alpha")
+    from ..batch import unique_concepts
+
+    kwargs = contrast_kwargs(**contrast)
+    names = unique_concepts(concepts)
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size)
-    results = loc.locate_many(str(image), list(concepts), vs=list(vs) or None, vocab=vocab, alpha=alpha,
-                              method=method, objective=objective, templates=templates)
+    loc.max_pixels = max_pixels
+    results = loc.locate_many(str(image), names, **kwargs)
     image_stem = re.sub(r"[^\w.-]+", "-", image.stem)[:40] or "image"
     for res in results:
         files = _save(res, out, image_stem, image)

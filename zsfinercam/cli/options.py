@@ -4,6 +4,10 @@ from __future__ import annotations
 import click
 
 from ..backends import list_backends
+from ..contrast import STRATEGIES
+from ..objectives import OBJECTIVES
+
+METHODS = ("finer", "gradcam")
 
 
 def model_options(func):
@@ -30,3 +34,47 @@ def load_localizer(model, pretrained, model_config, backend, device, image_size)
 
     return Localizer.from_pretrained(model, pretrained, model_config=model_config, backend=backend,
                                      device=device, image_size=image_size)
+
+
+def contrast_options(func):
+    """What a map is computed against: --vs, --vocab, --contrast, --category, --parts,
+    --part-vocab, --alpha, --objective, --templates. The command receives them
+    as keyword arguments; `contrast_kwargs` turns them into Localizer.locate_many's."""
+    options = [
+        click.option("--vs", multiple=True, metavar="TEXT", help="A reference concept to contrast with (repeatable)."),
+        click.option("--vocab", default=None, metavar="NAME|FILE",
+                     help="Vocabulary to pick references from (see `zsfinercam prompts`), or a text/JSON file."),
+        click.option("--contrast", type=click.Choice(STRATEGIES), default=None,
+                     show_default="logits; vs with --vs, parts with --parts",
+                     help="How references are chosen: closest logits on this image, nearest text "
+                          "embeddings, --vs, the --category, or --parts."),
+        click.option("--category", default=None, metavar="TEXT",
+                     help="What the concepts are kinds of (e.g. bird), for --contrast generic; "
+                          "default: the --vocab's category."),
+        click.option("--parts", is_flag=True,
+                     help="Attribute mode: contrast each concept with the other attributes of its part "
+                          "and the same trait on other parts (from --part-vocab)."),
+        click.option("--part-vocab", default="cub_parts", show_default=True, metavar="NAME|FILE",
+                     help="Part vocabulary for --parts ([part] sections or a JSON 'parts' object)."),
+        click.option("--alpha", type=float, default=None, show_default="1.0; 0.6 for --objective mean",
+                     help="Contrast strength; 0 gives plain Grad-CAM."),
+        click.option("--objective", type=click.Choice(OBJECTIVES), default="weighted", show_default=True),
+        click.option("--templates", default=None, metavar="NAME|FILE", help="Prompt template set or file."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+method_option = click.option("--method", type=click.Choice(METHODS), default="finer", show_default=True,
+                             help="finer = Finer-CAM; gradcam = plain Grad-CAM on the concept's logit.")
+
+
+def contrast_kwargs(vs, vocab, contrast, category, parts, part_vocab, alpha, objective, templates,
+                    method: str = "finer") -> dict:
+    """Localizer.locate_many keyword arguments from contrast_options' values."""
+    if alpha is not None and not (alpha >= 0 and alpha != float("inf")):
+        raise click.BadParameter(f"must be a finite number >= 0, got {alpha}", param_hint="--alpha")
+    return dict(vs=list(vs) or None, vocab=vocab, contrast=contrast, category=category,
+                parts=part_vocab if parts else None, alpha=alpha, method=method, objective=objective,
+                templates=templates)

@@ -1,0 +1,84 @@
+"""`compare`: Grad-CAM / Finer-CAM / difference grid, through the API and a real subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import random_image
+from zsfinercam.compare import CAPTION_HEIGHT, LABEL_WIDTH, Comparison, diverging
+from zsfinercam.errors import UsageError
+
+CONCEPTS = ["cat", "dog", "barn owl"]
+
+
+@pytest.fixture(scope="module")
+def comparison(tiny):
+    return tiny.compare(random_image(5, h=40, w=60), CONCEPTS)
+
+
+def test_layout_and_cells(tiny, comparison):
+    grid = np.asarray(comparison.grid(cell=60))
+    assert LABEL_WIDTH == 96 and CAPTION_HEIGHT == 62  # the sizes asserted below
+    assert grid.shape == (62 + 3 * 40, 96 + 3 * 60, 3)  # 40 x 60 image: cells 60 x 40
+    for i in range(3):
+        x = 96 + 60 * i
+        cells = [comparison.gradcam[i].overlay(), comparison.finer[i].overlay(),
+                 Image.fromarray(diverging(comparison.finer[i].image, comparison.difference(i)))]
+        for r, im in enumerate(cells):
+            want = np.asarray(im.resize((60, 40), Image.BILINEAR))
+            assert (grid[62 + 40 * r:62 + 40 * (r + 1), x:x + 60] == want).all()
+
+
+def test_rows_are_what_they_say(tiny, comparison):
+    image = comparison.finer[0].image  # direct path (no Jacobian), one call per method
+    grads, finers = tiny.locate_many(image, CONCEPTS, method="gradcam"), tiny.locate_many(image, CONCEPTS)
+    for i, (grad, finer) in enumerate(zip(grads, finers)):
+        np.testing.assert_allclose(comparison.gradcam[i].token_map, grad.token_map, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(comparison.finer[i].token_map, finer.token_map, rtol=1e-4, atol=1e-7)
+        assert comparison.finer[i].references == finer.references and comparison.gradcam[i].references == ()
+    diff = comparison.difference(0)
+    assert diff.shape == (40, 60) and diff.min() >= -1 and diff.max() <= 1
+
+
+def test_diverging_colours():
+    image = np.full((1, 3, 3), 200, np.uint8)
+    out = diverging(image, np.array([[1.0, 0.0, -1.0]]))
+    assert out[0, 0].tolist() == [220, 30, 30] and out[0, 2].tolist() == [30, 60, 220]
+    assert out[0, 1].tolist() == [236, 236, 236]  # 0.35 * 200 + 0.65 * 255
+
+
+def test_compare_refuses(tiny):
+    with pytest.raises(UsageError, match="both methods"):
+        tiny.compare(random_image(1), CONCEPTS, method="gradcam")
+    with pytest.raises(UsageError, match="one image"):
+        tiny.compare([random_image(1), random_image(2)], CONCEPTS)
+    with pytest.raises(ValueError, match="one Grad-CAM and one Finer-CAM"):
+        Comparison([], [])
+
+
+def test_compare_through_the_cli(tiny_files, tmp_path):
+    cfg, weights = tiny_files
+    path = tmp_path / "птица 1.png"
+    Image.fromarray(random_image(7, h=30, w=45)).save(path)
+    before = path.read_bytes()
+    concepts = ["red-tailed hawk", "красный хвост", "a small brown bird with a long striped tail and a pale belly",
+                "cooper's hawk"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "zsfinercam", "compare", str(path), *concepts, "--model", "t", "--model-config",
+         str(cfg), "--pretrained", str(weights), "--device", "cpu", "--cell", "90", "--out", str(tmp_path / "out"),
+         "--contrast", "text", "--vocab", "cub200", "--json"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert [c["concept"] for c in record["concepts"]] == concepts
+    assert all(c["contrast"] == "text" and len(c["references"]) == 3 for c in record["concepts"])
+    with Image.open(record["files"]["grid"]) as grid:
+        assert grid.size == (96 + 4 * 90, 62 + 3 * 60) == tuple(record["grid_size"])
+    assert json.loads(open(record["files"]["json"], encoding="utf-8").read())["concepts"] == record["concepts"]
+    assert path.read_bytes() == before

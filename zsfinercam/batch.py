@@ -1,0 +1,372 @@
+"""Many images in one run: inputs -> fixed chunks -> maps on disk, with a resumable manifest.
+
+`find_images` turns files, folders and glob patterns into one sorted, deduplicated list.
+`run_batch` cuts that list into fixed chunks of `batch_size` images (one trunk pass
+each) and writes, per image, the saved maps under `out/<image key>/` and one JSON record
+appended to `out/manifest.jsonl`, flushed and fsynced, so a killed run loses at most the
+chunk in flight. A chunk is always the same images (those that load), so a resumed run
+writes the same bytes as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from .errors import UsageError, WorkError
+from .images import DEFAULT_MAX_PIXELS, check_max_pixels, load_image
+from .result import safe_stem
+from .text import check_concepts
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
+                            ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"})  # what a folder scan picks up
+MANIFEST_NAME = "manifest.jsonl"  # one JSON record per image, in input order
+SETTINGS_NAME = "run.json"  # what the maps mean (concepts, contrast, model); --resume must match it
+TMP_PREFIX = ".tmp-"  # result.save's temporary files; stale ones are removed when a run starts
+DEFAULT_BATCH_SIZE = 8
+
+
+def find_images(inputs: Iterable[str | os.PathLike], *, recursive: bool = False,
+                exclude: str | os.PathLike | None = None) -> list[Path]:
+    """Resolved image paths from files, folders and glob patterns, sorted and deduplicated.
+
+    A named file is taken whatever its extension; a folder gives its files with an image
+    extension (`IMAGE_SUFFIXES`, any case; hidden files and folders skipped; subfolders
+    only when `recursive`); a pattern (`*`, `?`, `[...]`, `**`) is expanded here too, for
+    shells that do not. Nothing under `exclude` (the output folder) is picked up from a
+    folder, so outputs never become inputs on a rerun.
+
+    Raises:
+        UsageError: an input neither exists nor matches, `exclude` is an input folder,
+            or nothing was found.
+    """
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found: dict[Path, None] = {}
+    for raw in inputs:
+        for path in _expand(str(raw)):
+            files = _scan(path, recursive, skip) if path.is_dir() else [path]
+            found.update((f.resolve(), None) for f in files)
+    if not found:
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise UsageError(f"no images found in {', '.join(map(str, inputs))} (extensions: {kinds}); "
+                         f"check the paths, or pass --recursive for subfolders")
+    return sorted(found, key=str)
+
+
+def _expand(raw: str) -> list[Path]:
+    path = Path(raw).expanduser()
+    if path.exists():
+        return [path]
+    if glob.has_magic(raw):
+        matches = sorted(glob.glob(os.path.expanduser(raw), recursive=True))
+        if not matches:
+            raise UsageError(f"no files match {raw!r}; check the pattern")
+        return [Path(m) for m in matches]
+    raise UsageError(f"input not found: {raw}; check the path")
+
+
+def _scan(folder: Path, recursive: bool, skip: Path | None) -> list[Path]:
+    if skip is not None and folder.resolve() == skip:
+        raise UsageError(f"--out {skip} is the input folder itself; choose another folder, "
+                         f"e.g. {skip / 'zsfinercam_out'}")
+    if skip is not None and skip in folder.resolve().parents:
+        return []  # a folder inside the output folder holds outputs, not inputs
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if recursive and not d.startswith(".")
+                   and (skip is None or (Path(root) / d).resolve() != skip)]
+        out += [Path(root) / f for f in files
+                if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return out
+
+
+def unique_concepts(concepts: Sequence[str]) -> list[str]:
+    """Concepts stripped and checked, each kept once in first-seen order (with a warning
+    naming the duplicates): one map, one set of files per concept."""
+    names = check_concepts(list(concepts))
+    if not names:
+        raise UsageError("no concepts given; pass at least one, e.g. --concepts \"red-tailed hawk\"")
+    kept = list(dict.fromkeys(names))
+    if len(kept) < len(names):
+        dups = [n for n in kept if names.count(n) > 1]
+        warnings.warn(f"concept(s) given more than once, each mapped once: {', '.join(map(repr, dups))}",
+                      stacklevel=2)
+    return kept
+
+
+@dataclass
+class BatchSummary:
+    """What a run did; `line()` is the one-line report."""
+
+    manifest: Path
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0  # done by an earlier run (--resume)
+    seconds: float = 0.0
+    errors: dict[str, str] = field(default_factory=dict)  # input -> message, this run's failures
+
+    def line(self) -> str:
+        return (f"batch: {self.ok} ok, {self.failed} failed, {self.skipped} skipped in {self.seconds:.1f} s; "
+                f"manifest: {self.manifest}")
+
+
+def check_out_dir(out: str | os.PathLike, resume: bool) -> None:
+    """Refuse to start over a run already in `out` unless resuming (nothing is ever overwritten)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+    manifest = out / MANIFEST_NAME
+    if not resume and _non_empty(manifest):
+        raise UsageError(f"{out} already holds a run ({MANIFEST_NAME}); pass --resume to continue it "
+                         f"or choose another --out")
+
+
+def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, concepts: Sequence[str], *,
+              resume: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
+              max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: bool | None = None,
+              **locate_kwargs) -> BatchSummary:
+    """Map `concepts` in every image and write outputs plus a manifest into `out`.
+
+    Args:
+        loc: a Localizer.
+        images: image files (see `find_images`), processed in the given order.
+        out: output folder; `out/manifest.jsonl` gets one record per image, `out/run.json`
+            the settings, `out/<image key>/` the files of `LocateResult.save`.
+        resume: continue the run in `out`, skipping images whose "ok" record and output
+            files exist; without it a non-empty manifest there is a UsageError.
+        batch_size: images per trunk pass.
+        max_pixels: image files above this many pixels are recorded as failed.
+        progress: tqdm bar on stderr; None = only when stderr is a terminal.
+        **locate_kwargs: passed to `Localizer.locate_many` (vs, vocab, alpha, method, ...).
+
+    Returns:
+        The counts; an image that cannot be read or mapped is recorded with its error and
+        the run goes on. Later records for an input supersede earlier ones.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
+    max_pixels = check_max_pixels(max_pixels)
+    names = unique_concepts(concepts)
+    paths = list(dict.fromkeys(Path(p).resolve() for p in images))
+    out = Path(out).resolve()
+    if out in paths:
+        raise UsageError(f"--out {out} is one of the input files; choose another folder")
+    check_out_dir(out, resume)
+    job = _Job(loc, out, names, max_pixels, set(paths), locate_kwargs)
+    summary = BatchSummary(out / MANIFEST_NAME)
+    start = time.perf_counter()
+    with _Manifest(out) as manifest:
+        done = manifest.start(resume, _settings(loc, names, locate_kwargs))
+        with _bar(len(paths), progress) as bar:
+            for i in range(0, len(paths), batch_size):
+                chunk = paths[i:i + batch_size]
+                for record in job.run(chunk, done):
+                    manifest.append(record)
+                    _count(summary, record)
+                summary.skipped += sum(str(p) in done for p in chunk)
+                bar.update(len(chunk))
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _count(summary: BatchSummary, record: dict) -> None:
+    if record["status"] == "ok":
+        summary.ok += 1
+    else:
+        summary.failed += 1
+        summary.errors[record["input"]] = record["error"]
+        warnings.warn(record["error"], stacklevel=3)
+
+
+def _bar(total: int, progress: bool | None):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="batch", unit="img", file=sys.stderr, dynamic_ncols=True,
+                disable=None if progress is None else not progress)
+
+
+def _settings(loc, concepts: list[str], locate_kwargs: dict) -> dict:
+    """What the maps mean; a resumed run must use the same (batch size, device and the
+    pixel limit may change)."""
+    cfg = loc.config
+    try:
+        text = loc.backend.fingerprint()
+    except NotImplementedError:
+        text = None
+    model = {"name": cfg.name, "pretrained": cfg.pretrained, "image_size": list(cfg.image_size), "text": text}
+    return json.loads(json.dumps({"concepts": concepts, "locate": locate_kwargs, "model": model}, default=str))
+
+
+class _Job:
+    """Maps for one chunk of images -> one manifest record per image not yet done."""
+
+    def __init__(self, loc, out: Path, concepts: list[str], max_pixels, inputs: set[Path], locate_kwargs: dict):
+        self.loc, self.out, self.concepts, self.max_pixels = loc, out, concepts, max_pixels
+        self.inputs, self.locate_kwargs = inputs, locate_kwargs
+
+    def run(self, chunk: list[Path], done: dict[str, dict]) -> Iterator[dict]:
+        """Records, in chunk order, for the images of `chunk` that are not in `done`; each
+        image's files are saved just before its record is yielded.
+
+        Images already done are still run when others of the chunk are, so that every
+        image always shares its trunk pass with the same images (identical bytes).
+        """
+        todo = [p for p in chunk if str(p) not in done]
+        arrays, errors = self._load(todo)
+        if not arrays:
+            yield from (_error(p, errors[p]) for p in todo)
+            return
+        arrays.update(self._load([p for p in chunk if str(p) in done])[0])
+        order = [p for p in chunk if p in arrays]
+        try:
+            results = self.loc.locate_many([arrays[p] for p in order], self.concepts, **self.locate_kwargs)
+        except (WorkError, RuntimeError, MemoryError) as err:
+            errors.update((p, f"{p}: mapping failed ({type(err).__name__}: {err})") for p in arrays)
+            results = []
+        by_path = dict(zip(order, results))
+        for p in todo:
+            yield _error(p, errors[p]) if p in errors else self._save(p, by_path[p])
+
+    def _load(self, paths: list[Path]) -> tuple[dict, dict]:
+        arrays, errors = {}, {}
+        for p in paths:
+            try:
+                arrays[p] = load_image(p, max_pixels=self.max_pixels)[0]
+            except (UsageError, WorkError, OSError) as err:
+                errors[p] = str(err)
+        return arrays, errors
+
+    def _save(self, path: Path, results) -> dict:
+        folder = self.out / safe_stem(path.stem, 40, key=str(path))
+        stems = [safe_stem(res.concept) for res in results]
+        planned = {folder / f"{s}{x}" for s in stems for x in ("_overlay.png", "_heatmap.npy", ".json")}
+        if planned & self.inputs:
+            return _error(path, f"{path}: an output would overwrite the input {sorted(planned & self.inputs)[0]}; "
+                                f"choose another --out")
+        outputs = []
+        for res, stem in zip(results, stems):
+            res.source = str(path)
+            files = res.save(folder, stem)
+            _fsync(files.values())
+            record = {k: v for k, v in res.to_dict().items() if k not in ("token_map", "source", "image_size")}
+            record["files"] = {k: Path(v).relative_to(self.out).as_posix() for k, v in files.items()}
+            outputs.append(record)
+        _fsync([folder])
+        h, w = results[0].image.shape[:2]
+        return {"input": str(path), "status": "ok", "error": None, "image_size": [w, h], "outputs": outputs}
+
+
+def _error(path: Path, message: str) -> dict:
+    return {"input": str(path), "status": "error", "error": message, "image_size": None, "outputs": []}
+
+
+def _fsync(paths: Iterable[str | os.PathLike]) -> None:
+    """Flush files (and folders: their renames) to disk before the manifest says they exist."""
+    for p in paths:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue  # folders cannot be opened on some systems; the files were synced
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass  # not supported for folders here; the data itself is synced
+        finally:
+            os.close(fd)
+
+
+class _Manifest:
+    """out/manifest.jsonl: appended one record a line, each flushed and fsynced."""
+
+    def __init__(self, out: Path):
+        self.out, self.path = out, out / MANIFEST_NAME
+        self._file = None
+        self._lock = None
+
+    def __enter__(self) -> "_Manifest":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for f in (self._file, self._lock):
+            if f is not None:
+                f.close()
+
+    def start(self, resume: bool, settings: dict) -> dict[str, dict]:
+        """Lock the folder, check and write the settings, repair a torn last line,
+        remove stale temporary files; returns the records of images already done."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.out)
+        check_out_dir(self.out, resume)
+        _check_settings(self.out / SETTINGS_NAME, settings, resume and _non_empty(self.path))
+        done = self._done() if self.path.is_file() else {}
+        for tmp in self.out.rglob(f"{TMP_PREFIX}*"):
+            tmp.unlink(missing_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+        return done
+
+    def append(self, record: dict) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def _done(self) -> dict[str, dict]:
+        """Latest record per input, kept when "ok" and all its files are there."""
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):  # killed mid-write: drop the torn line
+            with open(self.path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+            data = data[:data.rfind(b"\n") + 1]
+        latest = {}
+        for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+            try:
+                record = json.loads(line)
+                latest[record["input"]] = record
+            except (ValueError, KeyError, TypeError):
+                raise WorkError(f"{self.path} line {n} is not a manifest record; remove that line "
+                                f"or choose another --out") from None
+        return {k: r for k, r in latest.items() if r.get("status") == "ok" and self._files_exist(r)}
+
+    def _files_exist(self, record: dict) -> bool:
+        files = [self.out / f for o in record.get("outputs", []) for f in o.get("files", {}).values()]
+        return bool(files) and all(f.is_file() and f.stat().st_size > 0 for f in files)
+
+
+def _non_empty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _check_settings(path: Path, settings: dict, resuming: bool) -> None:
+    if resuming and path.is_file():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise WorkError(f"cannot read {path} ({err}); choose another --out") from None
+        changed = sorted(k for k in settings if before.get(k) != settings[k])
+        if changed:
+            raise UsageError(f"{path.parent} holds a run with other {', '.join(changed)}; resume with the "
+                             f"same concepts, contrast options and model, or choose another --out")
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    tmp.write_text(json.dumps(settings, ensure_ascii=False, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _lock(out: Path):
+    """An exclusive lock on out/.lock for the run (POSIX); a second run on the folder is refused."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        return None
+    f = open(out / ".lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UsageError(f"another zsfinercam batch is writing to {out}; wait for it or choose another --out") \
+            from None
+    return f

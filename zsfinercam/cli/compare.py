@@ -1,0 +1,49 @@
+"""`zsfinercam compare IMAGE CONCEPT...`: one grid of Grad-CAM and Finer-CAM maps, a column per concept."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .options import contrast_kwargs, contrast_options, load_localizer, model_options
+
+
+@click.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("concepts", nargs=-1, required=True)
+@contrast_options
+@model_options
+@click.option("--cell", type=click.IntRange(min=16), default=192, show_default=True,
+              help="Width of one grid cell in pixels.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("zsfinercam_out"),
+              show_default=True, help="Folder for the grid PNG and its JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the grid's JSON summary on stdout.")
+def compare(image, concepts, model, pretrained, model_config, backend, device, image_size, cell, out, as_json,
+            **contrast):
+    """Grad-CAM, Finer-CAM and their difference for each CONCEPT in IMAGE, side by side.
+
+    Example: zsfinercam compare bird.jpg "red-tailed hawk" "red-shouldered hawk" "cooper's hawk"
+    """
+    from ..result import _atomic, safe_stem
+
+    kwargs = contrast_kwargs(**contrast)
+    del kwargs["method"]
+    loc = load_localizer(model, pretrained, model_config, backend, device, image_size)
+    comparison = loc.compare(str(image), list(concepts), **kwargs)
+    grid = comparison.grid(cell)
+    stem = f"{safe_stem(image.stem, 40)}_compare-{safe_stem(chr(0).join(comparison.concepts), 0)}"
+    paths = {"grid": out / f"{stem}.png", "json": out / f"{stem}.json"}
+    if any(p.resolve() == image.resolve() for p in paths.values()):
+        raise click.UsageError(f"an output would overwrite the input {image}; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    record = {**comparison.to_dict(), "grid_size": list(grid.size), "files": {k: str(v) for k, v in paths.items()}}
+    _atomic(paths["grid"], lambda f: grid.save(f, format="PNG"))
+    _atomic(paths["json"], lambda f: f.write(json.dumps(record, ensure_ascii=False, indent=1).encode()))
+    if as_json:
+        click.echo(json.dumps(record, ensure_ascii=False))
+    else:
+        for c in record["concepts"]:
+            click.echo(f"{c['concept']}: score {c['score']:.3f} vs [{', '.join(c['references']) or '-'}] "
+                       f"peak Grad-CAM {tuple(c['gradcam']['peak'])} Finer-CAM {tuple(c['finer']['peak'])}")
+        click.echo(f"grid {grid.size[0]}x{grid.size[1]} -> {paths['grid']}")
