@@ -45,3 +45,25 @@ def test_gpu_maps_match_cpu_maps(tiny_files):
             peak = max(c.token_map.max(), 1e-12)
             np.testing.assert_allclose(g.token_map / peak, c.token_map / peak, atol=5e-2)
             assert np.corrcoef(g.token_map.ravel(), c.token_map.ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("label", sorted(__import__("tiny_models").TINY_BUILDERS))
+def test_every_backend_on_cuda_matches_cpu(label, tmp_path):
+    """Each backend's GPU path (bf16/fp16 trunk where the backend uses it, fused kernel) against its CPU path."""
+    from tiny_models import TINY_BUILDERS
+
+    build = TINY_BUILDERS[label]
+    locs = {d: build(tmp_path / d, device=d) for d in ("cpu", "cuda")}
+    vocab = list(locs["cpu"].config.default_vocab or ["cat", "dog", "bird", "owl", "fox"])
+    images = [random_image(1), random_image(2, 30, 50)]
+    got = {d: loc.locate_many(images, vocab[:3], vocab=vocab) for d, loc in locs.items()}
+    for cpu_row, gpu_row in zip(got["cpu"], got["cuda"]):
+        for c, g in zip(cpu_row, gpu_row):
+            peak = max(c.token_map.max(), 1e-12)
+            np.testing.assert_allclose(g.token_map / peak, c.token_map / peak, atol=5e-2)
+            assert np.corrcoef(g.token_map.ravel(), c.token_map.ravel())[0, 1] > 0.99
+    feats = locs["cuda"].encode_image(images[0])
+    direct = locs["cuda"].locate_many(images[0], vocab[:3], vocab=vocab)
+    cached = locs["cuda"].locate_many(feats, vocab[:3], vocab=vocab)
+    for d, c in zip(direct, cached):
+        assert np.corrcoef(d.token_map.ravel(), c.token_map.ravel())[0, 1] > 0.999

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import pickle
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
 
 import zsfinercam as zf
 from conftest import random_image
-from tiny_models import save_tiny_hf
+from tiny_models import SIGLIP_EOS, save_tiny_hf, siglip_spm
 from zsfinercam.errors import UsageError, WeightsUnavailableError, WorkError
 from zsfinercam.images import to_pixels
 
@@ -119,15 +121,25 @@ def test_maps_equal_pytorch_grad_cam(folders, kind, alpha, image_size):
     print(f"{kind} alpha={alpha} size={image_size}: max abs diff {worst:.2e}")
 
 
+def reference_ids(folder, prompts, context_length):
+    """The ids the transformers way: the folder's own processor (CLIPProcessor / SiglipProcessor), max-length padding."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+    kind = json.loads((folder / "config.json").read_text())["model_type"]
+    assert type(processor.tokenizer).__name__ == {"clip": "CLIPTokenizer", "siglip": "SiglipTokenizer"}[kind]
+    return processor(text=prompts, padding="max_length", max_length=context_length, return_tensors="pt")
+
+
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 @pytest.mark.parametrize("image_size", [None, 48])
 def test_scores_equal_the_models_own_logits(folders, kind, image_size):
     loc = shared(folders, kind, image_size)
     images = [random_image(4), random_image(5, 20, 60)]
     scores = loc.scores(images, CLASSES, templates=ONE_TEMPLATE)
-    model, tok = loc.backend.model, loc.backend.tokenizer.hf
-    ids = tok([f"a photo of a {c}." for c in CLASSES], padding="max_length", max_length=loc.config.context_length,
-              return_tensors="pt")
+    model, prompts = loc.backend.model, [f"a photo of a {c}." for c in CLASSES]
+    ids = reference_ids(folders[kind], prompts, loc.config.context_length)
+    assert torch.equal(loc.backend.tokenize(prompts), ids["input_ids"])
     pixels = to_pixels(images, loc.config.image_size, loc.config.mean, loc.config.std)
     kwargs = {} if kind == "siglip" else {"attention_mask": ids["attention_mask"]}
     with torch.no_grad():
@@ -157,6 +169,69 @@ def test_long_prompts_warn_and_keep_their_end_token(folders, kind):
     assert torch.isfinite(emb).all()
     ids = loc.backend.tokenize([long])
     assert ids.shape == (1, loc.config.context_length) and int(ids[0, -1]) == loc.backend.tokenizer.hf.eos_token_id
+
+
+def test_siglip_has_its_real_sentencepiece_tokenizer(folders):
+    loc = shared(folders, "siglip")
+    tok, context = loc.backend.tokenizer, loc.config.context_length
+    assert type(tok.hf).__name__ == "SiglipTokenizer" and tok.num_special_tokens == 1
+    assert (tok.hf.eos_token_id, tok.hf.pad_token_id, tok.hf.unk_token_id) == (SIGLIP_EOS, SIGLIP_EOS, 2)
+    ids = loc.backend.tokenize(["a photo of a red fox.", "A Photo of a RED fox!", "a photo of a grey wolf."])
+    assert torch.equal(ids[0], ids[1]) and not torch.equal(ids[0], ids[2])  # lower-cased, punctuation dropped
+    n = len(tok.encode("a photo of a red fox."))
+    assert SIGLIP_EOS not in ids[0, :n] and ids[0, n:].tolist() == [SIGLIP_EOS] * (context - n)  # </s>, </s> pads
+    assert int(ids.max()) < loc.backend.model.config.text_config.vocab_size
+
+
+def test_the_tiny_sentencepiece_model_is_deterministic_and_fast():
+    start = time.perf_counter()
+    again = siglip_spm.__wrapped__()  # train anew, past the session cache
+    assert time.perf_counter() - start < 2.0 and again == siglip_spm()
+
+
+@pytest.mark.parametrize("kind, special", [("clip", 2), ("siglip", 1)])
+def test_the_truncation_warning_starts_where_truncation_does(folders, kind, special):
+    """CLIP adds a start and an end token, SigLIP only </s>: the room left differs by one."""
+    loc = shared(folders, kind)
+    tok, context = loc.backend.tokenizer, loc.config.context_length
+    assert tok.num_special_tokens == special
+    for n, truncated in ((context - special, False), (context - special + 1, True)):
+        text = " ".join(["a"] * n)  # one token per word in both vocabularies
+        assert len(tok.encode(text)) == n
+        assert len(tok.hf(text, verbose=False)["input_ids"]) == context + truncated
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loc.encode_text([text], templates=["{}"])
+        assert any("truncated" in str(w.message) for w in caught) == truncated, n
+
+
+def test_counting_a_long_prompt_logs_nothing_from_transformers(folders, caplog):
+    """text.py warns once itself; the tokenizer's own 'longer than the maximum' log line is noise."""
+    from transformers import AutoTokenizer
+
+    from zsfinercam.backends.hf import TextTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(folders["siglip"]), local_files_only=True)  # fresh: it logs once
+    logging.getLogger("transformers").addHandler(caplog.handler)  # transformers' logger does not propagate
+    try:
+        TextTokenizer(hf, 16).encode("very " * 30)
+        assert "sequence length" not in caplog.text
+        hf.encode("very " * 30, add_special_tokens=False)  # the plain call does log: the check can fail
+        assert "sequence length" in caplog.text
+    finally:
+        logging.getLogger("transformers").removeHandler(caplog.handler)
+
+
+def test_a_missing_tokenizer_package_is_named(folders, monkeypatch):
+    import transformers
+
+    def missing(*args, **kwargs):  # transformers' words when protobuf is not installed
+        raise ImportError("\nSiglipTokenizer requires the protobuf library but it was not found. Check out\nhttps://")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", missing)
+    with pytest.raises(WorkError, match=r"requires the protobuf library but it was not found \(reinstall zsfinercam "
+                                        r".*pip install sentencepiece protobuf\)$"):
+        load(folders["siglip"])
 
 
 def test_siglip_config_is_read_from_the_model(folders):

@@ -108,18 +108,19 @@ def save_tiny_probe(folder: Path, seed: int = 0, classes: list[str] | None = Non
 def load_tiny_probe(files: dict[str, Path], **kwargs):
     import zsfinercam as zf
 
+    kwargs.setdefault("device", "cpu")
     return zf.Localizer.from_classifier(f"timm:{TINY_DINO}", files["classifier"], files["classes"],
                                         pretrained=str(files["weights"]), model_config=str(files["config"]),
-                                        device="cpu", **kwargs)
+                                        **kwargs)
 
 
-def build_open_clip_siglip(folder: Path):
+def build_open_clip_siglip(folder: Path, device: str = "cpu"):
     import zsfinercam as zf
 
     cfg, weights = save_tiny_siglip(folder)
-    return zf.Localizer.from_pretrained("tiny-siglip", str(weights), model_config=str(cfg), device="cpu",
+    return zf.Localizer.from_pretrained("tiny-siglip", str(weights), model_config=str(cfg), device=device,
                                         cache_dir=None)
 
 
-def build_probe_dinov2(folder: Path):
-    return load_tiny_probe(save_tiny_probe(folder))
+def build_probe_dinov2(folder: Path, device: str = "cpu"):
+    return load_tiny_probe(save_tiny_probe(folder), device=device)

@@ -83,8 +83,10 @@ class ConceptEncoder:
         return F.normalize(per_template.mean(dim=1), dim=-1)
 
     def _warn_truncated(self, concepts: list[str], template: str) -> None:
-        encode = getattr(self.backend.tokenizer, "encode", None)
-        limit = self.backend.config.context_length - 2  # start and end tokens
+        tokenizer = self.backend.tokenizer
+        encode = getattr(tokenizer, "encode", None)  # ids without special tokens
+        # room left by the special tokens: start and end (CLIP, the default), only the end (SigLIP)
+        limit = self.backend.config.context_length - getattr(tokenizer, "num_special_tokens", 2)
         if encode is None:
             return
         long = [c for c in concepts if len(encode(template.replace("{}", c))) > limit]

@@ -166,19 +166,25 @@ class HFBackend(Backend):
 class TextTokenizer:
     """A transformers tokenizer seen as `texts -> ids (n, context_length)`, padded to the context.
 
-    `encode` gives the ids without special tokens, as open_clip's tokenizers do, for the
-    prompt-length warning in text.py.
+    Padding to the full context is what SigLIP needs (its tower pools the last position,
+    and `SiglipTokenizer` pads with `</s>`); CLIP's tower is cut after its EOS anyway.
+    `encode` gives the ids without special tokens, as open_clip's tokenizers do, and
+    `num_special_tokens` how many the tokenizer adds to one text (CLIP: start and end, 2;
+    SigLIP: only `</s>`, 1), for the prompt-length warning in text.py.
     """
 
     def __init__(self, tokenizer, context_length: int):
         self.hf, self.context_length = tokenizer, context_length
+        self.num_special_tokens = int(tokenizer.num_special_tokens_to_add(pair=False))
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
         return self.hf(list(texts), padding="max_length", max_length=self.context_length, truncation=True,
                        return_tensors="pt")["input_ids"]
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False)
+        """Ids without special tokens; verbose=False: text.py warns about long prompts itself, once,
+        where transformers would log "Token indices sequence length is longer than ..." as well."""
+        return self.hf.encode(text, add_special_tokens=False, verbose=False)
 
 
 def check_tokenizer(tokenizer, model: nn.Module, context_length: int) -> None:

@@ -120,9 +120,10 @@ def load_tokenizer(folder: Path):
 
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except ImportError as err:
-        raise WorkError(f"the tokenizer of {folder} needs a missing package: {_first_line(err)} "
-                        "(SigLIP's sentencepiece tokenizer: pip install sentencepiece)") from None
+    except ImportError as err:  # SiglipTokenizer needs sentencepiece and protobuf, both our dependencies
+        why = _first_line(err).split(". ")[0].rstrip(".")  # transformers' text goes on to a link, over lines
+        raise WorkError(f"the tokenizer of {folder} needs a package that is not installed: {why} (reinstall "
+                        "zsfinercam with its dependencies, or pip install sentencepiece protobuf)") from None
     except Exception as err:  # noqa: BLE001 - tokenizer loaders raise many types for bad files
         raise WorkError(f"could not load the tokenizer of {folder}: {_first_line(err)}") from None
 
