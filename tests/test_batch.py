@@ -172,10 +172,10 @@ def test_find_images(photos, tmp_path):
     assert find_images([f"{photos}/**/a.png"]) == [photos / "a.png", photos / "sub/a.png"]
     assert find_images([photos / "notes.txt"]) == [photos / "notes.txt"]  # named files are taken as they are
     assert find_images([photos], recursive=True, exclude=photos / "sub")[-1].name == "c.jpg"
+    assert find_images([photos / "sub"], exclude=photos) == [photos / "sub/a.png"]  # named inside --out: read
     for bad, exclude, fragment in [([tmp_path / "nope"], None, "not found"),
                                    ([f"{photos}/*.bmp"], None, "no files match"),
-                                   ([photos], photos, "input folder itself"),
-                                   ([photos / "sub"], photos, "no images found")]:  # sub is inside the output
+                                   ([photos], photos, "input folder itself")]:
         with pytest.raises(UsageError, match=fragment):
             find_images(bad, exclude=exclude)
 
@@ -189,3 +189,73 @@ def test_one_run_per_folder(tmp_path):
         if first is not None:
             first.close()
     _lock(tmp_path).close()
+
+
+def _odd_name(folder) -> str:
+    """A PNG named with the bytes b'caf\\xe9.png' (Latin-1, not UTF-8); Python sees 'caf\\udce9.png'."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(random_image(7, 30, 40)).save(buf, format="PNG")
+    try:
+        with open(os.fsencode(folder) + b"/caf\xe9.png", "wb") as f:
+            f.write(buf.getvalue())
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    return os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png")
+
+
+def test_a_file_name_that_is_not_utf8_is_mapped(tiny_files, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    odd = _odd_name(folder)
+    Image.fromarray(random_image(8, 30, 40)).save(folder / "ok.png")
+    run = cli(["batch", folder, *CONCEPTS, "--out", out, *model_args(tiny_files)])
+    assert run.code == 0 and run.out.startswith("batch: 2 ok, 0 failed"), run.err
+    recs = records(out)  # the manifest is valid UTF-8 and gives the name back exactly
+    assert [r["input"] for r in recs] == [odd, str(folder / "ok.png")] and recs[0]["status"] == "ok"
+    saved = json.loads((out / recs[0]["outputs"][0]["files"]["json"]).read_bytes().decode("utf-8"))
+    assert saved["source"] == odd
+    resumed = cli(["batch", folder, *CONCEPTS, "--out", out, "--resume", *model_args(tiny_files)])
+    assert resumed.code == 0 and resumed.out.startswith("batch: 0 ok, 0 failed, 2 skipped"), resumed.err
+
+    located = cli(["locate", odd, "red hawk", "--vs", "barn owl", "--out", tmp_path / "one", *model_args(tiny_files)])
+    assert located.code == 0, located.err
+    (record,) = [json.loads(p.read_bytes().decode("utf-8")) for p in (tmp_path / "one").glob("*.json")]
+    assert record["source"] == odd and record["concept"] == "red hawk"
+
+
+def test_a_failed_save_is_recorded_and_the_run_goes_on(tiny, tmp_path, photos, monkeypatch):
+    from zsfinercam.result import LocateResult
+
+    real = LocateResult.save
+
+    def save(self, directory, stem=None):
+        if self.source.endswith("b.png"):
+            raise OSError(28, "No space left on device")
+        return real(self, directory, stem)
+    monkeypatch.setattr(LocateResult, "save", save)
+    images = [photos / "a.png", photos / "b.png", photos / "c.jpg"]
+    with pytest.warns(UserWarning, match="b.png: could not save the maps .*No space left"):
+        summary = run_batch(tiny, images, tmp_path / "o", ["hawk", "owl"], batch_size=3, progress=False)
+    assert (summary.ok, summary.failed) == (2, 1)
+    assert [r["status"] for r in records(tmp_path / "o")] == ["ok", "error", "ok"]
+
+
+def test_a_named_folder_inside_out_is_read_but_outputs_never(tiny, tmp_path):
+    out = tmp_path / "out"
+    (out / "inputs" / "deeper").mkdir(parents=True)
+    for i, name in enumerate(["inputs/a.png", "inputs/deeper/b.png", "../top.png"]):
+        Image.fromarray(random_image(20 + i, 30, 40)).save(out / name)
+    named = find_images([out / "inputs"], recursive=True, exclude=out)  # named by the user: read
+    assert [p.relative_to(out).as_posix() for p in named] == ["inputs/a.png", "inputs/deeper/b.png"]
+    run_batch(tiny, named, out, ["red hawk", "barn owl"], progress=False)
+    written = sorted(out.glob("*/*_overlay.png"))
+    assert len(written) == 4 and not written[0].is_relative_to(out / "inputs")
+    assert find_images([out / "inputs"], recursive=True, exclude=out) == named  # outputs are not inputs
+    with pytest.raises(UsageError, match="no images found"):  # a folder batch wrote: never read
+        find_images([written[0].parent], exclude=out)
+    assert find_images([f"{out}/*/*.png", f"{out}/*"], recursive=True, exclude=out) == named  # patterns too
+    assert find_images([tmp_path], recursive=True, exclude=out) == [tmp_path / "top.png"]  # walking skips out
+    with pytest.raises(UsageError, match="input folder itself"):
+        find_images([out], exclude=out)

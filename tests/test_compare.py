@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import random_image
+from zsfinercam import render
 from zsfinercam.compare import CAPTION_HEIGHT, LABEL_WIDTH, Comparison, diverging
 from zsfinercam.errors import UsageError
 
@@ -26,13 +28,21 @@ def test_layout_and_cells(tiny, comparison):
     grid = np.asarray(comparison.grid(cell=60))
     assert LABEL_WIDTH == 96 and CAPTION_HEIGHT == 62  # the sizes asserted below
     assert grid.shape == (62 + 3 * 40, 96 + 3 * 60, 3)  # 40 x 60 image: cells 60 x 40
+    small = np.asarray(Image.fromarray(comparison.finer[0].image).resize((60, 40), Image.BILINEAR))
     for i in range(3):
         x = 96 + 60 * i
-        cells = [comparison.gradcam[i].overlay(), comparison.finer[i].overlay(),
-                 Image.fromarray(diverging(comparison.finer[i].image, comparison.difference(i)))]
-        for r, im in enumerate(cells):
-            want = np.asarray(im.resize((60, 40), Image.BILINEAR))
+        grad, finer = (cv2.resize(r.norm_map, (60, 40), interpolation=cv2.INTER_LINEAR).clip(0, 1)
+                       for r in (comparison.gradcam[i], comparison.finer[i]))
+        cells = [render.overlay(small, grad), render.overlay(small, finer), diverging(small, finer - grad)]
+        for r, want in enumerate(cells):
             assert (grid[62 + 40 * r:62 + 40 * (r + 1), x:x + 60] == want).all()
+
+
+def test_cells_keep_within_four_to_one(tiny):
+    tall = tiny.compare(random_image(2, h=400, w=2), CONCEPTS[:2])
+    assert tall.grid(cell=30).size == (96 + 2 * 30, 62 + 3 * 120)
+    wide = tiny.compare(random_image(2, h=3, w=900), CONCEPTS[:2])
+    assert wide.grid(cell=40).size == (96 + 2 * 40, 62 + 3 * 10)
 
 
 def test_rows_are_what_they_say(tiny, comparison):
@@ -82,3 +92,18 @@ def test_compare_through_the_cli(tiny_files, tmp_path):
         assert grid.size == (96 + 4 * 90, 62 + 3 * 60) == tuple(record["grid_size"])
     assert json.loads(open(record["files"]["json"], encoding="utf-8").read())["concepts"] == record["concepts"]
     assert path.read_bytes() == before
+
+
+def test_towers_with_a_costly_jacobian_take_the_direct_path(tmp_path):
+    """A mean-pooled probe runs its last block per Jacobian row: cached features must not build it."""
+    from tiny_timm import PROBE_CLASSES, build_probe_dinov2
+
+    loc = build_probe_dinov2(tmp_path)
+    assert loc.backend.jacobian_chunk  # the premise: this tower's Jacobian is costly
+    image = random_image(3)
+    feats = loc.encode_image(image)
+    cached = loc.compare(feats, PROBE_CLASSES[:2])
+    assert feats.jacobian is None
+    direct = loc.locate_many(image, PROBE_CLASSES[:2])
+    for c, d in zip(cached.finer, direct):
+        np.testing.assert_allclose(c.token_map, d.token_map, rtol=1e-5, atol=1e-7)

@@ -127,9 +127,14 @@ def test_the_paper_default_is_unchanged_without_a_strategy(tiny, feats):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"vs": ["dog"], "contrast": "text"}, "conflicts with --vs"),
-    ({"contrast": "vs"}, "needs --vs"),
-    ({"contrast": "parts"}, "needs --parts"),
+    ({"vs": ["dog"], "contrast": "text"}, r"conflicts with vs \(--vs\)"),
+    ({"contrast": "vs"}, r"needs vs= \(--vs\)"),
+    ({"contrast": "parts"}, r"needs parts= \(--parts\)"),
+    ({"vs": ["Cat "]}, "the concept itself"),
+    ({"vocab": ["cat", "CAT"]}, "the concept itself"),
+    ({"vocab": ["cat"]}, "holds nothing besides the concept"),
+    ({"parts": {"tail": ["red tail"], "head": []}}, "'head' of the part vocabulary have no attributes"),
+    ({"parts": {"tail": "red tail"}}, "a dict"),
     ({"vs": ["dog"], "parts": PARTS}, "give one of them"),
     ({"contrast": "generic"}, "--category"),
     ({"contrast": "nope"}, "unknown contrast"),
@@ -191,3 +196,27 @@ def test_shipped_categories(name, category, tmp_path):
     user = tmp_path / "cars.json"
     user.write_text('{"category": "car", "classes": ["2012 Tesla Model S Sedan", "2007 Ford Focus Sedan"]}')
     assert load_category(str(user)) == "car"
+
+
+@pytest.mark.parametrize("kwargs", [{"vocab": VOCAB + ["Cat", " cat"]}, {"vocab": VOCAB + ["CAT"], "contrast": "text"},
+                                    {"parts": {"x": ["Cat", "dog"], "y": ["cat ", "owl"]}}])
+def test_the_concept_in_other_case_is_never_its_own_reference(tiny, feats, kwargs):
+    res = tiny.locate(feats, "cat", **kwargs)
+    assert res.references and not any(r.casefold().strip() == "cat" for r in res.references)
+    assert res.token_map.max() > 0
+
+
+def test_equal_logits_and_embeddings_are_not_references():
+    z = torch.tensor([2.0, 2.0, 1.0, 5.0])
+    assert nearest_by_logit(z, 0, [1, 2, 3], k=3) == (2, 3)
+    emb = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    assert nearest_by_text(emb, 0, [1, 2], k=2) == (2,)
+
+
+def test_empty_vs_means_automatic_references(tiny, feats):
+    assert tiny.locate(feats, "cat", vs=[], vocab=VOCAB).contrast == "logits"
+
+
+def test_an_unused_category_warns(tiny, feats):
+    with pytest.warns(UserWarning, match="category is used only by contrast 'generic'"):
+        tiny.locate(feats, "cat", vocab=VOCAB, category="animal")

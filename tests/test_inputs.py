@@ -12,6 +12,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import warnings
 import zlib
 from types import SimpleNamespace
@@ -243,14 +244,57 @@ def test_bad_input_real_process(ctx, tmp_path, case):
     assert _digests(ctx) == before
 
 
-def test_pil_global_limit_is_left_alone(ctx):
-    saved = Image.MAX_IMAGE_PIXELS
-    with pytest.raises(WorkError):
+def test_pil_global_limit_is_left_alone(ctx, tmp_path, monkeypatch):
+    """Another thread's PIL opens are never refused because of our tighter cap."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # PIL's limit here; keeps the test images small
+    Image.new("RGB", (100, 90)).save(tmp_path / "big.png")  # 9,000 pixels: PIL opens it without a word
+    stop, failures = threading.Event(), []
+
+    def tight():
+        while not stop.is_set():
+            load_image(ctx.f["ok.png"], max_pixels=2_500)  # 2,080 pixels, under a cap PIL would refuse big.png at
+    worker = threading.Thread(target=tight)
+    worker.start()
+    try:
+        for _ in range(300):
+            try:
+                with Image.open(tmp_path / "big.png") as img:
+                    img.load()
+            except Image.DecompressionBombError as err:
+                failures.append(err)
+    finally:
+        stop.set()
+        worker.join()
+    assert not failures
+
+
+def test_pil_global_is_written_only_for_a_cap_above_its_own(ctx, monkeypatch):
+    from zsfinercam import images
+
+    writes, filters = [], []
+
+    class Spy:  # PIL's Image module, recording writes
+        def __getattr__(self, name):
+            return getattr(Image, name)
+
+        def __setattr__(self, name, value):
+            writes.append(name)
+            setattr(Image, name, value)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 123_456_789)  # a sentinel, above our default
+    monkeypatch.setattr(images, "Image", Spy())
+    monkeypatch.setattr(warnings, "catch_warnings", lambda *a, **k: filters.append(1) or real_catch(*a, **k))
+    load_image(ctx.f["ok.png"])
+    load_image(ctx.f["ok.png"], max_pixels=123_456_789)
+    with pytest.raises(WorkError, match="max_pixels="):
         load_image(ctx.f["bomb.png"])
+    assert writes == [] and filters == [] and Image.MAX_IMAGE_PIXELS == 123_456_789  # the common path
     load_image(ctx.f["ok.png"], max_pixels=None)
     with pytest.raises(WorkError, match="could not be read"):  # no limit: PIL gets to decode, and fails
         load_image(ctx.f["bomb.png"], max_pixels=10**10)
-    assert Image.MAX_IMAGE_PIXELS == saved and DEFAULT_MAX_PIXELS == 89_478_485
+    assert writes and filters and Image.MAX_IMAGE_PIXELS == 123_456_789 and DEFAULT_MAX_PIXELS == 89_478_485
+
+
+real_catch = warnings.catch_warnings
 
 
 # (case, file, concepts, upright (H, W) of the map, warning fragment or None)

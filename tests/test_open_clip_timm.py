@@ -164,3 +164,28 @@ def test_unsupported_towers_are_clear(files, tmp_path):
     cfg, weights = save_tiny_siglip(tmp_path, siglip_cfg(pool=""))
     with pytest.raises(zf.UsageError, match="does not pool"):
         zf.Localizer.from_pretrained("nopool", str(weights), model_config=str(cfg), device="cpu", cache_dir=None)
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "open_clip_timm", "hf"])
+def test_a_half_precision_model_is_refused_by_from_model(files, tiny, tmp_path, kind):
+    """bf16/fp16 weights would meet the float32 stream (mixed dtype): one line naming model.float()."""
+    from zsfinercam.backends.hf import HFBackend
+    from zsfinercam.backends.open_clip import OpenClipBackend
+
+    if kind == "hf":
+        import transformers
+        from tiny_models import save_tiny_hf
+
+        folder = save_tiny_hf(tmp_path / "hf", "clip")
+        model = transformers.CLIPModel.from_pretrained(str(folder)).to(torch.bfloat16)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+        wrap = HFBackend.from_model
+    else:
+        held = (tiny if kind == "open_clip" else load(files)).backend
+        model, tokenizer = copy.deepcopy(held.model).to(torch.bfloat16), held.tokenizer
+        wrap = OpenClipBackend.from_model
+    with pytest.raises(zf.UsageError, match=r"weights are torch.bfloat16; .*pass model.float\(\)") as err:
+        wrap(model, tokenizer)
+    assert "\n" not in str(err.value) and next(model.parameters()).dtype == torch.bfloat16  # left as it was
+    loc = zf.Localizer(wrap(model.float(), tokenizer), cache_dir=None)
+    assert loc.locate(random_image(1), "cat", vs=["dog"]).token_map.size

@@ -12,6 +12,7 @@ from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
 from safetensors.torch import save_file
 
 import zsfinercam as zf
+from zsfinercam import engine
 from conftest import random_image, save_tiny
 from test_equivalence import GridGradCAM, minmax
 from tiny_timm import PROBE_CLASSES, TINY_DINO, load_tiny_probe, save_tiny_probe, tiny_dino
@@ -129,6 +130,8 @@ def test_jacobian_path_equals_direct_path(probe):
     image = random_image(4)
     feats = probe.encode_image(image)
     direct = probe.locate_many(image, PROBE_CLASSES[:3])
+    assert probe.locate_many(feats, PROBE_CLASSES[:3]) and feats.jacobian is None  # costly here: not built unasked
+    engine.jacobian(probe.backend, feats)  # built on request, then used by every later call
     cached = probe.locate_many(feats, PROBE_CLASSES[:3])
     assert feats.jacobian is not None and feats.jacobian.shape[1] == 33  # E + the bias's constant 1
     for d, c in zip(direct, cached):
@@ -223,3 +226,37 @@ def test_original_dinov2_checkpoint_layout_loads(probe, probe_files, tmp_path):
                                        model_config=str(probe_files["config"]), device="cpu")
     image = random_image(6)
     torch.testing.assert_close(loc.encode_image(image).embedding, probe.encode_image(image).embedding)
+
+
+def test_batch_runs_a_probe_and_resumes_only_with_the_same_classifier(probe, probe_files, tmp_path):
+    from PIL import Image
+
+    from zsfinercam.batch import run_batch
+
+    for i in range(2):
+        Image.fromarray(random_image(20 + i)).save(tmp_path / f"{i}.png")
+    images, out = [tmp_path / "0.png", tmp_path / "1.png"], tmp_path / "out"
+    first = run_batch(probe, images[:1], out, ["robin", "wren"], progress=False)
+    assert (first.ok, first.failed) == (1, 0)
+    again = run_batch(load_tiny_probe(probe_files), images, out, ["robin", "wren"], resume=True, progress=False)
+    assert (again.ok, again.skipped) == (1, 1)
+    state = torch.load(probe_files["classifier"], weights_only=True)
+    other = _write(tmp_path, "other.pth", {"weight": state["weight"] + 0.01, "bias": state["bias"]})
+    retrained = zf.Localizer.from_classifier(f"timm:{TINY_DINO}", other, probe_files["classes"],
+                                             pretrained=str(probe_files["weights"]),
+                                             model_config=str(probe_files["config"]), device="cpu")
+    with pytest.raises(zf.UsageError, match="other model"):
+        run_batch(retrained, images, out, ["robin", "wren"], resume=True, progress=False)
+
+
+def test_an_open_clip_tower_without_weights_is_refused(probe_files, tmp_path):
+    cfg, weights = save_tiny(tmp_path, seed=2)
+    save_file({"weight": torch.randn(6, 16)}, str(tmp_path / "clf.safetensors"))
+    for name, kwargs in [("ViT-B-16", {}), ("tiny", {"model_config": str(cfg)})]:
+        with pytest.raises(zf.UsageError, match=r"random.*pass pretrained=") as err:
+            zf.Localizer.from_classifier(name, tmp_path / "clf.safetensors", probe_files["classes"], device="cpu",
+                                         **kwargs)
+        assert "\n" not in str(err.value)
+    loc = zf.Localizer.from_classifier("tiny", tmp_path / "clf.safetensors", probe_files["classes"],
+                                       pretrained=str(weights), model_config=str(cfg), device="cpu")
+    assert loc.config.pretrained == str(weights)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -21,7 +22,7 @@ from typing import Iterable, Iterator, Sequence
 
 from .errors import UsageError, WorkError
 from .images import DEFAULT_MAX_PIXELS, check_max_pixels, load_image
-from .result import safe_stem
+from .result import json_bytes, safe_stem
 from .text import check_concepts
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
@@ -29,6 +30,9 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".
 MANIFEST_NAME = "manifest.jsonl"  # one JSON record per image, in input order
 SETTINGS_NAME = "run.json"  # what the maps mean (concepts, contrast, model); --resume must match it
 TMP_PREFIX = ".tmp-"  # result.save's temporary files; stale ones are removed when a run starts
+_STEM = r"(?:[\w-]+-)?[0-9a-f]{8}"  # what `safe_stem` makes: slug-digest, or the digest alone
+OUTPUT_FOLDER = re.compile(_STEM)  # out/<image key>/, one per image
+OUTPUT_FILE = re.compile(_STEM + r"(?:_overlay\.png|_heatmap\.npy|\.json)")  # in it, per concept
 DEFAULT_BATCH_SIZE = 8
 
 
@@ -39,17 +43,21 @@ def find_images(inputs: Iterable[str | os.PathLike], *, recursive: bool = False,
     A named file is taken whatever its extension; a folder gives its files with an image
     extension (`IMAGE_SUFFIXES`, any case; hidden files and folders skipped; subfolders
     only when `recursive`); a pattern (`*`, `?`, `[...]`, `**`) is expanded here too, for
-    shells that do not. Nothing under `exclude` (the output folder) is picked up from a
-    folder, so outputs never become inputs on a rerun.
+    shells that do not. `exclude` (the output folder) is never walked into nor taken from a
+    pattern, and the files a batch run writes into it are never picked up, so outputs never
+    become inputs on a rerun; other folders inside it, named or matched, are read.
 
     Raises:
-        UsageError: an input neither exists nor matches, `exclude` is an input folder,
-            or nothing was found.
+        UsageError: an input neither exists nor matches, `exclude` is named as an input
+            folder, or nothing was found.
     """
     skip = Path(exclude).resolve() if exclude is not None else None
     found: dict[Path, None] = {}
     for raw in inputs:
+        named = Path(str(raw)).expanduser().exists()  # not a pattern
         for path in _expand(str(raw)):
+            if not named and skip is not None and (path.resolve() == skip or _written_by_batch(path, skip)):
+                continue  # a pattern matched the output folder or a file a run wrote there
             files = _scan(path, recursive, skip) if path.is_dir() else [path]
             found.update((f.resolve(), None) for f in files)
     if not found:
@@ -75,15 +83,22 @@ def _scan(folder: Path, recursive: bool, skip: Path | None) -> list[Path]:
     if skip is not None and folder.resolve() == skip:
         raise UsageError(f"--out {skip} is the input folder itself; choose another folder, "
                          f"e.g. {skip / 'zsfinercam_out'}")
-    if skip is not None and skip in folder.resolve().parents:
-        return []  # a folder inside the output folder holds outputs, not inputs
     out = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if recursive and not d.startswith(".")
                    and (skip is None or (Path(root) / d).resolve() != skip)]
-        out += [Path(root) / f for f in files
-                if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+        out += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES
+                and not (skip is not None and _written_by_batch(Path(root) / f, skip))]
     return out
+
+
+def _written_by_batch(path: Path, out: Path) -> bool:
+    """Whether `path` is a file a batch run writes into `out`: its manifest, its settings, or
+    one of the maps in out/<image key>/ (recognised by name, as `safe_stem` makes them)."""
+    if path.name in (MANIFEST_NAME, SETTINGS_NAME):
+        return path.parent.resolve() == out
+    return bool(OUTPUT_FILE.fullmatch(path.name) and OUTPUT_FOLDER.fullmatch(path.parent.name)
+                and path.parent.parent.resolve() == out)
 
 
 def unique_concepts(concepts: Sequence[str]) -> list[str]:
@@ -231,7 +246,14 @@ class _Job:
             results = []
         by_path = dict(zip(order, results))
         for p in todo:
-            yield _error(p, errors[p]) if p in errors else self._save(p, by_path[p])
+            yield _error(p, errors[p]) if p in errors else self._save_or_error(p, by_path[p])
+
+    def _save_or_error(self, path: Path, results) -> dict:
+        try:
+            return self._save(path, results)
+        except (OSError, UnicodeError) as err:  # disk full, name too long, permissions, ...
+            return _error(path, f"{path}: could not save the maps ({type(err).__name__}: {err}); "
+                                f"check the space and permissions of --out")
 
     def _load(self, paths: list[Path]) -> tuple[dict, dict]:
         arrays, errors = {}, {}
@@ -307,11 +329,11 @@ class _Manifest:
         done = self._done() if self.path.is_file() else {}
         for tmp in self.out.rglob(f"{TMP_PREFIX}*"):
             tmp.unlink(missing_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "ab")  # json_bytes: UTF-8, odd file names escaped
         return done
 
     def append(self, record: dict) -> None:
-        self._file.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        self._file.write(json_bytes(record, sort_keys=True) + b"\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -352,7 +374,7 @@ def _check_settings(path: Path, settings: dict, resuming: bool) -> None:
             raise UsageError(f"{path.parent} holds a run with other {', '.join(changed)}; resume with the "
                              f"same concepts, contrast options and model, or choose another --out")
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    tmp.write_text(json.dumps(settings, ensure_ascii=False, indent=1, sort_keys=True), encoding="utf-8")
+    tmp.write_bytes(json_bytes(settings, indent=1, sort_keys=True))
     os.replace(tmp, path)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from . import render
 from .result import LocateResult
 
 ROWS = ("Grad-CAM", "Finer-CAM", "Finer - Grad")
@@ -20,6 +21,7 @@ CAPTION_LINES = 4  # concept (two lines), score, references
 CAPTION_HEIGHT = CAPTION_LINES * LINE_HEIGHT + 6
 FONT_SIZE = 11
 DEFAULT_CELL = 192  # cell width, pixels
+MAX_ASPECT = 4.0  # cells are at most this many times taller than wide, or wider than tall
 
 
 @dataclass
@@ -42,22 +44,34 @@ class Comparison:
         """Finer-CAM minus Grad-CAM heatmap of concept i, float32 (H, W) in [-1, 1]."""
         return self.finer[i].heatmap - self.gradcam[i].heatmap
 
+    def cell_height(self, cell: int) -> int:
+        """Height of a cell `cell` pixels wide: the image's aspect ratio, kept within MAX_ASPECT."""
+        h, w = self.finer[0].image.shape[:2]
+        return max(1, round(cell * min(max(h / w, 1 / MAX_ASPECT), MAX_ASPECT)))
+
+    def cells(self, i: int, cell: int) -> list[np.ndarray]:
+        """The three cells of concept i, RGB uint8 (cell height, cell, 3). The image is shrunk to
+        the cell first and the token maps upsampled straight to it, so a large photo costs
+        no more than a small one."""
+        size = (self.cell_height(cell), cell)
+        image = np.asarray(Image.fromarray(self.finer[i].image).resize(size[::-1], Image.BILINEAR))
+        grad, finer = (render.upsample(r.norm_map, size) for r in (self.gradcam[i], self.finer[i]))
+        return [render.overlay(image, grad), render.overlay(image, finer), diverging(image, finer - grad)]
+
     def grid(self, cell: int = DEFAULT_CELL) -> Image.Image:
-        """The grid as one RGB image: (LABEL_WIDTH + K * cell) wide, CAPTION_HEIGHT + 3 cell heights
-        tall, a cell height being `cell` times the image's aspect ratio (at least 1)."""
+        """The grid as one RGB image: (LABEL_WIDTH + K * cell) wide and CAPTION_HEIGHT + 3 cell
+        heights tall (see `cell_height`)."""
         if not isinstance(cell, int) or isinstance(cell, bool) or cell < 16:
             raise ValueError(f"cell must be an integer >= 16 pixels, got {cell!r}")
-        h, w = self.finer[0].image.shape[:2]
-        ch = max(1, round(cell * h / w))
+        ch = self.cell_height(cell)
         canvas = Image.new("RGB", (LABEL_WIDTH + len(self.finer) * cell, CAPTION_HEIGHT + len(ROWS) * ch), "white")
         draw, font = ImageDraw.Draw(canvas), _font()
         for r, label in enumerate(ROWS):
             draw.text((4, CAPTION_HEIGHT + r * ch + ch // 2), label, fill="black", font=font, anchor="lm")
-        for i, (grad, finer) in enumerate(zip(self.gradcam, self.finer)):
+        for i, finer in enumerate(self.finer):
             x = LABEL_WIDTH + i * cell
-            cells = (grad.overlay(), finer.overlay(), Image.fromarray(diverging(finer.image, self.difference(i))))
-            for r, im in enumerate(cells):
-                canvas.paste(im.resize((cell, ch), Image.BILINEAR), (x, CAPTION_HEIGHT + r * ch))
+            for r, im in enumerate(self.cells(i, cell)):
+                canvas.paste(Image.fromarray(im), (x, CAPTION_HEIGHT + r * ch))
             for line, text in enumerate(_caption(draw, finer, font, cell - 6)):
                 draw.text((x + 3, 3 + line * LINE_HEIGHT), text, fill="black", font=font)
         return canvas

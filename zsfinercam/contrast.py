@@ -27,6 +27,16 @@ DEFAULT_NUM_REFERENCES = 3
 STRATEGIES = ("logits", "text", "vs", "generic", "parts")
 
 Embed = Callable[[Sequence[str]], torch.Tensor]  # concepts -> normalised embeddings (K, E)
+SAME = 1e-6  # logit gaps (and 1 - cosines) at most this small mean the same concept in other words
+
+
+def same_text(a: str, b: str) -> bool:
+    """Whether two concepts are the same text up to case and spacing ("Red  Tail" = "red tail").
+
+    CLIP tokenizers fold case, so such a pair has one embedding: as a reference it would
+    cancel the target's whole map.
+    """
+    return " ".join(a.casefold().split()) == " ".join(b.casefold().split())
 
 
 @dataclass(frozen=True)
@@ -49,26 +59,29 @@ def nearest_by_logit(z: torch.Tensor, target: int, candidates: Sequence[int],
     """The k candidates whose logits are closest to the target's (|z_i - z_t|, ascending).
 
     This is the paper's rule (ranks 1..k of the similarity ordering, rank 0 being the
-    target itself); the target is excluded explicitly, and ties keep candidate order.
+    target itself); the target is excluded explicitly, and so is any candidate whose logit
+    equals the target's (within SAME): the same concept in other words, which would cancel
+    the map. Ties keep candidate order.
     """
     pool = [c for c in dict.fromkeys(candidates) if c != target]
     if not pool:
         return ()
     gaps = (z[pool] - z[target]).abs()
-    order = torch.sort(gaps, stable=True).indices[:k]
-    return tuple(pool[i] for i in order.tolist())
+    order = [i for i in torch.sort(gaps, stable=True).indices.tolist() if gaps[i] > SAME]
+    return tuple(pool[i] for i in order[:k])
 
 
 def nearest_by_text(embeddings: torch.Tensor, target: int, candidates: Sequence[int],
                     k: int = DEFAULT_NUM_REFERENCES) -> tuple[int, ...]:
     """The k candidates with the highest cosine to the target (rows of `embeddings` are
-    normalised); the target is excluded and ties keep candidate order."""
+    normalised); the target and candidates with its very embedding (cosine within SAME
+    of 1) are excluded, and ties keep candidate order."""
     pool = [c for c in dict.fromkeys(candidates) if c != target]
     if not pool:
         return ()
     sims = embeddings[pool] @ embeddings[target]
-    order = torch.sort(sims, descending=True, stable=True).indices[:k]
-    return tuple(pool[i] for i in order.tolist())
+    order = [i for i in torch.sort(sims, descending=True, stable=True).indices.tolist() if sims[i] < 1 - SAME]
+    return tuple(pool[i] for i in order[:k])
 
 
 def pick(plan: Plan, z: torch.Tensor, target: int, index: Mapping[str, int], k: int) -> tuple[int, ...]:
@@ -83,23 +96,26 @@ def make_plans(strategy: str, names: Sequence[str], *, pool: Sequence[str], vs: 
                category: str | None = None, parts: Mapping[str, Sequence[str]] | None = None,
                embed: Embed | None = None, k: int = DEFAULT_NUM_REFERENCES) -> list[Plan]:
     """One plan per concept. `pool` is the vocabulary for "logits" and "text"; `embed`
-    (needed by "text" and "parts") returns normalised text embeddings."""
+    (needed by "text" and "parts") returns normalised text embeddings. A candidate that is
+    the concept itself up to case and spacing is never its reference (see `same_text`)."""
+    def others(n: str, entries: Sequence[str]) -> tuple[str, ...]:
+        return tuple(e for e in entries if not same_text(e, n))
+
     if strategy == "none":
         return [Plan("none") for _ in names]
     if strategy == "vs":
-        return [Plan("vs", fixed=tuple(vs)) for _ in names]
+        return [Plan("vs", fixed=others(n, vs)) for n in names]
     if strategy == "generic":
         if not category:
-            raise UsageError("--contrast generic needs the concepts' category, e.g. --category bird")
-        return [Plan("generic", fixed=(category,)) for _ in names]
+            raise UsageError("contrast 'generic' needs the concepts' category: category='bird' (--category bird)")
+        return [Plan("generic", fixed=others(n, [category])) for n in names]
     if strategy == "logits":
-        return [Plan("logits", pools=(tuple(pool),)) for _ in names]
+        return [Plan("logits", pools=(others(n, pool),)) for n in names]
     if strategy == "text":
         table = list(dict.fromkeys([*names, *pool]))
         emb = embed(table)
-        ids = [table.index(c) for c in pool]
-        return [Plan("text", fixed=tuple(table[i] for i in nearest_by_text(emb, table.index(n), ids, k)))
-                for n in names]
+        return [Plan("text", fixed=tuple(table[i] for i in nearest_by_text(
+            emb, table.index(n), [table.index(c) for c in others(n, pool)], k))) for n in names]
     if strategy == "parts":
         return [part_plan(n, parts or {}, embed) for n in names]
     raise UsageError(f"unknown contrast {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
@@ -110,8 +126,11 @@ def part_plan(concept: str, parts: Mapping[str, Sequence[str]], embed: Embed) ->
     the attribute nearest to the concept by text (the same trait elsewhere)."""
     if not parts:
         raise UsageError("the part vocabulary is empty; give one with [part] sections (see prompts/README.md)")
+    if empty := [p for p, entries in parts.items() if not entries]:
+        raise UsageError(f"part(s) {', '.join(map(repr, empty))} of the part vocabulary have no attributes; "
+                         "list some under each [part] or remove it")
     part = part_of(concept, parts, embed)
-    same = tuple(e for e in parts[part] if e != concept)
+    same = tuple(e for e in parts[part] if not same_text(e, concept))
     others = [p for p in parts if p != part]
     elsewhere: list[str] = []
     if others:
@@ -122,7 +141,7 @@ def part_plan(concept: str, parts: Mapping[str, Sequence[str]], embed: Embed) ->
             n = len(parts[p])
             elsewhere.append(parts[p][int(torch.argmax(sims[start:start + n]))])
             start += n
-    pools = tuple(pool for pool in (same, tuple(e for e in elsewhere if e != concept)) if pool)
+    pools = tuple(pool for pool in (same, tuple(e for e in elsewhere if not same_text(e, concept))) if pool)
     if not pools:
         raise UsageError(f"the part vocabulary has nothing besides {concept!r} to contrast with")
     return Plan("parts", pools=pools, part=part)
@@ -132,10 +151,10 @@ def part_of(concept: str, parts: Mapping[str, Sequence[str]], embed: Embed) -> s
     """The part an attribute belongs to: the part listing it; else the longest part name
     written in it as a word ("red tail" -> tail, "blue wings" -> wing); else the part whose
     attributes' mean text embedding is nearest."""
-    folded = concept.casefold()
     for part, entries in parts.items():
-        if folded in (e.casefold() for e in entries):
+        if any(same_text(e, concept) for e in entries):
             return part
+    folded = concept.casefold()
     named = [p for p in parts if re.search(rf"\b{re.escape(p.casefold())}s?\b", folded)]
     if named:
         return max(named, key=len)

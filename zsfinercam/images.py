@@ -17,7 +17,8 @@ from .errors import UsageError, WorkError
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 DEFAULT_MAX_PIXELS = 89_478_485  # width x height refused above this: PIL's own default warning level
-_PIL_LIMIT = threading.Lock()  # serialises the brief change of PIL's global limit in _pil_limit
+_PIL_LIMIT = threading.Lock()  # held while _pil_limit has raised PIL's global limit (the rare case only)
+_PIL_SAVED: list[int | None] = []  # PIL's own limit while _pil_limit has raised it, else empty
 
 
 def check_max_pixels(max_pixels: int | None) -> int | None:
@@ -84,21 +85,33 @@ def _open(path: Path, max_pixels: int | None) -> Image.Image:
 
 @contextlib.contextmanager
 def _pil_limit(max_pixels: int | None) -> Iterator[None]:
-    """PIL's bomb check, run inside `Image.open`, made to follow `max_pixels` for one open.
+    """Keep PIL's own bomb check (run inside `Image.open`) from refusing a file we accept.
 
-    PIL warns above its global `Image.MAX_IMAGE_PIXELS` and refuses above twice that.
-    Our own check (`_check_pixels`) decides, so PIL's warning is silenced and its
-    global is set to `max_pixels` only while this file is opened and decoded, under a
-    lock, and restored afterwards; nothing is changed at import.
+    PIL warns above its global limit L (`Image.MAX_IMAGE_PIXELS`) and refuses above 2 L; our
+    own check (`_check_pixels`, on the size in the header, before decoding) decides.
+
+    Common case, `max_pixels` <= L (our default is PIL's default L): PIL refuses only files
+    we refuse too, so nothing is changed: no global write, no lock, no warning filter, and
+    other threads' `Image.open` is never affected. (For a file between `max_pixels` and 2 L,
+    PIL's DecompressionBombWarning may come before our error.)
+
+    Rare case, `max_pixels` above L, or None: PIL would warn about or refuse files we accept,
+    and it has no per-call limit, so for this one open and decode, under a lock, its global
+    is RAISED to `max_pixels` (never lowered) and its warning silenced (`catch_warnings`,
+    process-wide), then restored. Meanwhile other threads' PIL opens get the higher limit.
     """
+    own = _PIL_SAVED[0] if _PIL_SAVED else Image.MAX_IMAGE_PIXELS  # L, even while another call raised it
+    if own is None or (max_pixels is not None and max_pixels <= own):
+        yield
+        return
     with _PIL_LIMIT, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        saved = Image.MAX_IMAGE_PIXELS
+        _PIL_SAVED.append(Image.MAX_IMAGE_PIXELS)
         Image.MAX_IMAGE_PIXELS = max_pixels
         try:
             yield
         finally:
-            Image.MAX_IMAGE_PIXELS = saved
+            Image.MAX_IMAGE_PIXELS = _PIL_SAVED.pop()
 
 
 def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int | None) -> None:

@@ -1,6 +1,7 @@
 """The public entry point: Localizer.from_pretrained(...).locate(image, concept)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -252,7 +253,7 @@ class Localizer:
         objectives = [[self._objective(index[n], z[b], plan, index, alpha, objective, k)
                        for n, plan in zip(names, plans)] for b in range(len(feats))]
         weights = engine.channel_weights(self.backend, feats, text, objectives,
-                                         use_jacobian=isinstance(images, ImageFeatures))
+                                         use_jacobian=self._use_jacobian(images, feats))
         raw, norm = engine.token_maps(feats, weights, impl=self.kernel)
         shown = [index[c] for c in candidates]
         raw, norm, z = raw.cpu().numpy(), norm.cpu().numpy(), z.tolist()  # one device sync, not one per map
@@ -268,6 +269,13 @@ class Localizer:
                 raise UsageError("these ImageFeatures were made by another model; encode the image with this one")
             return images
         return self.encode_image(images)
+
+    def _use_jacobian(self, images, feats: ImageFeatures) -> bool:
+        """Cached features reuse the per-image Jacobian, built on first use; not on towers whose
+        Jacobian costs a last block per embedding row (`jacobian_chunk`), unless it exists."""
+        if not isinstance(images, ImageFeatures):
+            return False
+        return feats.jacobian is not None or not getattr(self.backend, "jacobian_chunk", None)
 
     def _key(self) -> str:
         return f"{self.backend.name}:{self.config.name}:{id(self.backend)}"
@@ -299,18 +307,21 @@ class Localizer:
         if category is not None:
             (category,) = check_concepts([category])
         candidates = self._vocab(vocab)
-        strategy = self._strategy(contrast, vs, parts, method, alpha)
-        vs = check_concepts([vs] if isinstance(vs, str) else list(vs)) if vs is not None else []
+        vs = check_concepts([vs] if isinstance(vs, str) else list(vs)) if vs is not None else None
+        strategy = self._strategy(contrast, vs or None, parts, method, alpha)
+        if category is not None and strategy != "generic":
+            warnings.warn("category is used only by contrast 'generic' (--contrast generic); ignored", stacklevel=3)
         pool = candidates or list(self.config.default_vocab or []) or names
         if strategy in ("logits", "text") and not [c for c in pool if c not in names] and len(names) < 2:
-            raise UsageError("nothing to contrast with: give --vs CONCEPT, a --vocab, several concepts, "
-                             "or use --method gradcam")
+            where = "the vocabulary holds nothing besides the concept" if candidates else "nothing to contrast with"
+            raise UsageError(f"{where}: give references (vs= / --vs), a larger vocabulary (vocab= / --vocab), "
+                             "several concepts, or use plain Grad-CAM (method='gradcam' / --method gradcam)")
         if strategy == "generic" and category is None and isinstance(vocab, (str, Path)):
             from .vocab import load_category
 
             category = load_category(str(vocab))
         part_table = self._parts(parts) if strategy == "parts" else None
-        plans = make_plans(strategy, names, pool=pool, vs=vs, category=category, parts=part_table, k=k,
+        plans = make_plans(strategy, names, pool=pool, vs=vs or (), category=category, parts=part_table, k=k,
                            embed=lambda texts: self.encode_text(list(texts), templates))
         return plans, candidates
 
@@ -320,11 +331,12 @@ class Localizer:
             raise UsageError(f"unknown contrast {contrast!r}; choose one of: {', '.join(STRATEGIES)}")
         implied = "vs" if vs is not None else ("parts" if parts is not None else None)
         if vs is not None and parts is not None:
-            raise UsageError("--vs and --parts choose references in different ways; give one of them")
+            raise UsageError("vs (--vs) and parts (--parts) choose references in different ways; give one of them")
         if contrast is not None and implied is not None and contrast != implied:
-            raise UsageError(f"--contrast {contrast} conflicts with --{implied}; drop one of them")
+            raise UsageError(f"contrast {contrast!r} (--contrast {contrast}) conflicts with {implied} (--{implied}); "
+                             "drop one of them")
         if contrast in ("vs", "parts") and implied is None:
-            raise UsageError(f"--contrast {contrast} needs --{contrast}")
+            raise UsageError(f"contrast {contrast!r} needs {contrast}= (--{contrast})")
         if method == "gradcam" or alpha == 0:
             return "none"
         return contrast or implied or "logits"
@@ -335,8 +347,8 @@ class Localizer:
             from .vocab import load_parts
 
             return load_parts(str(parts))
-        if not isinstance(parts, Mapping):
-            raise UsageError(f"parts must be a part vocabulary name, file or dict, got {type(parts).__name__}")
+        if not isinstance(parts, Mapping) or any(isinstance(v, str) for v in parts.values()):
+            raise UsageError("parts must be a part vocabulary name or file, or a dict {part: [attributes]}")
         return {str(p): check_concepts(list(v)) for p, v in parts.items()}
 
     @staticmethod
@@ -361,7 +373,8 @@ class Localizer:
             return Objective(t, (), 0.0, "weighted")
         chosen = pick(plan, z_b, t, index, 1 if objective == "compare" and not plan.fixed else k)
         if not chosen:
-            raise UsageError(f"no reference left for {list(index)[t]!r} after removing the concept itself")
+            raise UsageError(f"no reference left for {list(index)[t]!r}: the candidates are the concept itself "
+                             "(up to case and spacing); give other references (vs= / --vs) or a vocabulary")
         if objective == "compare":
             chosen = chosen[:1]
         return Objective(t, chosen, alpha, objective)

@@ -103,7 +103,7 @@ class LocateResult:
         _atomic(paths["overlay"], lambda f: self.overlay().save(f, format="PNG"))
         _atomic(paths["heatmap"], lambda f: np.save(f, self.heatmap))
         record = {**self.to_dict(), "files": {k: str(v) for k, v in paths.items()}}
-        _atomic(paths["json"], lambda f: f.write(json.dumps(record, ensure_ascii=False, indent=1).encode()))
+        _atomic(paths["json"], lambda f: f.write(json_bytes(record, indent=1)))
         return {k: str(v) for k, v in paths.items()}
 
 
@@ -114,8 +114,28 @@ def safe_stem(text: str, max_len: int = 48, key: str | None = None) -> str:
     `key`, when given, is hashed instead of `text` (e.g. a file's full path, so that
     a.jpg in two folders gets two stems)."""
     slug = re.sub(r"[^\w]+", "-", text.strip().lower(), flags=re.UNICODE).strip("-_")[:max_len].strip("-_")
-    digest = hashlib.sha1((text if key is None else key).encode("utf-8")).hexdigest()[:8]
+    digest = hashlib.sha1(_utf8(text if key is None else key)).hexdigest()[:8]
     return f"{slug}-{digest}" if slug else digest
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 bytes of any str: a file name that is not UTF-8 (bytes Python decoded to lone
+    surrogates, e.g. b'caf\\xe9' -> 'caf\\udce9') gives its original bytes, as `os.fsencode` does;
+    any other lone surrogate is passed through."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+def json_bytes(obj, **kwargs) -> bytes:
+    """`obj` as UTF-8 JSON, unicode kept readable; when a str holds lone surrogates (a file name
+    that is not UTF-8), everything non-ASCII is escaped instead (\\udce9), so the file is still
+    valid UTF-8 and `json.loads` gives back the very same str (and path)."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, **kwargs).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True, **kwargs).encode("ascii")
 
 
 def _atomic(path: Path, write) -> None:

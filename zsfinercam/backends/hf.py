@@ -30,6 +30,7 @@ from ..config import ModelConfig
 from ..errors import UsageError, WorkError
 from . import hf_weights
 from .base import Backend
+from .open_clip import require_float32
 from .registry import register_backend
 
 
@@ -61,10 +62,13 @@ class HFBackend(Backend):
         Args:
             tokenizer: the model's transformers tokenizer.
             mean, std: pixel normalisation; default: the family's (OpenAI CLIP's, or 0.5 for SigLIP).
+
+        Its weights must be float32 (pass `model.float()`); on CUDA the trunk autocasts to bfloat16 itself.
         """
         kind = getattr(model.config, "model_type", None)
         if kind not in hf_weights.SUPPORTED:
             raise UsageError(f"{name}: {type(model).__name__} is not supported by the hf backend")
+        require_float32(model, name)
         _, dmean, dstd = hf_weights.SUPPORTED[kind]
         config = describe(model, name, None, image_size, (tuple(mean or dmean), tuple(std or dstd)))
         check_tokenizer(tokenizer, model, config.context_length)

@@ -44,7 +44,11 @@ class OpenClipBackend(Backend):
 
     @classmethod
     def from_model(cls, model: nn.Module, tokenizer, *, name: str = "custom", image_size: int | None = None):
-        """Wrap an open_clip model the caller already holds; it is used as is, never modified."""
+        """Wrap an open_clip model the caller already holds; it is used as is, never modified.
+
+        Its weights must be float32 (pass `model.float()`); on CUDA the trunk autocasts to bfloat16 itself.
+        """
+        require_float32(model, name)
         device = next(model.parameters()).device
         return wrap(model, tokenizer, name, None, image_size, Resolved(name, None, None), device)
 
@@ -105,6 +109,15 @@ class OpenClipBackend(Backend):
                     digest.update(tensor.detach().float().cpu().numpy().tobytes())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
+
+
+def require_float32(model: nn.Module, name: str) -> None:
+    """Refuse half-precision weights: the stream, target and embeddings run in float32 (the trunk
+    autocasts to bfloat16 on CUDA by itself), and half weights would meet float32 activations."""
+    dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()} - {str(torch.float32)})
+    if dtypes:
+        raise UsageError(f"{name}: the model's weights are {', '.join(dtypes)}; zsfinercam runs it in float32 "
+                         f"(and autocasts to bfloat16 on CUDA by itself): pass model.float()")
 
 
 def _autocast(device: torch.device, dtype):

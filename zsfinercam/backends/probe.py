@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 from pathlib import Path
 
@@ -61,6 +62,7 @@ class ProbeBackend(Backend):
         self.table = torch.cat([weight, bias[:, None]], dim=1).float().to(device)  # (C, E + 1) = [W | b]
         self.index = {c: i for i, c in enumerate(self.classes)}
         self.jacobian_chunk = getattr(tower, "jacobian_chunk", None)
+        self._fingerprint: str | None = None
 
     @classmethod
     def from_pretrained(cls, name, *, pretrained, model_config, device, image_size):
@@ -90,7 +92,15 @@ class ProbeBackend(Backend):
         raise UsageError(self._text_only())
 
     def fingerprint(self) -> str:
-        raise UsageError(self._text_only())
+        """A key that changes whenever the head does: the classifier rows [W | b], the class
+        names and the tower (name and weights label). There is no text tower; batch runs keep it
+        in their settings, so a run resumed with another classifier is refused."""
+        if self._fingerprint is None:
+            digest = hashlib.blake2b(digest_size=16)
+            digest.update(json.dumps([self.name, self.config.name, self.config.pretrained, self.classes]).encode())
+            digest.update(self.table.detach().cpu().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     # image ------------------------------------------------------------------
     def trunk(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -113,7 +123,12 @@ def probe_config(tower_config: ModelConfig, classes: list[str]) -> ModelConfig:
 
 # towers -----------------------------------------------------------------------
 def load_tower(backbone: str, *, pretrained, model_config, device: torch.device, image_size):
-    """(tower with trunk/target/embed, its ModelConfig, feature size E) for `backbone`."""
+    """(tower with trunk/target/embed, its ModelConfig, feature size E) for `backbone`.
+
+    Weights: an open_clip tower needs them (`pretrained` tag or file, or a local-dir:/hf-hub:
+    folder, or the toy); None would give a random tower and is refused. For "timm:NAME",
+    `pretrained` None means timm's own hub weights for NAME.
+    """
     if not isinstance(backbone, str) or not backbone.strip():
         raise UsageError("backbone must be a model name, e.g. 'ViT-B-16' or 'timm:vit_base_patch14_dinov2'")
     if backbone.startswith(TIMM_PREFIX):
@@ -126,6 +141,10 @@ def _open_clip_tower(name, pretrained, model_config, device, image_size):
     from .open_clip_weights import resolve
 
     resolved = resolve(name, pretrained, model_config)
+    if resolved.checkpoint is None:  # open_clip would build the tower with random weights
+        raise UsageError(f"{name} without pretrained= would be a randomly initialised tower, meaningless under a "
+                         f"probe trained on real features; pass pretrained= with the weights the probe was trained "
+                         f"on (a tag such as 'openai' or a weights file)")
     model = _build(resolved).to(device).eval()
     label = pretrained if resolved.model_cfg is None or model_config else resolved.checkpoint
     tower = wrap(model, None, name, label, image_size, resolved, device)  # the text tower is never used

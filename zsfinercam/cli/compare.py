@@ -1,11 +1,11 @@
 """`zsfinercam compare IMAGE CONCEPT...`: one grid of Grad-CAM and Finer-CAM maps, a column per concept."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from .locate import max_pixels_option
 from .options import contrast_kwargs, contrast_options, load_localizer, model_options
 
 
@@ -19,29 +19,34 @@ from .options import contrast_kwargs, contrast_options, load_localizer, model_op
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("zsfinercam_out"),
               show_default=True, help="Folder for the grid PNG and its JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the grid's JSON summary on stdout.")
+@max_pixels_option
 def compare(image, concepts, model, pretrained, model_config, backend, device, image_size, cell, out, as_json,
-            **contrast):
+            max_pixels, **contrast):
     """Grad-CAM, Finer-CAM and their difference for each CONCEPT in IMAGE, side by side.
 
     Example: zsfinercam compare bird.jpg "red-tailed hawk" "red-shouldered hawk" "cooper's hawk"
     """
-    from ..result import _atomic, safe_stem
+    from ..batch import unique_concepts
+    from ..result import _atomic, json_bytes, safe_stem
 
     kwargs = contrast_kwargs(**contrast)
     del kwargs["method"]
+    names = unique_concepts(concepts)
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size)
-    comparison = loc.compare(str(image), list(concepts), **kwargs)
+    loc.max_pixels = max_pixels
+    comparison = loc.compare(str(image), names, **kwargs)
     grid = comparison.grid(cell)
-    stem = f"{safe_stem(image.stem, 40)}_compare-{safe_stem(chr(0).join(comparison.concepts), 0)}"
+    # the image part hashes the full path, so bird.png from two folders never share a name
+    stem = f"{safe_stem(image.stem, 40, key=str(image.resolve()))}_compare-{safe_stem(chr(0).join(names), 0)}"
     paths = {"grid": out / f"{stem}.png", "json": out / f"{stem}.json"}
     if any(p.resolve() == image.resolve() for p in paths.values()):
         raise click.UsageError(f"an output would overwrite the input {image}; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     record = {**comparison.to_dict(), "grid_size": list(grid.size), "files": {k: str(v) for k, v in paths.items()}}
     _atomic(paths["grid"], lambda f: grid.save(f, format="PNG"))
-    _atomic(paths["json"], lambda f: f.write(json.dumps(record, ensure_ascii=False, indent=1).encode()))
+    _atomic(paths["json"], lambda f: f.write(json_bytes(record, indent=1)))
     if as_json:
-        click.echo(json.dumps(record, ensure_ascii=False))
+        click.echo(json_bytes(record).decode())
     else:
         for c in record["concepts"]:
             click.echo(f"{c['concept']}: score {c['score']:.3f} vs [{', '.join(c['references']) or '-'}] "

@@ -1,6 +1,8 @@
 """Options shared by the verbs that load a model; choices come from the registries."""
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from ..backends import list_backends
@@ -75,6 +77,8 @@ def contrast_kwargs(vs, vocab, contrast, category, parts, part_vocab, alpha, obj
     """Localizer.locate_many keyword arguments from contrast_options' values."""
     if alpha is not None and not (alpha >= 0 and alpha != float("inf")):
         raise click.BadParameter(f"must be a finite number >= 0, got {alpha}", param_hint="--alpha")
+    if part_vocab != "cub_parts" and not parts:
+        warnings.warn("--part-vocab is used only with --parts; ignored", stacklevel=2)
     return dict(vs=list(vs) or None, vocab=vocab, contrast=contrast, category=category,
                 parts=part_vocab if parts else None, alpha=alpha, method=method, objective=objective,
                 templates=templates)
