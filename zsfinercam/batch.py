@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Sequence
 from .errors import UsageError, WorkError
 from .images import DEFAULT_MAX_PIXELS, check_max_pixels, load_image
 from .result import json_bytes, safe_stem
-from .text import check_concepts
+from .text import unique_concepts
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
                             ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"})  # what a folder scan picks up
@@ -99,20 +99,6 @@ def _written_by_batch(path: Path, out: Path) -> bool:
         return path.parent.resolve() == out
     return bool(OUTPUT_FILE.fullmatch(path.name) and OUTPUT_FOLDER.fullmatch(path.parent.name)
                 and path.parent.parent.resolve() == out)
-
-
-def unique_concepts(concepts: Sequence[str]) -> list[str]:
-    """Concepts stripped and checked, each kept once in first-seen order (with a warning
-    naming the duplicates): one map, one set of files per concept."""
-    names = check_concepts(list(concepts))
-    if not names:
-        raise UsageError("no concepts given; pass at least one, e.g. --concepts \"red-tailed hawk\"")
-    kept = list(dict.fromkeys(names))
-    if len(kept) < len(names):
-        dups = [n for n in kept if names.count(n) > 1]
-        warnings.warn(f"concept(s) given more than once, each mapped once: {', '.join(map(repr, dups))}",
-                      stacklevel=2)
-    return kept
 
 
 @dataclass

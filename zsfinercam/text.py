@@ -43,6 +43,20 @@ def check_concepts(concepts: Sequence[str]) -> list[str]:
     return out
 
 
+def unique_concepts(concepts: Sequence[str]) -> list[str]:
+    """Concepts stripped and checked, each kept once in first-seen order (with a warning
+    naming the duplicates): one map, one set of files per concept."""
+    names = check_concepts(list(concepts))
+    if not names:
+        raise UsageError("no concepts given; pass at least one, e.g. --concepts \"red-tailed hawk\"")
+    kept = list(dict.fromkeys(names))
+    if len(kept) < len(names):
+        dups = [n for n in kept if names.count(n) > 1]
+        warnings.warn(f"concept(s) given more than once, each mapped once: {', '.join(map(repr, dups))}",
+                      stacklevel=2)
+    return kept
+
+
 class ConceptEncoder:
     """Concept embeddings for one backend, cached."""
 

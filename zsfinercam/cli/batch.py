@@ -35,7 +35,8 @@ def batch(inputs, concepts, out, recursive, resume, batch_size, max_pixels, mode
 
     Example: zsfinercam batch photos/ --concepts "red-tailed hawk" --vs "red-shouldered hawk" --out maps
     """
-    from ..batch import check_out_dir, find_images, run_batch, unique_concepts
+    from ..batch import check_out_dir, find_images, run_batch
+    from ..text import unique_concepts
 
     kwargs = contrast_kwargs(**contrast)
     names = unique_concepts(concepts)

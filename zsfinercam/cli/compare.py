@@ -26,7 +26,7 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
 
     Example: zsfinercam compare bird.jpg "red-tailed hawk" "red-shouldered hawk" "cooper's hawk"
     """
-    from ..batch import unique_concepts
+    from ..text import unique_concepts
     from ..result import _atomic, json_bytes, safe_stem
 
     kwargs = contrast_kwargs(**contrast)

@@ -40,7 +40,7 @@ def locate(image, concepts, model, pretrained, model_config, backend, device, im
 
     A concept given twice is mapped once (with a warning).
     """
-    from ..batch import unique_concepts
+    from ..text import unique_concepts
 
     kwargs = contrast_kwargs(**contrast)
     names = unique_concepts(concepts)
