@@ -21,15 +21,14 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from .errors import UsageError, WorkError
-from .images import DEFAULT_MAX_PIXELS, check_max_pixels, load_image
-from .result import json_bytes, safe_stem
+from .images import load_image
+from .result import TMP_PREFIX, atomic_write, json_bytes, safe_stem
 from .text import unique_concepts
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
                             ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"})  # what a folder scan picks up
 MANIFEST_NAME = "manifest.jsonl"  # one JSON record per image, in input order
 SETTINGS_NAME = "run.json"  # what the maps mean (concepts, contrast, model); --resume must match it
-TMP_PREFIX = ".tmp-"  # result.save's temporary files; stale ones are removed when a run starts
 _STEM = r"(?:[\w-]+-)?[0-9a-f]{8}"  # what `safe_stem` makes: slug-digest, or the digest alone
 OUTPUT_FOLDER = re.compile(_STEM)  # out/<image key>/, one per image
 OUTPUT_FILE = re.compile(_STEM + r"(?:_overlay\.png|_heatmap\.npy|\.json)")  # in it, per concept
@@ -129,20 +128,18 @@ def check_out_dir(out: str | os.PathLike, resume: bool) -> None:
 
 
 def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, concepts: Sequence[str], *,
-              resume: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
-              max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: bool | None = None,
+              resume: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None,
               **locate_kwargs) -> BatchSummary:
     """Map `concepts` in every image and write outputs plus a manifest into `out`.
 
     Args:
-        loc: a Localizer.
+        loc: a Localizer; image files above its `max_pixels` are recorded as failed.
         images: image files (see `find_images`), processed in the given order.
         out: output folder; `out/manifest.jsonl` gets one record per image, `out/run.json`
             the settings, `out/<image key>/` the files of `LocateResult.save`.
         resume: continue the run in `out`, skipping images whose "ok" record and output
             files exist; without it a non-empty manifest there is a UsageError.
         batch_size: images per trunk pass.
-        max_pixels: image files above this many pixels are recorded as failed.
         progress: tqdm bar on stderr; None = only when stderr is a terminal.
         **locate_kwargs: passed to `Localizer.locate_many` (vs, vocab, alpha, method, ...).
 
@@ -152,14 +149,13 @@ def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, 
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
-    max_pixels = check_max_pixels(max_pixels)
     names = unique_concepts(concepts)
     paths = list(dict.fromkeys(Path(p).resolve() for p in images))
     out = Path(out).resolve()
     if out in paths:
         raise UsageError(f"--out {out} is one of the input files; choose another folder")
     check_out_dir(out, resume)
-    job = _Job(loc, out, names, max_pixels, set(paths), locate_kwargs)
+    job = _Job(loc, out, names, set(paths), locate_kwargs)
     summary = BatchSummary(out / MANIFEST_NAME)
     start = time.perf_counter()
     with _Manifest(out) as manifest:
@@ -207,8 +203,8 @@ def _settings(loc, concepts: list[str], locate_kwargs: dict) -> dict:
 class _Job:
     """Maps for one chunk of images -> one manifest record per image not yet done."""
 
-    def __init__(self, loc, out: Path, concepts: list[str], max_pixels, inputs: set[Path], locate_kwargs: dict):
-        self.loc, self.out, self.concepts, self.max_pixels = loc, out, concepts, max_pixels
+    def __init__(self, loc, out: Path, concepts: list[str], inputs: set[Path], locate_kwargs: dict):
+        self.loc, self.out, self.concepts = loc, out, concepts
         self.inputs, self.locate_kwargs = inputs, locate_kwargs
 
     def run(self, chunk: list[Path], done: dict[str, dict]) -> Iterator[dict]:
@@ -245,7 +241,7 @@ class _Job:
         arrays, errors = {}, {}
         for p in paths:
             try:
-                arrays[p] = load_image(p, max_pixels=self.max_pixels)[0]
+                arrays[p] = load_image(p, max_pixels=self.loc.max_pixels)[0]
             except (UsageError, WorkError, OSError) as err:
                 errors[p] = str(err)
         return arrays, errors
@@ -359,9 +355,7 @@ def _check_settings(path: Path, settings: dict, resuming: bool) -> None:
         if changed:
             raise UsageError(f"{path.parent} holds a run with other {', '.join(changed)}; resume with the "
                              f"same concepts, contrast options and model, or choose another --out")
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    tmp.write_bytes(json_bytes(settings, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(json_bytes(settings, indent=1, sort_keys=True)))
 
 
 def _lock(out: Path):

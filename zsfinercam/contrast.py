@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
 
 from .errors import UsageError
+from .text import check_concepts
 
 DEFAULT_NUM_REFERENCES = 3
 STRATEGIES = ("logits", "text", "vs", "generic", "parts")
@@ -113,9 +115,9 @@ def make_plans(strategy: str, names: Sequence[str], *, pool: Sequence[str], vs: 
         return [Plan("logits", pools=(others(n, pool),)) for n in names]
     if strategy == "text":
         table = list(dict.fromkeys([*names, *pool]))
-        emb = embed(table)
+        emb, pos = embed(table), {c: i for i, c in enumerate(table)}
         return [Plan("text", fixed=tuple(table[i] for i in nearest_by_text(
-            emb, table.index(n), [table.index(c) for c in others(n, pool)], k))) for n in names]
+            emb, pos[n], [pos[c] for c in others(n, pool)], k))) for n in names]
     if strategy == "parts":
         return [part_plan(n, parts or {}, embed) for n in names]
     raise UsageError(f"unknown contrast {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
@@ -167,3 +169,31 @@ def part_of(concept: str, parts: Mapping[str, Sequence[str]], embed: Embed) -> s
         scores.append(float(mean @ emb[0]) / float(mean.norm().clamp_min(1e-12)))
         start += n
     return list(parts)[max(range(len(scores)), key=scores.__getitem__)]
+
+
+def choose_strategy(contrast: str | None, vs, parts, plain: bool) -> str:
+    """The strategy named, or implied by `vs` / `parts`; "none" for plain Grad-CAM (`plain`)."""
+    if contrast is not None and contrast not in STRATEGIES:
+        raise UsageError(f"unknown contrast {contrast!r}; choose one of: {', '.join(STRATEGIES)}")
+    implied = "vs" if vs is not None else ("parts" if parts is not None else None)
+    if vs is not None and parts is not None:
+        raise UsageError("vs (--vs) and parts (--parts) choose references in different ways; give one of them")
+    if contrast is not None and implied is not None and contrast != implied:
+        raise UsageError(f"contrast {contrast!r} (--contrast {contrast}) conflicts with {implied} (--{implied}); "
+                         "drop one of them")
+    if contrast in ("vs", "parts") and implied is None:
+        raise UsageError(f"contrast {contrast!r} needs {contrast}= (--{contrast})")
+    if plain:
+        return "none"
+    return contrast or implied or "logits"
+
+
+def part_table_of(parts) -> dict[str, list[str]]:
+    """A part vocabulary given by name, file or {part: [attributes]} dict, checked."""
+    if isinstance(parts, (str, Path)):
+        from .vocab import load_parts
+
+        return load_parts(str(parts))
+    if not isinstance(parts, Mapping) or any(isinstance(v, str) for v in parts.values()):
+        raise UsageError("parts must be a part vocabulary name or file, or a dict {part: [attributes]}")
+    return {str(p): check_concepts(list(v)) for p, v in parts.items()}

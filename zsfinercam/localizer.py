@@ -10,7 +10,7 @@ import torch
 
 from . import engine
 from .backends import Backend, get_backend
-from .contrast import DEFAULT_NUM_REFERENCES, STRATEGIES, make_plans, pick
+from .contrast import DEFAULT_NUM_REFERENCES, choose_strategy, make_plans, nearest_by_text, part_table_of, pick
 from .engine import ImageFeatures
 from .errors import UsageError
 from .images import DEFAULT_MAX_PIXELS, ImageInput, check_max_pixels, load_image, to_pixels
@@ -42,18 +42,20 @@ def resolve_device(device: str | torch.device) -> torch.device:
 class Localizer:
     """Zero-shot concept localisation with Finer-CAM over a CLIP image tower."""
 
-    max_pixels: int | None = DEFAULT_MAX_PIXELS  # image files with more pixels are refused (None: no limit)
-
-    def __init__(self, backend: Backend, *, cache_dir: str | Path | None = None, kernel: str = "auto"):
+    def __init__(self, backend: Backend, *, cache_dir: str | Path | None = None, kernel: str = "auto",
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
         """Wrap a loaded backend.
 
         Args:
             backend: a registered backend instance (see `from_pretrained`).
             cache_dir: where text embeddings are cached on disk; None keeps them in memory only.
             kernel: map kernel, "auto" (Triton on CUDA, torch elsewhere), "torch" or "triton".
+            max_pixels: image files with more pixels (width x height) are refused before
+                decoding (decompression bombs); None = no limit.
         """
         self.backend = backend
         self.kernel = kernel
+        self.max_pixels = check_max_pixels(max_pixels)
         self.text = ConceptEncoder(backend, Path(cache_dir) if cache_dir is not None else None)
 
     @classmethod
@@ -78,10 +80,9 @@ class Localizer:
             model_config: JSON file with an open_clip model config, for custom architectures.
             image_size: run the image tower at this size (position embeddings are resampled).
             cache_dir: text-embedding cache folder; True = $ZSFINERCAM_CACHE or ~/.cache/zsfinercam.
-            max_pixels: image files with more pixels (width x height) are refused before
-                decoding (decompression bombs); None = no limit.
+            max_pixels: see `__init__`.
         """
-        max_pixels = check_max_pixels(max_pixels)
+        max_pixels = check_max_pixels(max_pixels)  # before the (slow) load
         if image_size is not None and (isinstance(image_size, bool)
                                        or not isinstance(image_size, (int, np.integer))):
             raise UsageError(f"image_size must be a whole number of pixels, got {image_size!r}")
@@ -89,14 +90,13 @@ class Localizer:
             name, pretrained=pretrained, model_config=model_config,
             device=resolve_device(device), image_size=image_size)
         folder = default_cache_dir() if cache_dir is True else (cache_dir or None)
-        loc = cls(loaded, cache_dir=folder, kernel=kernel)
-        loc.max_pixels = max_pixels
-        return loc
+        return cls(loaded, cache_dir=folder, kernel=kernel, max_pixels=max_pixels)
 
     @classmethod
     def from_classifier(cls, backbone: str, classifier: str | Path, classes: str | Path, *,
                         pretrained: str | None = None, model_config: str | None = None, device: str = "auto",
-                        image_size: int | None = None, kernel: str = "auto") -> "Localizer":
+                        image_size: int | None = None, kernel: str = "auto",
+                        max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Localizer":
         """A trained linear classifier over an image tower (the Finer-CAM paper's setting).
 
         Args:
@@ -114,9 +114,10 @@ class Localizer:
         """
         from .probe import load_probe
 
+        max_pixels = check_max_pixels(max_pixels)
         probe = load_probe(backbone, classifier, classes, pretrained=pretrained, model_config=model_config,
                            device=resolve_device(device), image_size=image_size)
-        return cls(probe, cache_dir=None, kernel=kernel)
+        return cls(probe, cache_dir=None, kernel=kernel, max_pixels=max_pixels)
 
     @property
     def config(self):
@@ -148,15 +149,15 @@ class Localizer:
         """Zero-shot logits {concept: z} for each image."""
         feats = self._features(image)
         names = check_concepts(concepts)
-        z = engine.logits(feats.embedding, self.head(names, templates), self.backend.logit_scale) \
-            + self.config.logit_bias
+        z = self._logits(feats, self.head(names, templates))
         return [{n: float(v) for n, v in zip(names, row)} for row in z.tolist()]
 
     def neighbors(self, concept: str, vocab: str | Sequence[str] | None = None, k: int = 5,
                   templates=None) -> list[tuple[str, float]]:
         """The k vocabulary entries nearest to `concept` by cosine similarity of their
         template-averaged text embeddings (image-independent), best first; the concept
-        itself is left out. `vocab` defaults to the model's own classes."""
+        itself (and any entry with its very embedding, e.g. other case) is left out. `vocab`
+        defaults to the model's own classes."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise UsageError(f"k must be a positive integer, got {k!r}")
         (target,) = check_concepts([concept])
@@ -164,16 +165,15 @@ class Localizer:
         entries = [e for e in pool if e != target]
         if not entries:
             raise UsageError("the vocabulary has no entry besides the concept itself; give one with --vocab")
-        text = self.encode_text([target, *entries], templates)
-        sims = (text[1:] @ text[0]).cpu()
-        top = torch.sort(sims, descending=True, stable=True).indices[:k].tolist()
-        return [(entries[i], float(sims[i])) for i in top]
+        text = self.encode_text([target, *entries], templates).cpu()
+        sims = text[1:] @ text[0]
+        return [(entries[i - 1], float(sims[i - 1])) for i in nearest_by_text(text, 0, range(1, len(text)), k)]
 
     def compare(self, image, concepts: Sequence[str], **kwargs) -> "Comparison":
         """Grad-CAM and Finer-CAM maps of several concepts in one image, for a side-by-side grid.
 
-        The trunk runs once (or not at all for ImageFeatures); both methods then reuse the
-        image's Jacobian, so each extra concept costs text encoding and small matrix products.
+        The trunk runs once (or not at all for ImageFeatures, which then reuse the image's
+        Jacobian, so each extra concept costs text encoding and small matrix products).
         Keyword arguments are `locate_many`'s (they shape the Finer-CAM row).
         """
         from .compare import Comparison
@@ -183,8 +183,9 @@ class Localizer:
         feats = self._features(image)
         if len(feats) != 1:
             raise UsageError(f"compare takes one image, got {len(feats)}")
-        finer = self.locate_many(feats, concepts, **kwargs)
-        grad = self.locate_many(feats, concepts, method="gradcam", templates=kwargs.get("templates"))
+        use_jacobian = self._use_jacobian(image, feats)
+        finer = self._maps(feats, concepts, kwargs.pop("vs", None), use_jacobian, **kwargs)[0]
+        grad = self._maps(feats, concepts, None, use_jacobian, method="gradcam", templates=kwargs.get("templates"))[0]
         return Comparison(gradcam=grad, finer=finer)
 
     def locate(self, image, concept: str, vs: Sequence[str] | None = None, **kwargs) -> LocateResult:
@@ -240,6 +241,16 @@ class Localizer:
         """
         feats = self._features(images)
         batched = isinstance(images, (list, tuple)) or len(feats) > 1
+        out = self._maps(feats, concepts, vs, self._use_jacobian(images, feats), vocab=vocab, alpha=alpha,
+                         method=method, objective=objective, templates=templates, num_references=num_references,
+                         contrast=contrast, category=category, parts=parts)
+        return out if batched else out[0]
+
+    # helpers ---------------------------------------------------------------
+    def _maps(self, feats: ImageFeatures, concepts, vs, use_jacobian: bool, *, vocab=None, alpha=None,
+              method="finer", objective="weighted", templates=None, num_references=DEFAULT_NUM_REFERENCES,
+              contrast=None, category=None, parts=None) -> list[list[LocateResult]]:
+        """locate_many on encoded features: one list of results per image."""
         names = check_concepts(concepts)
         if not names:
             raise UsageError("no concepts given")
@@ -249,26 +260,27 @@ class Localizer:
         table = list(dict.fromkeys([*names, *(c for p in plans for c in p.concepts), *candidates]))
         index = {n: i for i, n in enumerate(table)}
         text = self.head(table, templates)
-        z = (engine.logits(feats.embedding, text, self.backend.logit_scale) + self.config.logit_bias).cpu()
+        z = self._logits(feats, text).cpu()
         objectives = [[self._objective(index[n], z[b], plan, index, alpha, objective, k)
                        for n, plan in zip(names, plans)] for b in range(len(feats))]
-        weights = engine.channel_weights(self.backend, feats, text, objectives,
-                                         use_jacobian=self._use_jacobian(images, feats))
+        weights = engine.channel_weights(self.backend, feats, text, objectives, use_jacobian=use_jacobian)
         raw, norm = engine.token_maps(feats, weights, impl=self.kernel)
         shown = [index[c] for c in candidates]
         raw, norm, z = raw.cpu().numpy(), norm.cpu().numpy(), z.tolist()  # one device sync, not one per map
-        out = [[self._result(feats, b, m, objectives[b][m], table, z[b], raw, norm, shown, method,
-                             objective, alpha, plans[m].strategy) for m in range(len(names))]
-               for b in range(len(feats))]
-        return out if batched else out[0]
+        return [[self._result(feats, b, m, objectives[b][m], table, z[b], raw, norm, shown, method,
+                              objective, alpha, plans[m].strategy) for m in range(len(names))]
+                for b in range(len(feats))]
 
-    # helpers ---------------------------------------------------------------
     def _features(self, images) -> ImageFeatures:
         if isinstance(images, ImageFeatures):
             if images.model_key != self._key():
                 raise UsageError("these ImageFeatures were made by another model; encode the image with this one")
             return images
         return self.encode_image(images)
+
+    def _logits(self, feats: ImageFeatures, head: torch.Tensor) -> torch.Tensor:
+        """The model's own logits (B, K), its bias (SigLIP) included."""
+        return engine.logits(feats.embedding, head, self.backend.logit_scale) + self.config.logit_bias
 
     def _use_jacobian(self, images, feats: ImageFeatures) -> bool:
         """Cached features reuse the per-image Jacobian, built on first use; not on towers whose
@@ -308,7 +320,7 @@ class Localizer:
             (category,) = check_concepts([category])
         candidates = self._vocab(vocab)
         vs = check_concepts([vs] if isinstance(vs, str) else list(vs)) if vs is not None else None
-        strategy = self._strategy(contrast, vs or None, parts, method, alpha)
+        strategy = choose_strategy(contrast, vs or None, parts, method == "gradcam" or alpha == 0)
         if category is not None and strategy != "generic":
             warnings.warn("category is used only by contrast 'generic' (--contrast generic); ignored", stacklevel=3)
         pool = candidates or list(self.config.default_vocab or []) or names
@@ -320,36 +332,10 @@ class Localizer:
             from .vocab import load_category
 
             category = load_category(str(vocab))
-        part_table = self._parts(parts) if strategy == "parts" else None
+        part_table = part_table_of(parts) if strategy == "parts" else None
         plans = make_plans(strategy, names, pool=pool, vs=vs or (), category=category, parts=part_table, k=k,
                            embed=lambda texts: self.encode_text(list(texts), templates))
         return plans, candidates
-
-    @staticmethod
-    def _strategy(contrast, vs, parts, method, alpha) -> str:
-        if contrast is not None and contrast not in STRATEGIES:
-            raise UsageError(f"unknown contrast {contrast!r}; choose one of: {', '.join(STRATEGIES)}")
-        implied = "vs" if vs is not None else ("parts" if parts is not None else None)
-        if vs is not None and parts is not None:
-            raise UsageError("vs (--vs) and parts (--parts) choose references in different ways; give one of them")
-        if contrast is not None and implied is not None and contrast != implied:
-            raise UsageError(f"contrast {contrast!r} (--contrast {contrast}) conflicts with {implied} (--{implied}); "
-                             "drop one of them")
-        if contrast in ("vs", "parts") and implied is None:
-            raise UsageError(f"contrast {contrast!r} needs {contrast}= (--{contrast})")
-        if method == "gradcam" or alpha == 0:
-            return "none"
-        return contrast or implied or "logits"
-
-    @staticmethod
-    def _parts(parts) -> dict[str, list[str]]:
-        if isinstance(parts, (str, Path)):
-            from .vocab import load_parts
-
-            return load_parts(str(parts))
-        if not isinstance(parts, Mapping) or any(isinstance(v, str) for v in parts.values()):
-            raise UsageError("parts must be a part vocabulary name or file, or a dict {part: [attributes]}")
-        return {str(p): check_concepts(list(v)) for p, v in parts.items()}
 
     @staticmethod
     def _count(k) -> int:

@@ -15,6 +15,8 @@ from PIL import Image
 
 from . import render
 
+TMP_PREFIX = ".tmp-"  # names of atomic_write's temporary files (a killed run may leave some)
+
 
 @dataclass
 class LocateResult:
@@ -60,14 +62,20 @@ class LocateResult:
         """float32 (H, W) in [0, 1] at the image's size: the normalised map, upsampled bilinearly."""
         return render.upsample(self.norm_map, self.image.shape[:2])
 
-    @property
+    @functools.cached_property
     def peak(self) -> tuple[int, int]:
         """(x, y) in image pixels of the heatmap's maximum."""
         return render.peak(self.heatmap)
 
     def bbox(self, threshold: float = render.DEFAULT_THRESHOLD) -> tuple[int, int, int, int] | None:
-        """Inclusive (x0, y0, x1, y1) around the hot region holding the peak."""
+        """Inclusive (x0, y0, x1, y1) around the hot region holding the peak (kept for the default threshold)."""
+        if threshold == render.DEFAULT_THRESHOLD:
+            return self._default_bbox
         return render.bbox(self.heatmap, threshold)
+
+    @functools.cached_property
+    def _default_bbox(self) -> tuple[int, int, int, int] | None:
+        return render.bbox(self.heatmap, render.DEFAULT_THRESHOLD)
 
     def overlay(self, alpha: float = 0.5) -> Image.Image:
         """The heatmap in JET colours over the image."""
@@ -100,10 +108,10 @@ class LocateResult:
         stem = stem or safe_stem(self.concept)
         paths = {"overlay": out / f"{stem}_overlay.png", "heatmap": out / f"{stem}_heatmap.npy",
                  "json": out / f"{stem}.json"}
-        _atomic(paths["overlay"], lambda f: self.overlay().save(f, format="PNG"))
-        _atomic(paths["heatmap"], lambda f: np.save(f, self.heatmap))
+        atomic_write(paths["overlay"], lambda f: self.overlay().save(f, format="PNG"))
+        atomic_write(paths["heatmap"], lambda f: np.save(f, self.heatmap))
         record = {**self.to_dict(), "files": {k: str(v) for k, v in paths.items()}}
-        _atomic(paths["json"], lambda f: f.write(json_bytes(record, indent=1)))
+        atomic_write(paths["json"], lambda f: f.write(json_bytes(record, indent=1)))
         return {k: str(v) for k, v in paths.items()}
 
 
@@ -138,8 +146,10 @@ def json_bytes(obj, **kwargs) -> bytes:
         return json.dumps(obj, ensure_ascii=True, **kwargs).encode("ascii")
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+def atomic_write(path: Path, write) -> None:
+    """`write(file)` into a temporary file next to `path` (named TMP_PREFIX...), then rename it
+    over `path`: readers see the old file or the new one, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -129,16 +128,16 @@ class ConceptEncoder:
             self._memory.setdefault((key, name), row)
 
     def _save_disk(self, key: str) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from .result import atomic_write
 
         names = [c for (k, c) in self._memory if k == key]
         table = torch.stack([self._memory[(key, c)] for c in names]).cpu().contiguous()
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            save_file({"embeddings": table}, tmp, metadata={"concepts": json.dumps(names, ensure_ascii=False)})
-            os.replace(tmp, path)
+            data = save({"embeddings": table}, metadata={"concepts": json.dumps(names, ensure_ascii=False)})
+            atomic_write(path, lambda f: f.write(data))
         except OSError as err:
             warnings.warn(f"could not write the text cache {path}: {err}", stacklevel=3)

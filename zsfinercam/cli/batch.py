@@ -7,8 +7,8 @@ import click
 
 from ..batch import DEFAULT_BATCH_SIZE, MANIFEST_NAME
 from ..errors import WorkError
-from .locate import max_pixels_option
-from .options import contrast_kwargs, contrast_options, load_localizer, method_option, model_options
+from .options import (contrast_kwargs, contrast_options, load_localizer, max_pixels_option, method_option,
+                      model_options)
 
 
 @click.command()
@@ -42,8 +42,8 @@ def batch(inputs, concepts, out, recursive, resume, batch_size, max_pixels, mode
     names = unique_concepts(concepts)
     images = find_images(inputs, recursive=recursive, exclude=out)
     check_out_dir(out, resume)
-    loc = load_localizer(model, pretrained, model_config, backend, device, image_size)
-    summary = run_batch(loc, images, out, names, resume=resume, batch_size=batch_size, max_pixels=max_pixels,
+    loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
+    summary = run_batch(loc, images, out, names, resume=resume, batch_size=batch_size,
                         **kwargs)
     click.echo(summary.line())
     if summary.failed:

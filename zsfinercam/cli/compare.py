@@ -5,8 +5,7 @@ from pathlib import Path
 
 import click
 
-from .locate import max_pixels_option
-from .options import contrast_kwargs, contrast_options, load_localizer, model_options
+from .options import contrast_kwargs, contrast_options, load_localizer, max_pixels_option, model_options
 
 
 @click.command()
@@ -27,13 +26,12 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
     Example: zsfinercam compare bird.jpg "red-tailed hawk" "red-shouldered hawk" "cooper's hawk"
     """
     from ..text import unique_concepts
-    from ..result import _atomic, json_bytes, safe_stem
+    from ..result import atomic_write, json_bytes, safe_stem
 
     kwargs = contrast_kwargs(**contrast)
     del kwargs["method"]
     names = unique_concepts(concepts)
-    loc = load_localizer(model, pretrained, model_config, backend, device, image_size)
-    loc.max_pixels = max_pixels
+    loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
     comparison = loc.compare(str(image), names, **kwargs)
     grid = comparison.grid(cell)
     # the image part hashes the full path, so bird.png from two folders never share a name
@@ -43,8 +41,8 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
         raise click.UsageError(f"an output would overwrite the input {image}; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     record = {**comparison.to_dict(), "grid_size": list(grid.size), "files": {k: str(v) for k, v in paths.items()}}
-    _atomic(paths["grid"], lambda f: grid.save(f, format="PNG"))
-    _atomic(paths["json"], lambda f: f.write(json_bytes(record, indent=1)))
+    atomic_write(paths["grid"], lambda f: grid.save(f, format="PNG"))
+    atomic_write(paths["json"], lambda f: f.write(json_bytes(record, indent=1)))
     if as_json:
         click.echo(json_bytes(record).decode())
     else:

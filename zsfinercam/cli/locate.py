@@ -1,20 +1,13 @@
 """`zsfinercam locate IMAGE CONCEPT...`: maps for concepts in one image."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import click
 
-from ..images import DEFAULT_MAX_PIXELS
-from .options import contrast_kwargs, contrast_options, load_localizer, method_option, model_options
-
-max_pixels_option = click.option(
-    "--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, metavar="N",
-    help="Refuse image files with more pixels (width x height) than N, a guard against decompression "
-         "bombs; raise it for huge images you trust.")
-
+from .options import (contrast_kwargs, contrast_options, load_localizer, max_pixels_option, method_option,
+                      model_options)
 
 @click.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -40,19 +33,19 @@ def locate(image, concepts, model, pretrained, model_config, backend, device, im
 
     A concept given twice is mapped once (with a warning).
     """
+    from ..result import json_bytes
     from ..text import unique_concepts
 
     kwargs = contrast_kwargs(**contrast)
     names = unique_concepts(concepts)
-    loc = load_localizer(model, pretrained, model_config, backend, device, image_size)
-    loc.max_pixels = max_pixels
+    loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
     results = loc.locate_many(str(image), names, **kwargs)
     image_stem = re.sub(r"[^\w.-]+", "-", image.stem)[:40] or "image"
     for res in results:
         files = _save(res, out, image_stem, image)
         if as_json:
             record = {k: v for k, v in res.to_dict().items() if k != "token_map"}
-            click.echo(json.dumps({**record, "files": files}, ensure_ascii=False))
+            click.echo(json_bytes({**record, "files": files}).decode())
         else:
             click.echo(_summary(res, files))
 

@@ -7,9 +7,10 @@ import click
 
 from ..backends import list_backends
 from ..contrast import STRATEGIES
+from ..images import DEFAULT_MAX_PIXELS
+from ..localizer import METHODS
 from ..objectives import OBJECTIVES
 
-METHODS = ("finer", "gradcam")
 
 
 def model_options(func):
@@ -31,11 +32,17 @@ def model_options(func):
     return func
 
 
-def load_localizer(model, pretrained, model_config, backend, device, image_size):
+max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True, metavar="N",
+    help="Refuse image files with more pixels (width x height) than N, a guard against decompression "
+         "bombs; raise it for huge images you trust.")
+
+
+def load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels=DEFAULT_MAX_PIXELS):
     from ..localizer import Localizer
 
     return Localizer.from_pretrained(model, pretrained, model_config=model_config, backend=backend,
-                                     device=device, image_size=image_size)
+                                     device=device, image_size=image_size, max_pixels=max_pixels)
 
 
 def contrast_options(func):
