@@ -10,7 +10,7 @@ import torch
 
 import zsfinercam as zf
 from conftest import TINY_CFG, random_image, save_tiny
-from zsfinercam.backends.open_clip import _check_tokenizer
+from zsfinercam.backends.base import check_not_degenerate
 from zsfinercam.errors import UsageError, WeightsUnavailableError, WorkError
 
 
@@ -114,7 +114,7 @@ def test_weights_of_another_architecture_are_refused(tmp_path, tiny_files):
 
 def test_a_degenerate_tokenizer_is_caught():
     with pytest.raises(WorkError, match="same tokens"):
-        _check_tokenizer(lambda texts: torch.zeros(len(texts), 8, dtype=torch.long))
+        check_not_degenerate(lambda texts: torch.zeros(len(texts), 8, dtype=torch.long))
 
 
 def test_truncated_text_encoding_equals_open_clips(tiny):

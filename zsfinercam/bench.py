@@ -127,13 +127,12 @@ def _plain_visual(loc) -> nn.Module:
     visual, grid = loc.backend.model.visual, tuple(loc.config.grid_size)
     if tuple(visual.grid_size) == grid:
         return visual
-    from timm.layers import resample_abs_pos_embed
+    from .backends.base import resample_pos
 
-    pe = resample_abs_pos_embed(visual.positional_embedding.detach()[None], new_size=list(grid),
-                                old_size=list(visual.grid_size), num_prefix_tokens=loc.config.num_prefix_tokens)
+    pe = resample_pos(visual.positional_embedding, grid, visual.grid_size, loc.config.num_prefix_tokens)
     clone = copy.copy(visual)
     clone._parameters = dict(visual._parameters)
-    clone.positional_embedding = nn.Parameter(pe[0].clone(), requires_grad=False)
+    clone.positional_embedding = nn.Parameter(pe.clone(), requires_grad=False)
     return clone
 
 

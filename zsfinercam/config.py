@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import UsageError
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -42,3 +44,22 @@ class ModelConfig:
     def num_patches(self) -> int:
         h, w = self.grid_size
         return h * w
+
+
+def as_pair(value) -> tuple[int, int]:
+    """(a, b) from a number (square) or a pair."""
+    return (int(value[0]), int(value[1])) if isinstance(value, (tuple, list)) else (int(value), int(value))
+
+
+def run_size(native, patch, image_size) -> tuple[int, int]:
+    """(H, W) an image tower runs at: its `native` size, or `image_size` (one side, or H and W) when given.
+
+    Raises:
+        UsageError: the size is not a positive multiple of the `patch` size.
+    """
+    size, patch = as_pair(native if image_size is None else image_size), as_pair(patch)
+    if size[0] < patch[0] or size[1] < patch[1] or size[0] % patch[0] or size[1] % patch[1]:
+        lo = max(patch[0], size[0] // patch[0] * patch[0])
+        raise UsageError(f"image size {size[0]} must be a positive multiple of the patch size {patch[0]} "
+                         f"(try {lo} or {lo + patch[0]})")
+    return size

@@ -76,7 +76,17 @@ def logits(embedding: torch.Tensor, text: torch.Tensor, scale: float | None) -> 
 
     `scale` None (`Backend.logit_scale` of a linear probe) means the plain linear head z = e @ T^T.
     """
-    return (embedding if scale is None else scale * F.normalize(embedding, dim=-1)) @ text.T
+    return _head(_head_features(embedding, scale), text, scale)
+
+
+def _head_features(embedding: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """What the head's rows are dotted with: normalize(e), or e itself for a linear probe (scale None)."""
+    return embedding if scale is None else F.normalize(embedding, dim=-1)
+
+
+def _head(features: torch.Tensor, text: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """z from `_head_features`: s * features @ T^T, or features @ T^T for a linear probe."""
+    return (features if scale is None else scale * features) @ text.T
 
 
 def channel_weights(
@@ -102,10 +112,10 @@ def channel_weights(
 def head_gradient(embedding: torch.Tensor, text: torch.Tensor, scale: float | None,
                   objectives: Sequence[Sequence[Objective]]) -> torch.Tensor:
     """u = dO/d normalize(e) (dO/de for a linear probe, scale None), shape (B, M, E)."""
-    e_n = embedding.detach() if scale is None else F.normalize(embedding.detach(), dim=-1)
+    e_n = _head_features(embedding.detach(), scale)
     e_n = e_n[:, None].expand(-1, len(objectives[0]), -1).clone().requires_grad_(True)
     with torch.enable_grad():
-        z = e_n @ text.T if scale is None else scale * e_n @ text.T
+        z = _head(e_n, text, scale)
         (u,) = torch.autograd.grad(objective_scores(z, objectives).sum(), e_n)
     return u
 
@@ -113,20 +123,20 @@ def head_gradient(embedding: torch.Tensor, text: torch.Tensor, scale: float | No
 def jacobian(backend: Backend, feats: ImageFeatures) -> torch.Tensor:
     """G (B, E, D): token-mean over patches of d normalize(e) / dA (de / dA for a linear probe).
 
-    Built once and kept on feats. A backend may bound the rows per backward with a
-    `jacobian_chunk` attribute (towers whose embed runs a whole block per row).
+    Built once and kept on feats. A backend may bound the rows per backward with its
+    `jacobian_chunk` (towers whose embed runs a whole block per row).
     """
     if feats.jacobian is None:
         batch, _, width = feats.target.shape
         dim = feats.embedding.shape[-1]
-        chunk = getattr(backend, "jacobian_chunk", None) or JACOBIAN_CHUNK
+        chunk = backend.jacobian_chunk or JACOBIAN_CHUNK
         rows = []
         for start in range(0, dim, chunk):
             idx = torch.arange(start, min(start + chunk, dim), device=feats.target.device)
             shift = feats.target.new_zeros(batch, len(idx), width, requires_grad=True)
             with torch.enable_grad():
-                e_n = backend.embed(feats.stream, feats.target, shift, feats.cache)
-                e_n = e_n if backend.logit_scale is None else F.normalize(e_n, dim=-1)
+                e_n = _head_features(backend.embed(feats.stream, feats.target, shift, feats.cache),
+                                     backend.logit_scale)
                 picked = e_n.gather(-1, idx.view(1, -1, 1).expand(batch, -1, 1))  # row j keeps component j
                 (grad,) = torch.autograd.grad(picked.sum(), shift)
             rows.append(grad)

@@ -17,3 +17,9 @@ class WorkError(RuntimeError):
 
 class WeightsUnavailableError(WorkError, FileNotFoundError):
     """Pretrained weights are neither cached nor downloadable."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages run on over lines), else its type."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -287,7 +287,7 @@ class Localizer:
         Jacobian costs a last block per embedding row (`jacobian_chunk`), unless it exists."""
         if not isinstance(images, ImageFeatures):
             return False
-        return feats.jacobian is not None or not getattr(self.backend, "jacobian_chunk", None)
+        return feats.jacobian is not None or not self.backend.jacobian_chunk
 
     def _key(self) -> str:
         return f"{self.backend.name}:{self.config.name}:{id(self.backend)}"

@@ -34,8 +34,9 @@ def load_probe(backbone: str, classifier, classes, *, pretrained, model_config, 
     if weight.shape[0] != len(names):
         raise UsageError(f"the classifier has {weight.shape[0]} classes (weight rows) but {classes} names "
                          f"{len(names)}; give one class name per row, in order")
-    tower, tower_config, dim = load_tower(backbone, pretrained=pretrained, model_config=model_config,
-                                          device=device, image_size=image_size)
+    tower, tower_config = load_tower(backbone, pretrained=pretrained, model_config=model_config, device=device,
+                                     image_size=image_size)
+    dim = tower_config.embed_dim
     if weight.shape[1] != dim:
         raise UsageError(f"the classifier takes features of size {weight.shape[1]} but {backbone} gives {dim}; "
                          "was it trained on another backbone?")

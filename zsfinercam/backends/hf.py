@@ -19,29 +19,29 @@ every concept, so no softmax over references and no map depends on it; it is kep
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, as_pair, run_size
 from ..errors import UsageError, WorkError
 from . import hf_weights
-from .base import Backend
-from .open_clip import require_float32
+from .base import (Backend, autocast, check_not_degenerate, require_float32, resample_pos, state_digest,
+                   trunk_dtype)
 from .registry import register_backend
+from .shift import shifted_attention, split_projection
 
 
 @register_backend("hf")
 class HFBackend(Backend):
     """Engine view of a transformers `CLIPModel` or `SiglipModel`."""
 
-    def __init__(self, model: nn.Module, tokenizer, config: ModelConfig, device: torch.device):
-        self.model, self.config, self.device = model, config, device
-        self.tokenizer = TextTokenizer(tokenizer, config.context_length)
-        self.autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    def __init__(self, model: nn.Module, tokenizer: "TextTokenizer", config: ModelConfig, device: torch.device):
+        self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
+        self.autocast_dtype = trunk_dtype(device)
+        self._layer_kwargs = _layer_kwargs(model.vision_model.encoder.layers[0])
         self._fingerprint: str | None = None
 
     @classmethod
@@ -51,8 +51,7 @@ class HFBackend(Backend):
         model = hf_weights.load_model(folder, kind).to(device)
         tokenizer = hf_weights.load_tokenizer(folder)
         config = describe(model, name, str(folder), image_size, hf_weights.preprocess(folder, kind))
-        check_tokenizer(tokenizer, model, config.context_length)
-        return cls(model, tokenizer, config, device)
+        return cls(model, check_tokenizer(tokenizer, model, config.context_length), config, device)
 
     @classmethod
     def from_model(cls, model: nn.Module, tokenizer, *, name: str = "custom", image_size: int | None = None,
@@ -71,8 +70,8 @@ class HFBackend(Backend):
         require_float32(model, name)
         _, dmean, dstd = hf_weights.SUPPORTED[kind]
         config = describe(model, name, None, image_size, (tuple(mean or dmean), tuple(std or dstd)))
-        check_tokenizer(tokenizer, model, config.context_length)
-        return cls(model, tokenizer, config, next(model.parameters()).device)
+        return cls(model, check_tokenizer(tokenizer, model, config.context_length), config,
+                   next(model.parameters()).device)
 
     # text -----------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> torch.Tensor:
@@ -100,34 +99,21 @@ class HFBackend(Backend):
         v = self.model.vision_model
         emb, prefix = v.embeddings, self.config.num_prefix_tokens
         layers = v.encoder.layers if self.config.pooling == "map" else v.encoder.layers[:-1]
-        with torch.inference_mode(), _autocast(self.device, self.autocast_dtype):
+        with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
             x = emb.patch_embedding(pixels.to(self.device, emb.patch_embedding.weight.dtype))
             x = x.flatten(2).transpose(1, 2)
             if prefix:
                 x = torch.cat([emb.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
-            x = x + self._pos_embed(self.config.grid_size).to(x.dtype)
+            # no antialiasing: the numbers of the model's own `interpolate_pos_encoding=True`, so
+            # `get_image_features(..., interpolate_pos_encoding=True)` is the reference at any size
+            x = x + resample_pos(emb.position_embedding.weight, self.config.grid_size, _native_grid(self.config),
+                                 prefix, antialias=False).to(x.dtype)
             if getattr(v, "pre_layrnorm", None) is not None:
                 x = v.pre_layrnorm(x)
             for layer in layers:
-                x = _run_layer(layer, x)
+                out = layer(x, None, **self._layer_kwargs)
+                x = out[0] if isinstance(out, tuple) else out
         return x.float().clone()  # a normal tensor, usable by autograd
-
-    def _pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
-        """Position embeddings on `grid`; resampled like the model's `interpolate_pos_encoding=True`.
-
-        Bicubic, align_corners=False, no antialiasing, prefix rows kept: the same numbers
-        transformers computes, so `get_image_features(..., interpolate_pos_encoding=True)`
-        is the reference at any size. (The open_clip backend uses timm's antialiased
-        default; the two differ only when shrinking.)
-        """
-        pe = self.model.vision_model.embeddings.position_embedding.weight[None]
-        native = _native_grid(self.model)
-        if grid == native:
-            return pe
-        from timm.layers import resample_abs_pos_embed
-
-        return resample_abs_pos_embed(pe, new_size=list(grid), old_size=list(native), antialias=False,
-                                      num_prefix_tokens=self.config.num_prefix_tokens)
 
     def target(self, stream: torch.Tensor) -> torch.Tensor:
         v = self.model.vision_model
@@ -142,28 +128,18 @@ class HFBackend(Backend):
             return _map_head(v.head, target, shift, cache)
         layer = v.encoder.layers[-1]
         attn = layer.self_attn
-        if cache is not None and "hf_cls_q" in cache:
-            q = cache["hf_cls_q"]
-        else:
-            with torch.no_grad():
-                q = (attn.q_proj(target[:, 0]) * attn.scale).view(target.shape[0], attn.num_heads, -1)
-            if cache is not None:
-                cache["hf_cls_q"] = q
-        out = query_attention(q, target, attn.k_proj, attn.v_proj, shift, self.config.num_prefix_tokens, cache)
-        x = stream[:, :1] + attn.out_proj(out)  # (B, M, D): the CLS residual, one per shift
+        proj = tuple((p.weight, p.bias) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        out = shifted_attention(target[:, :1], target, proj, attn.num_heads, attn.scale, shift,
+                                self.config.num_prefix_tokens, cache)
+        x = stream[:, :1] + attn.out_proj(out[:, :, 0])  # (B, M, D): the CLS residual, one per shift
         x = x + layer.mlp(layer.layer_norm2(x))
         return self.model.visual_projection(v.post_layernorm(x))
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            digest = hashlib.blake2b(digest_size=16)
             tok = self.tokenizer.hf
-            digest.update(f"{self.name}|{self.config.name}|{type(tok).__name__}|{len(tok)}|".encode())
-            for key, tensor in self.model.state_dict().items():
-                if not key.startswith(("vision_model.", "visual_projection.")):
-                    digest.update(key.encode())
-                    digest.update(tensor.detach().float().cpu().numpy().tobytes())
-            self._fingerprint = digest.hexdigest()
+            self._fingerprint = state_digest(self.model, f"{self.name}|{self.config.name}|{type(tok).__name__}|"
+                                             f"{len(tok)}|", ("vision_model.", "visual_projection."))
         return self._fingerprint
 
 
@@ -191,76 +167,33 @@ class TextTokenizer:
         return self.hf.encode(text, add_special_tokens=False, verbose=False)
 
 
-def check_tokenizer(tokenizer, model: nn.Module, context_length: int) -> None:
-    """Refuse tokenizers that cannot be the model's own.
+def check_tokenizer(tokenizer, model: nn.Module, context_length: int) -> TextTokenizer:
+    """The transformers tokenizer as the backend uses it, refused when it cannot be the model's own.
 
-    Offline hubs can hand back a two-token tokenizer that maps every text to one id
-    (DESIGN.md); ids beyond the text tower's vocabulary would index out of range.
+    Degenerate tokenizers are caught as for open_clip (`base.check_not_degenerate`); ids
+    beyond the text tower's vocabulary would index out of range.
     """
-    ids = TextTokenizer(tokenizer, context_length)(["a photo of a cat.", "a photo of a dog."])
-    if torch.equal(ids[0], ids[1]):
-        raise WorkError("the tokenizer loaded maps different texts to the same tokens: it is not the model's "
-                        "real tokenizer (offline hub?); pass a local model folder with --model local-dir:PATH")
+    text = TextTokenizer(tokenizer, context_length)
+    ids = check_not_degenerate(text)
     vocab = model.text_model.config.vocab_size
     if int(ids.max()) >= vocab:
         raise WorkError(f"the tokenizer gives id {int(ids.max())} but the text tower has {vocab} tokens: "
                         "tokenizer and model do not belong together")
-
-
-def query_attention(q: torch.Tensor, a: torch.Tensor, k_proj, v_proj, shift: torch.Tensor, prefix: int,
-                    cache: dict | None = None) -> torch.Tensor:
-    """One query's multi-head attention over A, once per shift added to the patch tokens, before out_proj.
-
-    `q` (B, H, hd) is already scaled. `k_proj`/`v_proj` are (weight, bias) pairs or
-    nn.Linear. Keys and values are linear in A, so a shift s moves every patch key by
-    W_k s and every value by W_v s: the shared part is computed once without grad (and
-    kept in `cache`), only the (B, M, H) score offsets and (B, M, D) value offsets carry
-    the shift. With no prefix tokens every key moves by the same score offset, which the
-    softmax cancels, so only the value offset is kept. Returns (B, M, D).
-    """
-    (wk, bk), (wv, bv) = _weight_bias(k_proj), _weight_bias(v_proj)
-    batch, tokens, width = a.shape
-    heads, hd = q.shape[1], q.shape[2]
-    if cache is not None and "hf_vb" in cache:
-        v, base = cache["hf_vb"]
-    else:
-        with torch.no_grad():
-            v = F.linear(a, wv, bv).view(batch, tokens, heads, hd)
-            base = torch.einsum("bhd,bthd->bht", q, F.linear(a, wk, bk).view(batch, tokens, heads, hd))
-        if cache is not None:
-            cache["hf_vb"] = (v, base)
-    m = shift.shape[1]
-    dv = (shift @ wv.T).view(batch, m, heads, hd)
-    if prefix == 0:  # every key moves by the same score offset, which the softmax cancels exactly
-        weights = base[:, None].softmax(dim=-1).expand(-1, m, -1, -1)
-    else:
-        offset = torch.einsum("bhd,bmhd->bmh", q, (shift @ wk.T).view(batch, m, heads, hd))
-        offset = F.pad(offset[..., None].expand(-1, -1, -1, tokens - prefix), (prefix, 0))
-        weights = (base[:, None] + offset).softmax(dim=-1)  # (B, M, H, T)
-    out = torch.einsum("bmht,bthd->bmhd", weights, v) + weights[..., prefix:].sum(-1, keepdim=True) * dv
-    return out.reshape(batch, m, width)
+    return text
 
 
 def _map_head(head: nn.Module, a: torch.Tensor, shift: torch.Tensor, cache: dict | None) -> torch.Tensor:
     """SigLIP's attention-pooling head over A (+ shift on every token): (B, M, E).
 
     Departure from the module's own forward: the probe's attention is computed with the
-    shift trick instead of nn.MultiheadAttention, so all M shifts share one key/value
-    projection. (With no prefix tokens the key offset is the same for every token and
-    cancels in the softmax; only the value path carries gradient, as in the model.)
+    shift trick (`shift.shifted_attention`) instead of nn.MultiheadAttention, so all M
+    shifts share one key/value projection.
     """
     mha = head.attention
-    wq, wk, wv = mha.in_proj_weight.chunk(3)
-    bq, bk, bv = mha.in_proj_bias.chunk(3) if mha.in_proj_bias is not None else (None, None, None)
-    hd = mha.embed_dim // mha.num_heads
-    q = (F.linear(head.probe[:, 0], wq, bq) * hd**-0.5).view(1, mha.num_heads, hd).expand(a.shape[0], -1, -1)
-    out = query_attention(q, a, (wk, bk), (wv, bv), shift, 0, cache)
-    h = F.linear(out, mha.out_proj.weight, mha.out_proj.bias)
+    proj = split_projection(mha.in_proj_weight, mha.in_proj_bias, 3)
+    out = shifted_attention(head.probe, a, proj, mha.num_heads, mha.head_dim**-0.5, shift, 0, cache)
+    h = F.linear(out[:, :, 0], mha.out_proj.weight, mha.out_proj.bias)
     return h + head.mlp(head.layernorm(h))
-
-
-def _weight_bias(proj) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return (proj.weight, proj.bias) if isinstance(proj, nn.Module) else proj
 
 
 def _eos_positions(tokens: torch.Tensor, text_config) -> torch.Tensor:
@@ -271,28 +204,16 @@ def _eos_positions(tokens: torch.Tensor, text_config) -> torch.Tensor:
     return (tokens == eos).int().argmax(dim=-1)
 
 
-def _run_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One encoder layer without masks; transformers 4.x needs `causal_attention_mask` and returns tuples."""
-    extra = {"causal_attention_mask": None} if "causal_attention_mask" in inspect.signature(layer.forward).parameters \
+def _layer_kwargs(layer: nn.Module) -> dict:
+    """Keywords to run an encoder layer without masks (layer(x, None, **kw)); transformers 4.x needs
+    `causal_attention_mask` (and returns tuples)."""
+    return {"causal_attention_mask": None} if "causal_attention_mask" in inspect.signature(layer.forward).parameters \
         else {}
-    out = layer(x, None, **extra)
-    return out[0] if isinstance(out, tuple) else out
 
 
-def _autocast(device: torch.device, dtype):
-    if dtype is None:
-        return torch.autocast("cpu", enabled=False)
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def _pair(value) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def _native_grid(model: nn.Module) -> tuple[int, int]:
-    vc = model.config.vision_config
-    size, patch = _pair(vc.image_size), _pair(vc.patch_size)
-    return size[0] // patch[0], size[1] // patch[1]
+def _native_grid(config: ModelConfig) -> tuple[int, int]:
+    (h, w), (ph, pw) = config.native_image_size, config.patch_size
+    return h // ph, w // pw
 
 
 def describe(model: nn.Module, name: str, pretrained: str | None, image_size: int | None, mean_std) -> ModelConfig:
@@ -307,12 +228,8 @@ def describe(model: nn.Module, name: str, pretrained: str | None, image_size: in
                 or mha.add_zero_attn:
             raise UsageError(f"{name}: only SigLIP towers with the standard attention-pooling head are supported")
     vc = model.config.vision_config
-    patch, native = _pair(vc.patch_size), _pair(vc.image_size)
-    size = native if image_size is None else _pair(image_size)
-    if size[0] < patch[0] or size[1] < patch[1] or size[0] % patch[0] or size[1] % patch[1]:
-        lo = max(patch[0], size[0] // patch[0] * patch[0])
-        raise UsageError(f"image size {size[0]} must be a positive multiple of the patch size {patch[0]} "
-                         f"(try {lo} or {lo + patch[0]})")
+    patch, native = as_pair(vc.patch_size), as_pair(vc.image_size)
+    size = run_size(native, patch, image_size)
     layers = len(v.encoder.layers)
     mean, std = mean_std
     bias = getattr(model, "logit_bias", None)

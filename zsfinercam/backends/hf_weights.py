@@ -8,12 +8,11 @@ does load is checked as well.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..config import OPENAI_MEAN, OPENAI_STD
-from ..errors import UsageError, WeightsUnavailableError, WorkError
-from .open_clip_weights import HF_PREFIX, LOCAL_PREFIX, _cached, _hub_reachable, hub_cache_dir
+from ..errors import UsageError, WeightsUnavailableError, WorkError, first_line
+from .open_clip_weights import HF_PREFIX, LOCAL_PREFIX, _cached, _hub_reachable, hub_cache_dir, read_json_object
 
 # model_type in config.json -> (transformers class, default mean, default std)
 SUPPORTED = {
@@ -69,11 +68,7 @@ def check_folder(folder: Path) -> Path:
 
 def model_type(folder: Path) -> str:
     """config.json's model_type, if it is one the backend supports."""
-    try:
-        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{folder / 'config.json'} is not valid JSON: {err}") from None
-    kind = raw.get("model_type") if isinstance(raw, dict) else None
+    kind = read_json_object(folder / "config.json", "model config").get("model_type")
     if kind not in SUPPORTED:
         names = ", ".join(SUPPORTED[k][0] for k in SUPPORTED)
         raise UsageError(f"{folder}: model_type {kind!r} is not supported by the hf backend (supported: {names})")
@@ -90,10 +85,7 @@ def preprocess(folder: Path, kind: str) -> tuple[tuple[float, ...], tuple[float,
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         return mean, std
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path} is not valid JSON: {err}") from None
+    raw = read_json_object(path, "preprocessor config")
     mean = tuple(float(v) for v in raw.get("image_mean", mean))
     std = tuple(float(v) for v in raw.get("image_std", std))
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -109,7 +101,7 @@ def load_model(folder: Path, kind: str):
     try:
         model = cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception as err:  # noqa: BLE001 - transformers/torch/safetensors raise many types for bad files
-        raise WorkError(f"could not load weights from {folder}: {_first_line(err)} (only safetensors or "
+        raise WorkError(f"could not load weights from {folder}: {first_line(err)} (only safetensors or "
                         "weights-only torch checkpoints that match config.json are accepted)") from None
     return model.float().eval()
 
@@ -121,11 +113,11 @@ def load_tokenizer(folder: Path):
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except ImportError as err:  # SiglipTokenizer needs sentencepiece and protobuf, both our dependencies
-        why = _first_line(err).split(". ")[0].rstrip(".")  # transformers' text goes on to a link, over lines
+        why = first_line(err).split(". ")[0].rstrip(".")  # transformers' text goes on to a link, over lines
         raise WorkError(f"the tokenizer of {folder} needs a package that is not installed: {why} (reinstall "
                         "zsfinercam with its dependencies, or pip install sentencepiece protobuf)") from None
     except Exception as err:  # noqa: BLE001 - tokenizer loaders raise many types for bad files
-        raise WorkError(f"could not load the tokenizer of {folder}: {_first_line(err)}") from None
+        raise WorkError(f"could not load the tokenizer of {folder}: {first_line(err)}") from None
 
 
 def hub_folder(repo_id: str) -> Path:
@@ -153,10 +145,5 @@ def _download(repo_id: str) -> Path:
         if not any((folder / n).is_file() for n in WEIGHT_NAMES):
             hf_hub_download(repo_id, "pytorch_model.bin")  # loaded weights-only by transformers
     except Exception as err:  # noqa: BLE001 - the hub raises many types
-        raise WeightsUnavailableError(f"could not download hf-hub:{repo_id}: {_first_line(err)}") from None
+        raise WeightsUnavailableError(f"could not download hf-hub:{repo_id}: {first_line(err)}") from None
     return folder
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -6,18 +6,19 @@ Towers with a timm trunk (SigLIP's attention-pooled ViTs) are dispatched by `wra
 from __future__ import annotations
 
 import copy
-import hashlib
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import OPENAI_MEAN, OPENAI_STD, ModelConfig
-from ..errors import UsageError, WorkError
-from .base import Backend
+from ..config import OPENAI_MEAN, OPENAI_STD, ModelConfig, run_size
+from ..errors import UsageError, WorkError, first_line
+from .base import (Backend, autocast, check_not_degenerate, require_float32, resample_pos, state_digest,
+                   trunk_dtype)
 from .open_clip_weights import Resolved, resolve
 from .registry import register_backend
+from .shift import shifted_attention, split_projection
 
 
 @register_backend("open_clip")
@@ -30,16 +31,14 @@ class OpenClipBackend(Backend):
 
     def __init__(self, model: nn.Module, tokenizer, config: ModelConfig, device: torch.device):
         self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
-        self.autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+        self.autocast_dtype = trunk_dtype(device)
         self._fingerprint: str | None = None
 
     @classmethod
     def from_pretrained(cls, name, *, pretrained, model_config, device, image_size) -> "OpenClipBackend":
-        resolved = resolve(name, pretrained, model_config)
-        model = _build(resolved).to(device).eval()
+        model, resolved, label = load_model(name, pretrained, model_config, device)
         tokenizer = _tokenizer(resolved)
-        _check_tokenizer(tokenizer)
-        label = pretrained if resolved.model_cfg is None or model_config else resolved.checkpoint
+        check_not_degenerate(tokenizer)
         return wrap(model, tokenizer, name, label, image_size, resolved, device)
 
     @classmethod
@@ -66,7 +65,7 @@ class OpenClipBackend(Backend):
     # image ----------------------------------------------------------------
     def trunk(self, pixels: torch.Tensor) -> torch.Tensor:
         v = self.model.visual
-        with torch.inference_mode(), _autocast(self.device, self.autocast_dtype):
+        with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
             x = v.conv1(pixels.to(self.device, v.conv1.weight.dtype))
             batch, width, h, w = x.shape
             x = x.flatten(2).transpose(1, 2)
@@ -79,12 +78,7 @@ class OpenClipBackend(Backend):
 
     def _pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
         v = self.model.visual
-        pe, native = v.positional_embedding, tuple(v.grid_size)
-        if grid == native:
-            return pe
-        from timm.layers import resample_abs_pos_embed
-
-        return resample_abs_pos_embed(pe[None], new_size=list(grid), old_size=list(native), num_prefix_tokens=1)[0]
+        return resample_pos(v.positional_embedding, grid, v.grid_size, 1)
 
     def target(self, stream: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -93,7 +87,10 @@ class OpenClipBackend(Backend):
     def embed(self, stream, target, shift, cache=None) -> torch.Tensor:
         v = self.model.visual
         block = v.transformer.resblocks[-1]
-        cls_out = _cls_attention(block.attn, target, shift, self.config.num_prefix_tokens, cache)
+        attn = block.attn
+        out = shifted_attention(target[:, :1], target, split_projection(attn.in_proj_weight, attn.in_proj_bias, 3),
+                                attn.num_heads, attn.head_dim**-0.5, shift, self.config.num_prefix_tokens, cache)
+        cls_out = F.linear(out[:, :, 0], attn.out_proj.weight, attn.out_proj.bias)
         x = stream[:, :1] + block.ls_1(cls_out)  # (B, M, D): the CLS residual, one per shift
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
         pooled = v.ln_post(x)
@@ -101,68 +98,28 @@ class OpenClipBackend(Backend):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            digest = hashlib.blake2b(digest_size=16)
-            digest.update(f"{self.name}|{self.config.name}|".encode())
-            for key, tensor in self.model.state_dict().items():
-                if not key.startswith("visual."):
-                    digest.update(key.encode())
-                    digest.update(tensor.detach().float().cpu().numpy().tobytes())
-            self._fingerprint = digest.hexdigest()
+            self._fingerprint = state_digest(self.model, f"{self.name}|{self.config.name}|", ("visual.",))
         return self._fingerprint
 
 
-def require_float32(model: nn.Module, name: str) -> None:
-    """Refuse half-precision weights: the stream, target and embeddings run in float32 (the trunk
-    autocasts to bfloat16 on CUDA by itself), and half weights would meet float32 activations."""
-    dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()} - {str(torch.float32)})
-    if dtypes:
-        raise UsageError(f"{name}: the model's weights are {', '.join(dtypes)}; zsfinercam runs it in float32 "
-                         f"(and autocasts to bfloat16 on CUDA by itself): pass model.float()")
+def load_model(name: str, pretrained: str | None, model_config: str | None, device: torch.device,
+               refuse_random: str | None = None) -> tuple[nn.Module, Resolved, str | None]:
+    """(model on `device` in eval mode, its resolved files, the weights label for its ModelConfig).
 
-
-def _autocast(device: torch.device, dtype):
-    if dtype is None:
-        return torch.autocast("cpu", enabled=False)
-    return torch.autocast(device.type, dtype=dtype)
+    `refuse_random`: the UsageError message to raise instead of building a randomly initialised model.
+    """
+    resolved = resolve(name, pretrained, model_config)
+    if refuse_random is not None and resolved.checkpoint is None:
+        raise UsageError(refuse_random)
+    model = _build(resolved).to(device).eval()
+    label = pretrained if resolved.model_cfg is None or model_config else resolved.checkpoint
+    return model, resolved, label
 
 
 def _run_block(block: nn.Module, x: torch.Tensor, batch_first: bool) -> torch.Tensor:
     if batch_first:
         return block(x)
     return block(x.transpose(0, 1)).transpose(0, 1)
-
-
-def _cls_attention(attn: nn.MultiheadAttention, a: torch.Tensor, shift: torch.Tensor, prefix: int,
-                   cache: dict | None = None) -> torch.Tensor:
-    """The CLS row of multi-head attention over A, once per shift vector added to the patch tokens.
-
-    Keys and values are linear in A, so a shift s moves every patch key by W_k s and
-    every patch value by W_v s: the shared keys/values are computed once without
-    grad, and only the (B, M, H) score offsets and (B, M, D) value offsets carry it.
-    The shared part is kept in `cache` when one is given.
-    """
-    batch, tokens, width = a.shape
-    heads = attn.num_heads
-    hd = width // heads
-    wq, wk, wv = attn.in_proj_weight.chunk(3)
-    bq, bk, bv = attn.in_proj_bias.chunk(3) if attn.in_proj_bias is not None else (None, None, None)
-    if cache is not None and "cls_qvb" in cache:
-        q, v, base = cache["cls_qvb"]
-    else:
-        with torch.no_grad():
-            q = F.linear(a[:, 0], wq, bq).view(batch, heads, hd) * hd**-0.5
-            v = F.linear(a, wv, bv).view(batch, tokens, heads, hd)
-            base = torch.einsum("bhd,bthd->bht", q, F.linear(a, wk, bk).view(batch, tokens, heads, hd))
-        if cache is not None:
-            cache["cls_qvb"] = (q, v, base)
-    m = shift.shape[1]
-    dk = (shift @ wk.T).view(batch, m, heads, hd)
-    dv = (shift @ wv.T).view(batch, m, heads, hd)
-    offset = torch.einsum("bhd,bmhd->bmh", q, dk)
-    scores = base[:, None] + F.pad(offset[..., None].expand(-1, -1, -1, tokens - prefix), (prefix, 0))
-    weights = scores.softmax(dim=-1)  # (B, M, H, T)
-    out = torch.einsum("bmht,bthd->bmhd", weights, v) + weights[..., prefix:].sum(-1, keepdim=True) * dv
-    return F.linear(out.reshape(batch, m, width), attn.out_proj.weight, attn.out_proj.bias)
 
 
 def _build(resolved: Resolved) -> nn.Module:
@@ -188,9 +145,8 @@ def _build(resolved: Resolved) -> nn.Module:
         raise UsageError(f"model config for {resolved.arch} is not a valid open_clip config: {err}") from None
     except Exception as err:  # noqa: BLE001 - torch/safetensors raise many types for bad files
         what = resolved.checkpoint or resolved.arch
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise WorkError(
-            f"could not load weights {what}: {first} (only safetensors or weights-only torch checkpoints "
+            f"could not load weights {what}: {first_line(err)} (only safetensors or weights-only torch checkpoints "
             "that match the architecture are accepted)"
         ) from None
 
@@ -206,14 +162,6 @@ def _tokenizer(resolved: Resolved):
     if name := text_cfg.get("hf_tokenizer_name"):
         return HFTokenizer(name, context_length=context, **text_cfg.get("tokenizer_kwargs", {}))
     return SimpleTokenizer(context_length=context)
-
-
-def _check_tokenizer(tokenizer) -> None:
-    """Offline hubs can hand back a degenerate tokenizer that maps every text to one id."""
-    ids = tokenizer(["a photo of a cat.", "a photo of a dog."])
-    if torch.equal(ids[0], ids[1]):
-        raise WorkError("the tokenizer loaded maps different texts to the same tokens: it is not the model's "
-                        "real tokenizer (offline hub?); pass a local model folder with --model local-dir:PATH")
 
 
 def _text_parts(model: nn.Module) -> SimpleNamespace | None:
@@ -272,21 +220,23 @@ def describe(model: nn.Module, name: str, pretrained: str | None, image_size: in
             or not isinstance(last.attn, nn.MultiheadAttention) or hasattr(last, "ln_1_kv"):
         raise UsageError(f"{name}: only CLS-token pooled ViTs with standard attention blocks are supported")
     patch, native = tuple(v.patch_size), tuple(v.image_size)
-    size = native if image_size is None else (int(image_size), int(image_size))
-    if size[0] < patch[0] or size[0] % patch[0] or size[1] % patch[1]:
-        lo = max(patch[0], size[0] // patch[0] * patch[0])
-        raise UsageError(f"image size {size[0]} must be a positive multiple of the patch size {patch[0]} "
-                         f"(try {lo} or {lo + patch[0]})")
-    pp = getattr(v, "preprocess_cfg", {}) or {}
     layers = len(v.transformer.resblocks)
     return ModelConfig(
-        name=name, backend="open_clip", pretrained=pretrained, image_size=size, native_image_size=native,
-        patch_size=patch, num_prefix_tokens=1, width=v.conv1.out_channels, embed_dim=v.output_dim,
-        logit_scale=float(model.logit_scale.detach().exp()),
+        **model_fields(model, name, pretrained, resolved), image_size=run_size(native, patch, image_size),
+        native_image_size=native, patch_size=patch, num_prefix_tokens=1, width=v.conv1.out_channels,
+        embed_dim=v.output_dim, target_layer=f"visual.transformer.resblocks.{layers - 1}.ln_1", pooling="cls",
+    )
+
+
+def model_fields(model: nn.Module, name: str, pretrained: str | None, resolved: Resolved) -> dict:
+    """The ModelConfig fields every open_clip model gives the same way, whatever its image tower."""
+    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
+    text, extras = getattr(model, "text", None), resolved.extras
+    return dict(
+        name=name, backend="open_clip", pretrained=pretrained, logit_scale=float(model.logit_scale.detach().exp()),
         mean=tuple(resolved.preprocess.get("mean", pp.get("mean", OPENAI_MEAN))),
         std=tuple(resolved.preprocess.get("std", pp.get("std", OPENAI_STD))),
-        target_layer=f"visual.transformer.resblocks.{layers - 1}.ln_1", pooling="cls",
-        context_length=int(getattr(model, "context_length", 0) or getattr(model.text, "context_length", 77)),
-        default_templates=tuple(resolved.extras["templates"]) if "templates" in resolved.extras else None,
-        default_vocab=tuple(resolved.extras["classes"]) if "classes" in resolved.extras else None,
+        context_length=int(getattr(model, "context_length", 0) or getattr(text, "context_length", 77)),
+        default_templates=tuple(extras["templates"]) if "templates" in extras else None,
+        default_vocab=tuple(extras["classes"]) if "classes" in extras else None,
     )

@@ -13,10 +13,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import OPENAI_MEAN, OPENAI_STD, ModelConfig
-from .open_clip import OpenClipBackend
+from ..config import ModelConfig
+from .base import TowerImage
+from .open_clip import OpenClipBackend, model_fields
 from .open_clip_weights import Resolved
-from .timm_vit import TimmViT, check_vit, grid_for, pooling_name
+from .timm_vit import TimmViT, check_vit, vit_fields
 
 
 def is_timm_tower(visual: nn.Module) -> bool:
@@ -26,48 +27,24 @@ def is_timm_tower(visual: nn.Module) -> bool:
     return isinstance(visual, TimmModel)
 
 
-class OpenClipTimmBackend(OpenClipBackend):
+class OpenClipTimmBackend(TowerImage, OpenClipBackend):
     """Engine view of an open_clip model with a timm ViT image tower (registered as "open_clip")."""
 
     def __init__(self, model: nn.Module, tokenizer, config: ModelConfig, device: torch.device):
         super().__init__(model, tokenizer, config, device)
         v = model.visual
         head = v.head if len(v.head) else None
-        self.tower = TimmViT(v.trunk, head, config.grid_size, "visual.trunk", self.autocast_dtype)
-        self.jacobian_chunk = self.tower.jacobian_chunk
-
-    def trunk(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.tower.trunk(pixels)
-
-    def target(self, stream: torch.Tensor) -> torch.Tensor:
-        return self.tower.target(stream)
-
-    def embed(self, stream, target, shift, cache=None) -> torch.Tensor:
-        return self.tower.embed(stream, target, shift, cache)
+        self.tower = TimmViT(v.trunk, head, config.grid_size, self.autocast_dtype)
 
 
 def describe_timm(model: nn.Module, name: str, pretrained: str | None, image_size: int | None,
                   resolved: Resolved) -> ModelConfig:
     """Check the timm trunk is supported and build its ModelConfig."""
-    v = model.visual
-    trunk = v.trunk
-    check_vit(trunk, name)
-    size, native, patch = grid_for(trunk, image_size)
-    view = TimmViT(trunk, None, (size[0] // patch[0], size[1] // patch[1]), label="visual.trunk")
-    pp = getattr(v, "preprocess_cfg", {}) or {}
+    check_vit(model.visual.trunk, name)
     bias = getattr(model, "logit_bias", None)
-    text = getattr(model, "text", None)
     return ModelConfig(
-        name=name, backend="open_clip", pretrained=pretrained, image_size=size, native_image_size=native,
-        patch_size=patch, num_prefix_tokens=view.prefix, width=int(trunk.embed_dim),
-        embed_dim=_output_dim(model), logit_scale=float(model.logit_scale.detach().exp()),
-        mean=tuple(resolved.preprocess.get("mean", pp.get("mean", OPENAI_MEAN))),
-        std=tuple(resolved.preprocess.get("std", pp.get("std", OPENAI_STD))),
-        target_layer=view.target_layer, pooling=pooling_name(trunk),
-        context_length=int(getattr(model, "context_length", 0) or getattr(text, "context_length", 77)),
-        default_templates=tuple(resolved.extras["templates"]) if "templates" in resolved.extras else None,
-        default_vocab=tuple(resolved.extras["classes"]) if "classes" in resolved.extras else None,
-        logit_bias=float(bias.detach()) if bias is not None else 0.0,
+        **model_fields(model, name, pretrained, resolved), **vit_fields(model.visual.trunk, image_size, "visual.trunk"),
+        embed_dim=_output_dim(model), logit_bias=float(bias.detach()) if bias is not None else 0.0,
     )
 
 

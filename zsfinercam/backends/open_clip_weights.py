@@ -19,6 +19,7 @@ from ..errors import UsageError, WeightsUnavailableError
 TOY_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
 HF_PREFIX, LOCAL_PREFIX = "hf-hub:", "local-dir:"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+LOCAL_HINT = "--pretrained /path/to/weights.safetensors (or --model local-dir:/path/to/folder)"
 # Preferred weight files inside a hub repo or local folder, best first.
 CHECKPOINT_NAMES = (
     "open_clip_model.safetensors",
@@ -104,19 +105,24 @@ def _checkpoint_file(path: str) -> str:
 def _from_config_file(path: Path, label: str, pretrained: str | None) -> Resolved:
     if not path.is_file():
         raise UsageError(f"model config not found: {path}")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"model config {path} is not valid JSON: {err}") from None
-    cfg, preprocess, extras = _split_config(raw, path)
+    cfg, preprocess, extras = _split_config(read_json_object(path, "model config"), path)
     checkpoint = _checkpoint_file(pretrained) if pretrained else None
     return Resolved(label, cfg, checkpoint, preprocess, bool(cfg.get("quick_gelu")), extras)
 
 
-def _split_config(raw: object, path: Path) -> tuple[dict, dict, dict]:
-    """Accept a bare open_clip model config or the {"model_cfg", "preprocess_cfg"} layout."""
+def read_json_object(path: Path, what: str, expect: str = "a JSON object") -> dict:
+    """The JSON object in `path`; a UsageError naming the file as `what` when it is not one."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{what} {path} is not a readable JSON file: {err}") from None
     if not isinstance(raw, dict):
-        raise UsageError(f"model config {path} must be a JSON object")
+        raise UsageError(f"{what} {path} must be {expect}")
+    return raw
+
+
+def _split_config(raw: dict, path: Path) -> tuple[dict, dict, dict]:
+    """Accept a bare open_clip model config or the {"model_cfg", "preprocess_cfg"} layout."""
     cfg = dict(raw.get("model_cfg", raw))
     extras = dict(raw.get("zsfinercam", cfg.pop("zsfinercam", {})))
     preprocess = {k: tuple(v) for k, v in raw.get("preprocess_cfg", {}).items() if k in ("mean", "std")}
@@ -165,21 +171,21 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def _unavailable(what: str, where: str) -> WeightsUnavailableError:
+def _unavailable(what: str, where: str, hint: str = LOCAL_HINT) -> WeightsUnavailableError:
+    """The offline error; `hint` says how to pass a local file instead."""
     return WeightsUnavailableError(
         f"weights for {what} are not in the local cache ({where}) and the hub cannot be reached (offline?); "
-        "download them on a machine with network, or pass a local file: --pretrained /path/to/weights.safetensors "
-        "(or --model local-dir:/path/to/folder)"
+        f"download them on a machine with network, or pass a local file: {hint}"
     )
 
 
-def _hub_file(repo_id: str, names: tuple[str, ...], what: str) -> str:
+def _hub_file(repo_id: str, names: tuple[str, ...], what: str, hint: str = LOCAL_HINT) -> str:
     """The first of `names` cached for repo_id, else downloaded when the hub is reachable."""
     for filename in names:
         if hit := _cached(repo_id, filename):
             return hit
     if not _hub_reachable():
-        raise _unavailable(what, f"{hub_cache_dir()}, repo {repo_id}")
+        raise _unavailable(what, f"{hub_cache_dir()}, repo {repo_id}", hint)
     from huggingface_hub import hf_hub_download
 
     last: Exception | None = None

@@ -34,19 +34,23 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
-from ..errors import UsageError, WeightsUnavailableError, WorkError
-from .base import Backend
-from .timm_vit import TimmViT, check_vit, grid_for, pooling_name
+from ..errors import UsageError, WorkError, first_line
+from .base import Backend, TowerImage, trunk_dtype
+from .open_clip_weights import _hub_file, read_json_object
+from .timm_vit import TimmViT, check_vit, vit_fields
 
 TIMM_PREFIX = "timm:"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # The official Finer-CAM probe feature: final norm, then the mean over patch tokens (no fc_norm).
 TIMM_PROBE_DEFAULTS = {"num_classes": 0, "global_pool": "avg", "fc_norm": False}
+RANDOM_TOWER = ("{name} without pretrained= would be a randomly initialised tower, meaningless under a probe "
+                "trained on real features; pass pretrained= with the weights the probe was trained on (a tag such "
+                "as 'openai' or a weights file)")
 TEXT_ONLY = ("{name} is a linear-probe model over {n} fixed classes: text prompts, templates, text "
              "neighbours and text-based contrast are not available; name its classes instead")
 
 
-class ProbeBackend(Backend):
+class ProbeBackend(TowerImage, Backend):
     """Engine view of a linear classifier over an image tower. Built by `Localizer.from_classifier`.
 
     Not in the backend registry: it needs a classifier and class names, not only a model name.
@@ -61,7 +65,6 @@ class ProbeBackend(Backend):
         self.classes = list(classes)
         self.table = torch.cat([weight, bias[:, None]], dim=1).float().to(device)  # (C, E + 1) = [W | b]
         self.index = {c: i for i, c in enumerate(self.classes)}
-        self.jacobian_chunk = getattr(tower, "jacobian_chunk", None)
         self._fingerprint: str | None = None
 
     @classmethod
@@ -102,13 +105,7 @@ class ProbeBackend(Backend):
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
-    # image ------------------------------------------------------------------
-    def trunk(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.tower.trunk(pixels)
-
-    def target(self, stream: torch.Tensor) -> torch.Tensor:
-        return self.tower.target(stream)
-
+    # image (trunk and target: the tower's) ------------------------------------
     def embed(self, stream, target, shift, cache=None) -> torch.Tensor:
         """[e, 1] (B, M, E + 1): the tower's feature and the constant that carries the bias."""
         e = self.tower.embed(stream, target, shift, cache)
@@ -123,7 +120,7 @@ def probe_config(tower_config: ModelConfig, classes: list[str]) -> ModelConfig:
 
 # towers -----------------------------------------------------------------------
 def load_tower(backbone: str, *, pretrained, model_config, device: torch.device, image_size):
-    """(tower with trunk/target/embed, its ModelConfig, feature size E) for `backbone`.
+    """(tower with trunk/target/embed and `jacobian_chunk`, its ModelConfig) for `backbone`.
 
     Weights: an open_clip tower needs them (`pretrained` tag or file, or a local-dir:/hf-hub:
     folder, or the toy); None would give a random tower and is refused. For "timm:NAME",
@@ -137,18 +134,11 @@ def load_tower(backbone: str, *, pretrained, model_config, device: torch.device,
 
 
 def _open_clip_tower(name, pretrained, model_config, device, image_size):
-    from .open_clip import _build, wrap
-    from .open_clip_weights import resolve
+    from .open_clip import load_model, wrap
 
-    resolved = resolve(name, pretrained, model_config)
-    if resolved.checkpoint is None:  # open_clip would build the tower with random weights
-        raise UsageError(f"{name} without pretrained= would be a randomly initialised tower, meaningless under a "
-                         f"probe trained on real features; pass pretrained= with the weights the probe was trained "
-                         f"on (a tag such as 'openai' or a weights file)")
-    model = _build(resolved).to(device).eval()
-    label = pretrained if resolved.model_cfg is None or model_config else resolved.checkpoint
+    model, resolved, label = load_model(name, pretrained, model_config, device, RANDOM_TOWER.format(name=name))
     tower = wrap(model, None, name, label, image_size, resolved, device)  # the text tower is never used
-    return tower, tower.config, tower.config.embed_dim
+    return tower, tower.config
 
 
 def _timm_tower(name: str, pretrained, model_config, device, image_size):
@@ -157,31 +147,19 @@ def _timm_tower(name: str, pretrained, model_config, device, image_size):
     checkpoint = pretrained or _timm_hub_weights(name, vit)
     load_timm_weights(vit, checkpoint, f"timm:{name}")
     vit = vit.to(device).eval()
-    size, native, patch = grid_for(vit, image_size)
-    dtype = torch.bfloat16 if device.type == "cuda" else None
-    tower = TimmViT(vit, None, (size[0] // patch[0], size[1] // patch[1]), "trunk", dtype)
     cfg = getattr(vit, "pretrained_cfg", {}) or {}
     config = ModelConfig(
-        name=f"timm:{name}", backend="probe", pretrained=str(checkpoint), image_size=size,
-        native_image_size=native, patch_size=patch, num_prefix_tokens=tower.prefix, width=int(vit.embed_dim),
+        name=f"timm:{name}", backend="probe", pretrained=str(checkpoint), **vit_fields(vit, image_size, "trunk"),
         embed_dim=int(vit.num_features), logit_scale=1.0, mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
-        std=tuple(cfg.get("std", IMAGENET_STD)), target_layer=tower.target_layer, pooling=pooling_name(vit),
-        context_length=0, normalize=False)
-    return tower, config, int(vit.num_features)
+        std=tuple(cfg.get("std", IMAGENET_STD)), context_length=0, normalize=False)
+    return TimmViT(vit, None, config.grid_size, trunk_dtype(device)), config
 
 
 def _timm_overrides(model_config) -> dict:
     """timm.create_model keyword overrides from a JSON file (e.g. {"img_size": 224})."""
     if model_config is None:
         return {}
-    path = Path(model_config)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"model config {path} is not a readable JSON file: {err}") from None
-    if not isinstance(raw, dict):
-        raise UsageError(f"model config {path} must be a JSON object of timm.create_model keyword arguments")
-    return raw
+    return read_json_object(Path(model_config), "model config", "a JSON object of timm.create_model keyword arguments")
 
 
 def _create_timm(name: str, overrides: dict):
@@ -199,18 +177,11 @@ def _create_timm(name: str, overrides: dict):
 
 def _timm_hub_weights(name: str, vit) -> str:
     """A local copy of timm's pretrained weights: the hub cache, else a download when the hub is reachable."""
-    from .open_clip_weights import _cached, _hub_file, _hub_reachable, hub_cache_dir
-
     hub_id = (getattr(vit, "pretrained_cfg", {}) or {}).get("hf_hub_id")
     if not hub_id:
         raise UsageError(f"timm:{name} has no Hugging Face hub weights; pass pretrained=/path/to/weights")
-    files = ("model.safetensors", "pytorch_model.bin")
-    if not any(_cached(hub_id, f) for f in files) and not _hub_reachable():
-        raise WeightsUnavailableError(
-            f"weights for timm:{name} are not in the local cache ({hub_cache_dir()}, repo {hub_id}) and the hub "
-            "cannot be reached (offline?); download them on a machine with network, or pass a local file: "
-            "pretrained=/path/to/weights.safetensors (timm or original .pth layout)")
-    return _hub_file(hub_id, files, f"timm:{name}")
+    return _hub_file(hub_id, ("model.safetensors", "pytorch_model.bin"), f"timm:{name}",
+                     hint="pretrained=/path/to/weights.safetensors (timm or original .pth layout)")
 
 
 def load_timm_weights(vit, path: str, what: str) -> None:
@@ -242,8 +213,7 @@ def read_state_dict(path: str) -> dict:
             return load_file(str(p))
         state = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch/safetensors raise many types for bad files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WorkError(f"could not read {path}: {first} (only safetensors or weights-only torch files)") from None
+        raise WorkError(f"could not read {path}: {first_line(err)} (only safetensors or weights-only torch files)") from None
     if not isinstance(state, dict):
         raise WorkError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     return state

@@ -29,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import run_size
 from ..errors import UsageError
+from .base import autocast, resample_pos
+from .shift import shifted_attention, split_projection
 
 FULL_PATH_JACOBIAN_CHUNK = 32  # shift rows per backward when every row runs the last block
 
@@ -41,29 +44,23 @@ class TimmViT:
         vit: the timm model; used as is, never modified.
         head: applied to the pooled output (open_clip's `TimmModel.head`); None for none.
         grid: patch grid (h, w) the tower runs at; position embeddings are resampled to it.
-        label: the model's module path, for `target_layer`.
         autocast_dtype: dtype the trunk runs in under autocast (bfloat16 on CUDA); None: as stored.
     """
 
-    def __init__(self, vit: nn.Module, head: nn.Module | None, grid: tuple[int, int], label: str = "trunk",
+    def __init__(self, vit: nn.Module, head: nn.Module | None, grid: tuple[int, int],
                  autocast_dtype: torch.dtype | None = None):
         self.vit, self.head, self.grid, self.autocast_dtype = vit, head, tuple(grid), autocast_dtype
         self.prefix = int(vit.num_prefix_tokens)
         self.pooled_by_head = vit.attn_pool is not None
         self.fast = _fast_kind(vit)
         self.jacobian_chunk = None if self.fast else FULL_PATH_JACOBIAN_CHUNK
-        last = len(vit.blocks) - 1
-        self.target_layer = f"{label}.norm" if self.pooled_by_head else f"{label}.blocks.{last}.norm1"
-        self._pos_cache: dict[tuple[int, int], torch.Tensor] = {}
 
     # trunk ------------------------------------------------------------------
     def trunk(self, pixels: torch.Tensor) -> torch.Tensor:
         """Residual stream entering the last block; for attention-pooled towers, leaving it."""
         v = self.vit
         proj = v.patch_embed.proj
-        dtype = self.autocast_dtype
-        autocast = torch.autocast(proj.weight.device.type, dtype=dtype, enabled=dtype is not None)
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(proj.weight.device, self.autocast_dtype):
             x = proj(pixels.to(proj.weight.device, proj.weight.dtype))
             x = v.patch_embed.norm(x.flatten(2).transpose(1, 2))
             x = v.norm_pre(self._with_prefix(x))
@@ -86,17 +83,7 @@ class TimmViT:
     def pos_embed(self) -> torch.Tensor:
         """The position embedding resampled to `grid` (timm's own resampling, bicubic)."""
         v = self.vit
-        native = tuple(v.patch_embed.grid_size)
-        if self.grid == native:
-            return v.pos_embed
-        if self.grid not in self._pos_cache:
-            from timm.layers import resample_abs_pos_embed
-
-            with torch.no_grad():
-                self._pos_cache[self.grid] = resample_abs_pos_embed(
-                    v.pos_embed, new_size=list(self.grid), old_size=list(native),
-                    num_prefix_tokens=0 if v.no_embed_class else self.prefix)
-        return self._pos_cache[self.grid]
+        return resample_pos(v.pos_embed, self.grid, v.patch_embed.grid_size, 0 if v.no_embed_class else self.prefix)
 
     # target and embed ---------------------------------------------------------
     def target(self, stream: torch.Tensor) -> torch.Tensor:
@@ -116,21 +103,12 @@ class TimmViT:
     def _map_pool(self, a, shift, cache) -> torch.Tensor:
         """Latent-query attention pooling over A with the shift on every patch token."""
         v, pool = self.vit, self.vit.attn_pool
+        tokens = a if v.pool_include_prefix else a[:, self.prefix:]
+        if pool.pos_embed is not None:
+            tokens = tokens + pool.pos_embed[None].to(tokens.dtype)
+        proj = ((pool.q.weight, pool.q.bias), *split_projection(pool.kv.weight, pool.kv.bias, 2))
         skip = self.prefix if v.pool_include_prefix else 0  # leading tokens that get no shift
-        if cache is None or "map_qkv" not in cache:
-            with torch.no_grad():
-                tokens = a if v.pool_include_prefix else a[:, self.prefix:]
-                if pool.pos_embed is not None:
-                    tokens = tokens + pool.pos_embed[None].to(tokens.dtype)
-                q = pool.q(pool.latent).view(1, pool.latent_len, pool.num_heads, pool.head_dim) * pool.scale
-                k, vals = _split_heads(pool.kv(tokens), 2, pool.num_heads)
-                base = _scores(q, k)
-            if cache is not None:
-                cache["map_qkv"] = (q, vals, base)
-        else:
-            q, vals, base = cache["map_qkv"]
-        wk, wv = pool.kv.weight.chunk(2)
-        out = _shifted_attention(q, vals, base, shift @ wk.T, shift @ wv.T, skip, pool.num_heads)
+        out = shifted_attention(pool.latent, tokens, proj, pool.num_heads, pool.scale, shift, skip, cache)
         x = pool.proj(out)  # (B, M, L, D)
         x = x + pool.mlp(pool.norm(x))
         x = x[:, :, 0] if pool.pool == "token" else x.mean(dim=2)
@@ -141,17 +119,8 @@ class TimmViT:
         v = self.vit
         block = v.blocks[-1]
         attn = block.attn
-        if cache is None or "cls_qkv" not in cache:
-            with torch.no_grad():
-                q, k, vals = _split_heads(attn.qkv(a), 3, attn.num_heads)
-                q = q[:, :1] * attn.scale
-                base = _scores(q, k)
-            if cache is not None:
-                cache["cls_qkv"] = (q, vals, base)
-        else:
-            q, vals, base = cache["cls_qkv"]
-        _, wk, wv = attn.qkv.weight.chunk(3)
-        out = _shifted_attention(q, vals, base, shift @ wk.T, shift @ wv.T, self.prefix, attn.num_heads)
+        proj = split_projection(attn.qkv.weight, attn.qkv.bias, 3)
+        out = shifted_attention(a[:, :1], a, proj, attn.num_heads, attn.scale, shift, self.prefix, cache)
         x = stream[:, None, :1] + block.ls1(attn.proj(out))  # (B, M, 1, D): the CLS residual per shift
         x = x + block.ls2(block.mlp(block.norm2(x)))
         return v.head(v.fc_norm(v.norm(x[:, :, 0])))
@@ -169,36 +138,6 @@ class TimmViT:
                 + block.drop_path1(block.ls1(block.attn(x)))
             x = v.norm(x + block.drop_path2(block.ls2(block.mlp(block.norm2(x)))))
         return v.forward_head(x).reshape(batch, m, -1)
-
-
-def _split_heads(x: torch.Tensor, parts: int, heads: int) -> tuple[torch.Tensor, ...]:
-    """(B, T, parts * H * hd) -> `parts` tensors (B, T, H, hd)."""
-    batch, tokens, width = x.shape
-    return x.view(batch, tokens, parts, heads, width // (parts * heads)).unbind(2)
-
-
-def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Attention logits (B, L, H, T) of L scaled queries (B or 1, L, H, hd) over keys (B, T, H, hd)."""
-    return torch.einsum("blhd,bthd->blht", q.expand(k.shape[0], -1, -1, -1), k)
-
-
-def _shifted_attention(q, v, base, dk, dv, skip: int, heads: int) -> torch.Tensor:
-    """Attention of L queries over tokens whose keys/values (after `skip` unshifted ones) move by dk/dv.
-
-    Keys and values are linear in the tokens, so a shift s of every token moves every key by
-    W_k s and every value by W_v s: the shared logits `base` (B, L, H, T) and values v
-    (B, T, H, hd) are computed once; only the (B, M, L, H) logit offsets and (B, M, H, hd)
-    value offsets carry the gradient. Returns (B, M, L, H * hd).
-    """
-    batch, m, _ = dk.shape
-    tokens = v.shape[1]
-    dk, dv = dk.view(batch, m, heads, -1), dv.view(batch, m, heads, -1)
-    offset = torch.einsum("blhd,bmhd->bmlh", q.expand(batch, -1, -1, -1), dk)
-    scores = base[:, None] + F.pad(offset[..., None].expand(-1, -1, -1, -1, tokens - skip), (skip, 0))
-    weights = scores.softmax(dim=-1)  # (B, M, L, H, T)
-    out = torch.einsum("bmlht,bthd->bmlhd", weights, v)
-    out = out + weights[..., skip:].sum(-1, keepdim=True) * dv[:, :, None]
-    return out.flatten(-2)
 
 
 def _fast_kind(vit: nn.Module) -> str | None:
@@ -236,20 +175,23 @@ def check_vit(vit: nn.Module, name: str) -> None:
                          "pre-norm Block is supported")
 
 
-def grid_for(vit: nn.Module, image_size: int | None) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """(run size (H, W), native size (H, W), patch (h, w)); a clear error for sizes off the patch grid."""
+def vit_fields(vit: nn.Module, image_size: int | None, label: str) -> dict:
+    """The ModelConfig fields read from a timm ViT run at `image_size` (None: native); `label`: its module path."""
     patch = tuple(int(p) for p in vit.patch_embed.patch_size)
     native = tuple(int(s) for s in vit.patch_embed.img_size)
-    size = native if image_size is None else (int(image_size), int(image_size))
-    if size[0] < patch[0] or size[0] % patch[0] or size[1] % patch[1]:
-        lo = max(patch[0], size[0] // patch[0] * patch[0])
-        raise UsageError(f"image size {size[0]} must be a positive multiple of the patch size {patch[0]} "
-                         f"(try {lo} or {lo + patch[0]})")
+    size = run_size(native, patch, image_size)
     pool = vit.attn_pool
     if size != native and pool is not None and getattr(pool, "pos_embed", None) is not None:
         raise UsageError("this tower's pooling head has its own position embedding for "
                          f"{native[0]}x{native[1]} images; image_size cannot change it")
-    return size, native, patch
+    return dict(image_size=size, native_image_size=native, patch_size=patch,
+                num_prefix_tokens=int(vit.num_prefix_tokens), width=int(vit.embed_dim),
+                target_layer=target_layer(vit, label), pooling=pooling_name(vit))
+
+
+def target_layer(vit: nn.Module, label: str) -> str:
+    """Module path of the target: the final norm for attention-pooled towers, else the last block's norm1."""
+    return f"{label}.norm" if vit.attn_pool is not None else f"{label}.blocks.{len(vit.blocks) - 1}.norm1"
 
 
 def pooling_name(vit: nn.Module) -> str:
