@@ -13,7 +13,7 @@ from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
 
 import zsfinercam as zf
 from conftest import random_image
-from test_equivalence import GridGradCAM, minmax
+from test_equivalence import GridGradCAM, ZeroShotHead, minmax
 from tiny_timm import save_tiny_siglip, siglip_cfg
 from zsfinercam import engine
 from zsfinercam.images import to_pixels
@@ -43,17 +43,6 @@ def load(files, variant="siglip", **kwargs) -> zf.Localizer:
                                         cache_dir=None, **kwargs)
 
 
-class Head(torch.nn.Module):
-    """image -> s * normalize(encode_image(x)) @ T^T, the plain way."""
-
-    def __init__(self, clip, text, scale):
-        super().__init__()
-        self.clip, self.text, self.scale = clip, text, scale
-
-    def forward(self, x):
-        return self.scale * F.normalize(self.clip.encode_image(x), dim=-1) @ self.text.T
-
-
 def reference(loc, images, pairs):
     """pytorch-grad-cam FinerCAM maps on a copy of the model (position embedding set to the run size)."""
     clip = copy.deepcopy(loc.backend.model)
@@ -61,7 +50,7 @@ def reference(loc, images, pairs):
     if loc.config.image_size != loc.config.native_image_size:
         trunk.set_input_size(img_size=loc.config.image_size)
     layer = trunk.norm if loc.config.pooling == "map" else trunk.blocks[-1].norm1
-    model = Head(clip, loc.encode_text(CONCEPTS), loc.backend.logit_scale)
+    model = ZeroShotHead(clip, loc.encode_text(CONCEPTS), loc.backend.logit_scale)
     grid, prefix = loc.config.grid_size, loc.config.num_prefix_tokens
 
     def to_grid(t):
