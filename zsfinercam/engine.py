@@ -24,6 +24,7 @@ from .backends import Backend
 from .objectives import Objective, objective_scores
 
 JACOBIAN_CHUNK = 256  # shift rows per backward when building G; bounds memory
+BASES = ("gradcam",)  # CAM bases `maps` computes: how the gradient becomes a map
 
 
 @dataclass(eq=False)
@@ -87,6 +88,23 @@ def _head_features(embedding: torch.Tensor, scale: float | None) -> torch.Tensor
 def _head(features: torch.Tensor, text: torch.Tensor, scale: float | None) -> torch.Tensor:
     """z from `_head_features`: s * features @ T^T, or features @ T^T for a linear probe."""
     return (features if scale is None else scale * features) @ text.T
+
+
+def maps(
+    backend: Backend,
+    feats: ImageFeatures,
+    text: torch.Tensor,
+    objectives: Sequence[Sequence[Objective]],
+    *,
+    base: str = "gradcam",
+    use_jacobian: bool = False,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw ReLU'd maps and their min-max normalisation (B, M, h, w) of every objective, for a CAM `base`."""
+    if base not in BASES:
+        raise ValueError(f"unknown CAM base {base!r}; choose one of: {', '.join(BASES)}")
+    weights = channel_weights(backend, feats, text, objectives, use_jacobian=use_jacobian)
+    return token_maps(feats, weights, impl=impl)
 
 
 def channel_weights(

@@ -263,8 +263,7 @@ class Localizer:
         z = self._logits(feats, text).cpu()
         objectives = [[self._objective(index[n], z[b], plan, index, alpha, objective, k)
                        for n, plan in zip(names, plans)] for b in range(len(feats))]
-        weights = engine.channel_weights(self.backend, feats, text, objectives, use_jacobian=use_jacobian)
-        raw, norm = engine.token_maps(feats, weights, impl=self.kernel)
+        raw, norm = engine.maps(self.backend, feats, text, objectives, use_jacobian=use_jacobian, impl=self.kernel)
         shown = [index[c] for c in candidates]
         raw, norm, z = raw.cpu().numpy(), norm.cpu().numpy(), z.tolist()  # one device sync, not one per map
         return [[self._result(feats, b, m, objectives[b][m], table, z[b], raw, norm, shown, method,
