@@ -127,13 +127,18 @@ def check_out_dir(out: str | os.PathLike, resume: bool) -> None:
                          f"or choose another --out")
 
 
+ENGINES = ("local", "ray")  # where the maps are made: this process, or a Ray cluster (zsfinercam.batch_ray)
+
+
 def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, concepts: Sequence[str], *,
               resume: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None,
-              **locate_kwargs) -> BatchSummary:
+              engine: str = "local", ray=None, **locate_kwargs) -> BatchSummary:
     """Map `concepts` in every image and write outputs plus a manifest into `out`.
 
     Args:
-        loc: a Localizer; image files above its `max_pixels` are recorded as failed.
+        loc: a Localizer; image files above its `max_pixels` are recorded as failed. For
+            engine="ray" it must come from `Localizer.from_pretrained` (the workers load the
+            model again from its `load_args`).
         images: image files (see `find_images`), processed in the given order.
         out: output folder; `out/manifest.jsonl` gets one record per image, `out/run.json`
             the settings, `out/<image key>/` the files of `LocateResult.save`.
@@ -141,6 +146,10 @@ def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, 
             files exist; without it a non-empty manifest there is a UsageError.
         batch_size: images per trunk pass.
         progress: tqdm bar on stderr; None = only when stderr is a terminal.
+        engine: "local" (this process) or "ray" (an actor pool on a Ray cluster; needs
+            `pip install "zsfinercam[ray]"`); both write the same files and records.
+        ray: for engine="ray", a `zsfinercam.batch_ray.RayOptions` (cluster address, workers,
+            GPUs and CPUs per worker); None = a local cluster with one worker.
         **locate_kwargs: passed to `Localizer.locate_many` (vs, vocab, alpha, method, ...).
 
     Returns:
@@ -149,27 +158,44 @@ def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, 
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if engine not in ENGINES:
+        raise UsageError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if ray is not None and engine != "ray":
+        raise UsageError("Ray options apply to engine='ray' only; pass engine='ray' or drop them")
     names = unique_concepts(concepts)
     paths = list(dict.fromkeys(Path(p).resolve() for p in images))
     out = Path(out).resolve()
     if out in paths:
         raise UsageError(f"--out {out} is one of the input files; choose another folder")
     check_out_dir(out, resume)
-    job = _Job(loc, out, names, set(paths), locate_kwargs)
+    if engine == "ray":
+        from .batch_ray import RayOptions, run_chunks_on_ray
+
+        chunks = run_chunks_on_ray(loc, out, names, paths, locate_kwargs, ray or RayOptions())
+    else:
+        chunks = _run_chunks_here(_Job(loc, out, names, set(paths), locate_kwargs))
     summary = BatchSummary(out / MANIFEST_NAME)
     start = time.perf_counter()
     with _Manifest(out) as manifest:
-        done = manifest.start(resume, _settings(loc, names, locate_kwargs))
+        done = manifest.start(resume, _settings(loc, names, locate_kwargs), engine=engine)
+        cut = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]  # fixed: same bytes on resume
         with _bar(len(paths), progress) as bar:
-            for i in range(0, len(paths), batch_size):
-                chunk = paths[i:i + batch_size]
-                for record in job.run(chunk, done):
+            for chunk, records in chunks(cut, done):
+                for record in records:
                     manifest.append(record)
                     _count(summary, record)
                 summary.skipped += sum(str(p) in done for p in chunk)
                 bar.update(len(chunk))
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _run_chunks_here(job: "_Job"):
+    """The local engine: chunks are mapped one after the other in this process."""
+    def chunks(cut: list[list[Path]], done: dict[str, dict]) -> Iterator[tuple[list[Path], Iterator[dict]]]:
+        for chunk in cut:
+            yield chunk, job.run(chunk, done)
+    return chunks
 
 
 def _count(summary: BatchSummary, record: dict) -> None:
@@ -201,7 +227,11 @@ def _settings(loc, concepts: list[str], locate_kwargs: dict) -> dict:
 
 
 class _Job:
-    """Maps for one chunk of images -> one manifest record per image not yet done."""
+    """Maps for one chunk of images -> one manifest record per image not yet done.
+
+    Both engines use it: the local one calls `run`; a Ray worker gets the chunk decoded
+    by `decode_chunk` on a CPU task and calls `map_chunk`, so the names and bytes agree.
+    """
 
     def __init__(self, loc, out: Path, concepts: list[str], inputs: set[Path], locate_kwargs: dict):
         self.loc, self.out, self.concepts = loc, out, concepts
@@ -209,17 +239,16 @@ class _Job:
 
     def run(self, chunk: list[Path], done: dict[str, dict]) -> Iterator[dict]:
         """Records, in chunk order, for the images of `chunk` that are not in `done`; each
-        image's files are saved just before its record is yielded.
-
-        Images already done are still run when others of the chunk are, so that every
-        image always shares its trunk pass with the same images (identical bytes).
-        """
+        image's files are saved just before its record is yielded."""
         todo = [p for p in chunk if str(p) not in done]
-        arrays, errors = self._load(todo)
+        yield from self.map_chunk(chunk, todo, *decode_chunk(chunk, todo, self.loc.max_pixels))
+
+    def map_chunk(self, chunk: list[Path], todo: list[Path], arrays: dict, errors: dict) -> Iterator[dict]:
+        """Records for `todo` (the images of `chunk` not done yet), given the chunk decoded
+        by `decode_chunk`: one trunk pass over every image of `arrays`, files saved per image."""
         if not arrays:
             yield from (_error(p, errors[p]) for p in todo)
             return
-        arrays.update(self._load([p for p in chunk if str(p) in done])[0])
         order = [p for p in chunk if p in arrays]
         try:
             results = self.loc.locate_many([arrays[p] for p in order], self.concepts, **self.locate_kwargs)
@@ -236,15 +265,6 @@ class _Job:
         except (OSError, UnicodeError) as err:  # disk full, name too long, permissions, ...
             return _error(path, f"{path}: could not save the maps ({type(err).__name__}: {err}); "
                                 f"check the space and permissions of --out")
-
-    def _load(self, paths: list[Path]) -> tuple[dict, dict]:
-        arrays, errors = {}, {}
-        for p in paths:
-            try:
-                arrays[p] = load_image(p, max_pixels=self.loc.max_pixels)[0]
-            except (UsageError, WorkError, OSError) as err:
-                errors[p] = str(err)
-        return arrays, errors
 
     def _save(self, path: Path, results) -> dict:
         folder = self.out / safe_stem(path.stem, 40, key=str(path))
@@ -264,6 +284,30 @@ class _Job:
         _fsync([folder])
         h, w = results[0].image.shape[:2]
         return {"input": str(path), "status": "ok", "error": None, "image_size": [w, h], "outputs": outputs}
+
+
+def decode_chunk(chunk: list[Path], todo: list[Path], max_pixels: int | None) -> tuple[dict, dict]:
+    """The images of `chunk` as arrays, and the errors of those of `todo` that cannot be read.
+
+    Images already done (in `chunk`, not in `todo`) are still decoded and mapped when others
+    of the chunk are, so that every image always shares its trunk pass with the same images
+    (identical bytes); a chunk whose `todo` images all fail is not decoded further.
+    """
+    arrays, errors = _load(todo, max_pixels)
+    if arrays:
+        pending = set(todo)
+        arrays.update(_load([p for p in chunk if p not in pending], max_pixels)[0])
+    return arrays, errors
+
+
+def _load(paths: list[Path], max_pixels: int | None) -> tuple[dict, dict]:
+    arrays, errors = {}, {}
+    for p in paths:
+        try:
+            arrays[p] = load_image(p, max_pixels=max_pixels)[0]
+        except (UsageError, WorkError, OSError) as err:
+            errors[p] = str(err)
+    return arrays, errors
 
 
 def _error(path: Path, message: str) -> dict:
@@ -301,16 +345,16 @@ class _Manifest:
             if f is not None:
                 f.close()
 
-    def start(self, resume: bool, settings: dict) -> dict[str, dict]:
-        """Lock the folder, check and write the settings, repair a torn last line,
-        remove stale temporary files; returns the records of images already done."""
+    def start(self, resume: bool, settings: dict, engine: str = "local") -> dict[str, dict]:
+        """Lock the folder, check and write the settings (and the engine, which a resumed run
+        may change), repair a torn last line, remove stale temporary files; returns the
+        records of images already done."""
         self.out.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.out)
         check_out_dir(self.out, resume)
-        _check_settings(self.out / SETTINGS_NAME, settings, resume and _non_empty(self.path))
+        _check_settings(self.out / SETTINGS_NAME, settings, resume and _non_empty(self.path), engine)
         done = self._done() if self.path.is_file() else {}
-        for tmp in self.out.rglob(f"{TMP_PREFIX}*"):
-            tmp.unlink(missing_ok=True)
+        remove_leftovers(self.out)
         self._file = open(self.path, "ab")  # json_bytes: UTF-8, odd file names escaped
         return done
 
@@ -341,11 +385,17 @@ class _Manifest:
         return bool(files) and all(f.is_file() and f.stat().st_size > 0 for f in files)
 
 
+def remove_leftovers(out: Path) -> None:
+    """Delete the temporary files of writes that a killed process (a run, a worker) left in `out`."""
+    for tmp in out.rglob(f"{TMP_PREFIX}*"):
+        tmp.unlink(missing_ok=True)
+
+
 def _non_empty(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
 
 
-def _check_settings(path: Path, settings: dict, resuming: bool) -> None:
+def _check_settings(path: Path, settings: dict, resuming: bool, engine: str) -> None:
     if resuming and path.is_file():
         try:
             before = json.loads(path.read_text(encoding="utf-8"))
@@ -355,7 +405,8 @@ def _check_settings(path: Path, settings: dict, resuming: bool) -> None:
         if changed:
             raise UsageError(f"{path.parent} holds a run with other {', '.join(changed)}; resume with the "
                              f"same concepts, contrast options and model, or choose another --out")
-    atomic_write(path, lambda f: f.write(json_bytes(settings, indent=1, sort_keys=True)))
+    record = {**settings, "engine": engine}
+    atomic_write(path, lambda f: f.write(json_bytes(record, indent=1, sort_keys=True)))
 
 
 def _lock(out: Path):

@@ -57,6 +57,7 @@ class Localizer:
         self.kernel = kernel
         self.max_pixels = check_max_pixels(max_pixels)
         self.text = ConceptEncoder(backend, Path(cache_dir) if cache_dir is not None else None)
+        self.load_args: dict | None = None  # from_pretrained's arguments: how other processes load it
 
     @classmethod
     def from_pretrained(
@@ -90,7 +91,11 @@ class Localizer:
             name, pretrained=pretrained, model_config=model_config,
             device=resolve_device(device), image_size=image_size)
         folder = default_cache_dir() if cache_dir is True else (cache_dir or None)
-        return cls(loaded, cache_dir=folder, kernel=kernel, max_pixels=max_pixels)
+        loc = cls(loaded, cache_dir=folder, kernel=kernel, max_pixels=max_pixels)
+        loc.load_args = {"name": name, "pretrained": pretrained, "model_config": model_config, "device": device,
+                         "backend": backend, "image_size": image_size, "cache_dir": folder, "kernel": kernel,
+                         "max_pixels": max_pixels}
+        return loc
 
     @classmethod
     def from_classifier(cls, backbone: str, classifier: str | Path, classes: str | Path, *,

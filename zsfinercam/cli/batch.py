@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from ..batch import DEFAULT_BATCH_SIZE, MANIFEST_NAME
-from ..errors import WorkError
+from ..batch import DEFAULT_BATCH_SIZE, ENGINES, MANIFEST_NAME
+from ..errors import UsageError, WorkError
 from .options import (contrast_kwargs, contrast_options, load_localizer, max_pixels_option, method_option,
                       model_options)
 
@@ -21,12 +21,24 @@ from .options import (contrast_kwargs, contrast_options, load_localizer, max_pix
 @click.option("--resume", is_flag=True, help="Continue the run in --out, skipping the images already done.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
               metavar="N", help="Images per trunk pass.")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+              help="Where maps are made: this process, or an actor pool on a Ray cluster (pip install "
+                   "\"zsfinercam[ray]\"); both write the same files.")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="--engine ray: join this cluster (\"auto\", HOST:PORT, ray://HOST:PORT); "
+                   "default: start one on this machine.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="--engine ray: map workers, each with its own copy of the model [default: 1].")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None, metavar="G",
+              help="--engine ray: GPUs per worker (fractions share one) [default: 0].")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0), default=None, metavar="C",
+              help="--engine ray: CPUs per worker [default: 1].")
 @max_pixels_option
 @contrast_options
 @method_option
 @model_options
-def batch(inputs, concepts, out, recursive, resume, batch_size, max_pixels, model, pretrained, model_config,
-          backend, device, image_size, **contrast):
+def batch(inputs, concepts, out, recursive, resume, batch_size, engine, ray_address, workers, gpus_per_worker,
+          cpus_per_worker, max_pixels, model, pretrained, model_config, backend, device, image_size, **contrast):
     """Map CONCEPTS in every image of INPUT (files, folders, glob patterns) into --out.
 
     Each image gets one JSON record in OUT/manifest.jsonl (status, error, files, peak, bbox,
@@ -38,13 +50,29 @@ def batch(inputs, concepts, out, recursive, resume, batch_size, max_pixels, mode
     from ..batch import check_out_dir, find_images, run_batch
     from ..text import unique_concepts
 
+    ray = _ray_options(engine, ray_address, workers, gpus_per_worker, cpus_per_worker)
     kwargs = contrast_kwargs(**contrast)
     names = unique_concepts(concepts)
     images = find_images(inputs, recursive=recursive, exclude=out)
     check_out_dir(out, resume)
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
-    summary = run_batch(loc, images, out, names, resume=resume, batch_size=batch_size,
+    summary = run_batch(loc, images, out, names, resume=resume, batch_size=batch_size, engine=engine, ray=ray,
                         **kwargs)
     click.echo(summary.line())
     if summary.failed:
         raise WorkError(f"{summary.failed} of {len(images)} images failed; their errors are in {summary.manifest}")
+
+
+def _ray_options(engine, address, workers, gpus, cpus):
+    """RayOptions for --engine ray (Ray itself checked before any model is loaded); None for local."""
+    given = {"--ray-address": address, "--workers": workers, "--gpus-per-worker": gpus, "--cpus-per-worker": cpus}
+    if engine != "ray":
+        named = [k for k, v in given.items() if v is not None]
+        if named:
+            raise UsageError(f"{named[0]} applies to --engine ray only; add --engine ray or drop it")
+        return None
+    from ..batch_ray import RayOptions, import_ray
+
+    import_ray()
+    return RayOptions(address=address, workers=workers or 1, gpus_per_worker=gpus or 0.0,
+                      cpus_per_worker=1.0 if cpus is None else cpus)
