@@ -71,6 +71,27 @@ def test_ray_options_need_the_ray_engine(tiny_files, tmp_path):
                                          "add --engine ray or drop it"]
 
 
+def test_bad_engine_requests_are_refused_before_anything_is_written(tiny, tmp_path):
+    from zsfinercam import Localizer, UsageError
+    from zsfinercam.batch import run_batch
+    from zsfinercam.batch_ray import RayOptions
+
+    image, out = tmp_path / "a.png", tmp_path / "out"
+    Image.fromarray(random_image(1, 30, 40)).save(image)
+    for kwargs, fragment in [({"engine": "spark"}, "engine must be one of local, ray, got 'spark'"),
+                             ({"ray": RayOptions()}, "apply to engine='ray' only")]:
+        with pytest.raises(UsageError, match=re.escape(fragment)):
+            run_batch(tiny, [image], out, ["owl"], **kwargs)
+    for bad in ({"workers": 0}, {"workers": 1.5}, {"gpus_per_worker": -1}, {"cpus_per_worker": True}):
+        with pytest.raises(UsageError, match="must be"):
+            RayOptions(**bad)
+    pytest.importorskip("ray", reason='needs the extra: pip install "zsfinercam[ray]"')
+    with pytest.raises(UsageError, match="Localizer.from_pretrained"):  # no load arguments for the workers
+        run_batch(Localizer(tiny.backend), [image], out, ["owl"], engine="ray")
+    assert not out.exists()
+    assert tiny.load_args["model_config"] and tiny.load_args["device"] == "cpu"
+
+
 def test_ray_cases_on_loopback_only(tmp_path):
     """The case_* functions, in a network namespace that has only `lo`."""
     pytest.importorskip("ray", reason='needs the extra: pip install "zsfinercam[ray]"')

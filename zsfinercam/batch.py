@@ -5,7 +5,8 @@
 each) and writes, per image, the saved maps under `out/<image key>/` and one JSON record
 appended to `out/manifest.jsonl`, flushed and fsynced, so a killed run loses at most the
 chunk in flight. A chunk is always the same images (those that load), so a resumed run
-writes the same bytes as an uninterrupted one.
+writes the same bytes as an uninterrupted one. `engine="ray"` maps the same chunks on a Ray
+cluster (zsfinercam.batch_ray) with `ChunkJob`, the same per-chunk work as here.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ _STEM = r"(?:[\w-]+-)?[0-9a-f]{8}"  # what `safe_stem` makes: slug-digest, or th
 OUTPUT_FOLDER = re.compile(_STEM)  # out/<image key>/, one per image
 OUTPUT_FILE = re.compile(_STEM + r"(?:_overlay\.png|_heatmap\.npy|\.json)")  # in it, per concept
 DEFAULT_BATCH_SIZE = 8
+ENGINES = ("local", "ray")  # where the maps are made: this process, or a Ray cluster (zsfinercam.batch_ray)
 
 
 def find_images(inputs: Iterable[str | os.PathLike], *, recursive: bool = False,
@@ -127,9 +129,6 @@ def check_out_dir(out: str | os.PathLike, resume: bool) -> None:
                          f"or choose another --out")
 
 
-ENGINES = ("local", "ray")  # where the maps are made: this process, or a Ray cluster (zsfinercam.batch_ray)
-
-
 def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, concepts: Sequence[str], *,
               resume: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None,
               engine: str = "local", ray=None, **locate_kwargs) -> BatchSummary:
@@ -173,7 +172,7 @@ def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, 
 
         chunks = run_chunks_on_ray(loc, out, names, paths, locate_kwargs, ray or RayOptions())
     else:
-        chunks = _run_chunks_here(_Job(loc, out, names, set(paths), locate_kwargs))
+        chunks = _run_chunks_here(ChunkJob(loc, out, names, set(paths), locate_kwargs))
     summary = BatchSummary(out / MANIFEST_NAME)
     start = time.perf_counter()
     with _Manifest(out) as manifest:
@@ -190,7 +189,7 @@ def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, 
     return summary
 
 
-def _run_chunks_here(job: "_Job"):
+def _run_chunks_here(job: "ChunkJob"):
     """The local engine: chunks are mapped one after the other in this process."""
     def chunks(cut: list[list[Path]], done: dict[str, dict]) -> Iterator[tuple[list[Path], Iterator[dict]]]:
         for chunk in cut:
@@ -226,7 +225,7 @@ def _settings(loc, concepts: list[str], locate_kwargs: dict) -> dict:
     return json.loads(json.dumps({"concepts": concepts, "locate": locate_kwargs, "model": model}, default=str))
 
 
-class _Job:
+class ChunkJob:
     """Maps for one chunk of images -> one manifest record per image not yet done.
 
     Both engines use it: the local one calls `run`; a Ray worker gets the chunk decoded

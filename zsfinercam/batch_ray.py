@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .batch import _Job, decode_chunk, remove_leftovers
+from .batch import ChunkJob, decode_chunk, remove_leftovers
 from .errors import UsageError
 
 INSTALL_HINT = 'pip install "zsfinercam[ray]"'
-TASK_RETRIES = 3  # a chunk whose worker dies is redone this often; a chunk that always kills it fails the job
 # Test-only switch: "N:FILE" makes a map worker exit (as if killed) after the Nth image it mapped, once,
 # creating FILE so that its restarted self and the other workers carry on. Never set it in real runs.
 TEST_EXIT_ENV = "ZSFINERCAM_TEST_WORKER_EXIT"
@@ -147,8 +146,9 @@ def _stream(ray, work: list[list[Path]], done: dict[str, dict], job: dict, optio
             ds = ds.map(_decode_row, fn_kwargs={"max_pixels": max_pixels}, num_cpus=1)
             ds = ds.map(_MapWorker, fn_constructor_kwargs={"job": job, "test_exit": os.environ.get(TEST_EXIT_ENV)},
                         compute=ray.data.ActorPoolStrategy(size=options.workers),
-                        num_gpus=options.gpus_per_worker or None, num_cpus=options.cpus_per_worker,
-                        max_restarts=-1, max_task_retries=TASK_RETRIES)
+                        num_gpus=options.gpus_per_worker or None, num_cpus=options.cpus_per_worker)
+            # Ray Data restarts a pool's dead actors and retries their tasks (max_restarts and
+            # max_task_retries default to -1 there; passing them is deprecated since Ray 2.60).
             for chunk, row in zip(work, ds.iter_rows(), strict=True):
                 records = pickle.loads(row["records"])
                 if [r["input"] for r in records] != [str(p) for p in chunk if str(p) not in done]:
@@ -177,7 +177,7 @@ class _MapWorker:
 
         torch.set_num_threads(job["threads"])
         loc = Localizer.from_pretrained(**job["load_args"])
-        self.job = _Job(loc, Path(job["out"]), job["concepts"], {Path(p) for p in job["inputs"]},
+        self.job = ChunkJob(loc, Path(job["out"]), job["concepts"], {Path(p) for p in job["inputs"]},
                         job["locate_kwargs"])
         self.mapped = 0
         self.test_exit = test_exit
