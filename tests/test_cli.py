@@ -123,5 +123,6 @@ def test_batch_help_lists_its_options():
     res = cli(["batch", "--help"])
     assert res.code == 0 and not res.err
     for flag in ("--concepts", "--out", "--resume", "--recursive", "--batch-size", "--max-pixels", "--vs", "--alpha",
-                 "--model", "--image-size"):
+                 "--model", "--image-size", "--engine", "--ray-address", "--workers", "--gpus-per-worker",
+                 "--cpus-per-worker"):
         assert flag in res.out

@@ -39,7 +39,7 @@ class RayOptions:
 
     Attributes:
         address: None starts a local cluster on this machine (Ray binds the node's address); "auto" or
-            "HOST:PORT" (or "ray://HOST:PORT") joins a running one.
+            "HOST:PORT" joins a running one.
         workers: map actors, each holding one copy of the model.
         gpus_per_worker: GPUs reserved per actor (fractions share a GPU); 0 = CPU.
         cpus_per_worker: CPUs reserved per actor (decode tasks take one CPU each).

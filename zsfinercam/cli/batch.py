@@ -25,7 +25,7 @@ from .options import (contrast_kwargs, contrast_options, load_localizer, max_pix
               help="Where maps are made: this process, or an actor pool on a Ray cluster (pip install "
                    "\"zsfinercam[ray]\"); both write the same files.")
 @click.option("--ray-address", default=None, metavar="ADDR",
-              help="--engine ray: join this cluster (\"auto\", HOST:PORT, ray://HOST:PORT); "
+              help="--engine ray: join this cluster (\"auto\" or HOST:PORT); "
                    "default: start one on this machine.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
               help="--engine ray: map workers, each with its own copy of the model [default: 1].")
