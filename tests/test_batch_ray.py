@@ -8,6 +8,7 @@ on nor reach any other address.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -102,7 +103,7 @@ def test_ray_cases_on_loopback_only(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=HERE.parents[1])
     failures = proc.stdout[proc.stdout.find("= FAILURES ="):]
     assert proc.returncode == 0, failures[:6000] + proc.stderr[-3000:]
-    assert re.search(r"^3 passed in ", proc.stdout, re.M), proc.stdout[-3000:]  # none skipped
+    assert re.search(r"^4 passed in ", proc.stdout, re.M), proc.stdout[-3000:]  # none skipped
 
 
 def _unshare_command() -> list[str]:
@@ -195,3 +196,16 @@ def case_resume_after_a_killed_driver_gives_the_same_bytes(cluster, tiny_files, 
     assert full.code == 1, full.err
     assert outputs(killed) == outputs(tmp_path / "local")
     assert not list(killed.rglob(f"{TMP_PREFIX}*"))
+
+
+def case_a_worker_that_cannot_load_the_model_stops_the_run_in_one_line(cluster, tiny, tmp_path):
+    from zsfinercam import WorkError
+    from zsfinercam.batch import run_batch
+
+    image, out = tmp_path / "a.png", tmp_path / "out"
+    Image.fromarray(random_image(1, 30, 40)).save(image)
+    loc = copy.copy(tiny)
+    loc.load_args = {**tiny.load_args, "pretrained": str(tmp_path / "gone.safetensors")}  # the driver's loads
+    with pytest.raises(WorkError, match=r"^the Ray job stopped \(.*rerun with --resume$") as caught:
+        run_batch(loc, [image], out, ["owl", "hawk"], engine="ray", progress=False)
+    assert "\n" not in str(caught.value) and (out / MANIFEST_NAME).read_bytes() == b""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .batch import ChunkJob, decode_chunk, remove_leftovers
-from .errors import UsageError
+from .errors import UsageError, WorkError, first_line
 
 INSTALL_HINT = 'pip install "zsfinercam[ray]"'
 # Test-only switch: "N:FILE" makes a map worker exit (as if killed) after the Nth image it mapped, once,
@@ -154,6 +154,9 @@ def _stream(ray, work: list[list[Path]], done: dict[str, dict], job: dict, optio
                 if [r["input"] for r in records] != [str(p) for p in chunk if str(p) not in done]:
                     raise RuntimeError("Ray returned the chunks out of order")  # preserve_order prevents it
                 yield chunk, records
+    except ray.exceptions.RayError as err:  # a worker that cannot start, a cluster that went away
+        raise WorkError(f"the Ray job stopped ({type(err).__name__}: {first_line(err)}); the manifest keeps "
+                        f"what was done: fix the cause and rerun with --resume") from err
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved
 
