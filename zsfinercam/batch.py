@@ -22,6 +22,7 @@ from typing import Iterable, Iterator, Sequence
 
 from .errors import UsageError, WorkError
 from .images import load_image
+from .options import LocateOptions
 from .result import TMP_PREFIX, atomic_write, json_bytes, safe_stem
 from .text import unique_concepts
 
@@ -129,7 +130,7 @@ def check_out_dir(out: str | os.PathLike, resume: bool) -> None:
 
 def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, concepts: Sequence[str], *,
               resume: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None,
-              **locate_kwargs) -> BatchSummary:
+              options: LocateOptions | None = None, **keywords) -> BatchSummary:
     """Map `concepts` in every image and write outputs plus a manifest into `out`.
 
     Args:
@@ -141,12 +142,14 @@ def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, 
             files exist; without it a non-empty manifest there is a UsageError.
         batch_size: images per trunk pass.
         progress: tqdm bar on stderr; None = only when stderr is a terminal.
-        **locate_kwargs: passed to `Localizer.locate_many` (vs, vocab, alpha, method, ...).
+        options: what shapes the maps (a `LocateOptions`), recorded in out/run.json;
+            or give its fields as keywords (vs=, vocab=, alpha=, method=, ...), not both.
 
     Returns:
         The counts; an image that cannot be read or mapped is recorded with its error and
         the run goes on. Later records for an input supersede earlier ones.
     """
+    options = LocateOptions.build(options, **keywords)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
     names = unique_concepts(concepts)
@@ -155,11 +158,11 @@ def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, 
     if out in paths:
         raise UsageError(f"--out {out} is one of the input files; choose another folder")
     check_out_dir(out, resume)
-    job = _Job(loc, out, names, set(paths), locate_kwargs)
+    job = _Job(loc, out, names, set(paths), options)
     summary = BatchSummary(out / MANIFEST_NAME)
     start = time.perf_counter()
     with _Manifest(out) as manifest:
-        done = manifest.start(resume, _settings(loc, names, locate_kwargs))
+        done = manifest.start(resume, _settings(loc, names, options))
         with _bar(len(paths), progress) as bar:
             for i in range(0, len(paths), batch_size):
                 chunk = paths[i:i + batch_size]
@@ -188,7 +191,7 @@ def _bar(total: int, progress: bool | None):
                 disable=None if progress is None else not progress)
 
 
-def _settings(loc, concepts: list[str], locate_kwargs: dict) -> dict:
+def _settings(loc, concepts: list[str], options: LocateOptions) -> dict:
     """What the maps mean; a resumed run must use the same (batch size, device and the
     pixel limit may change)."""
     cfg = loc.config
@@ -197,15 +200,15 @@ def _settings(loc, concepts: list[str], locate_kwargs: dict) -> dict:
     except NotImplementedError:
         text = None
     model = {"name": cfg.name, "pretrained": cfg.pretrained, "image_size": list(cfg.image_size), "text": text}
-    return json.loads(json.dumps({"concepts": concepts, "locate": locate_kwargs, "model": model}, default=str))
+    return {"concepts": concepts, "locate": options.to_json(), "model": model}
 
 
 class _Job:
     """Maps for one chunk of images -> one manifest record per image not yet done."""
 
-    def __init__(self, loc, out: Path, concepts: list[str], inputs: set[Path], locate_kwargs: dict):
+    def __init__(self, loc, out: Path, concepts: list[str], inputs: set[Path], options: LocateOptions):
         self.loc, self.out, self.concepts = loc, out, concepts
-        self.inputs, self.locate_kwargs = inputs, locate_kwargs
+        self.inputs, self.options = inputs, options
 
     def run(self, chunk: list[Path], done: dict[str, dict]) -> Iterator[dict]:
         """Records, in chunk order, for the images of `chunk` that are not in `done`; each
@@ -222,7 +225,7 @@ class _Job:
         arrays.update(self._load([p for p in chunk if str(p) in done])[0])
         order = [p for p in chunk if p in arrays]
         try:
-            results = self.loc.locate_many([arrays[p] for p in order], self.concepts, **self.locate_kwargs)
+            results = self.loc.locate_many([arrays[p] for p in order], self.concepts, self.options)
         except (WorkError, RuntimeError, MemoryError) as err:
             errors.update((p, f"{p}: mapping failed ({type(err).__name__}: {err})") for p in arrays)
             results = []
@@ -303,10 +306,10 @@ class _Manifest:
 
     def start(self, resume: bool, settings: dict) -> dict[str, dict]:
         """Lock the folder, check and write the settings, repair a torn last line,
-        remove stale temporary files; returns the records of images already done."""
+        remove stale temporary files; returns the records of images already done.
+        (`run_batch` has checked the folder with `check_out_dir`.)"""
         self.out.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.out)
-        check_out_dir(self.out, resume)
         _check_settings(self.out / SETTINGS_NAME, settings, resume and _non_empty(self.path))
         done = self._done() if self.path.is_file() else {}
         for tmp in self.out.rglob(f"{TMP_PREFIX}*"):

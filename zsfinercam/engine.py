@@ -44,6 +44,7 @@ class ImageFeatures:
     model_key: str  # the backend that produced these features
     jacobian: torch.Tensor | None = field(default=None, repr=False)  # (B, E, D), built on demand
     cache: dict = field(default_factory=dict, repr=False)  # the backend's shift-independent work
+    from_list: bool = False  # made from a list of images: locate_many then returns a list per image
 
     def __len__(self) -> int:
         return self.stream.shape[0]

@@ -28,8 +28,9 @@ from PIL import Image
 from . import metrics
 from .errors import UsageError, WorkError
 from .images import load_image
+from .options import LocateOptions
 
-METHODS = ("finer", "gradcam", "random", "randomized")
+EVAL_METHODS = ("finer", "gradcam", "random", "randomized")  # the map METHODS and two sanity baselines
 MASK_METRICS = ("pointing", "energy", "iou")
 PERTURBATION_METRICS = ("deletion", "insertion", "rd")
 
@@ -152,14 +153,14 @@ def write_manifest(items: Sequence[EvalItem], folder: str | os.PathLike) -> Path
     return path
 
 
-def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = METHODS, *, perturbation: bool = False,
+def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHODS, *, perturbation: bool = False,
              top_percent: float = 5.0, progress: bool = True) -> EvalReport:
     """Score every method on every item; the trunk runs once per item for all methods."""
     from tqdm import tqdm
 
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in EVAL_METHODS]
     if bad:
-        raise UsageError(f"unknown method {bad[0]!r}; choose from: {', '.join(METHODS)}")
+        raise UsageError(f"unknown method {bad[0]!r}; choose from: {', '.join(EVAL_METHODS)}")
     items = list(items)
     report = EvalReport()
     scrambled = _randomized(loc) if "randomized" in methods else None
@@ -197,7 +198,8 @@ def _heatmap(loc, feats, item: EvalItem, method: str, seed: int) -> tuple[np.nda
     """The method's heatmap at image size, and the references Finer-CAM used."""
     if method == "random":
         return metrics.resize_map(metrics.random_map(loc.config.grid_size, seed), feats.images[0].shape[:2]), []
-    res = loc.locate_many(feats, [item.concept], vs=item.references, vocab=item.vocab, method=method)[0]
+    options = LocateOptions(vs=item.references, vocab=item.vocab, method=method)
+    res = loc.locate_many(feats, [item.concept], options)[0]
     return res.heatmap, list(res.references)
 
 

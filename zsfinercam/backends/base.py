@@ -82,7 +82,7 @@ class Backend(ABC):
     @property
     def logit_scale(self) -> float | None:
         """s in z = s * cos(image, text); None for a linear probe (z = e @ T^T, no normalisation)."""
-        return self.config.logit_scale if self.config.normalize else None
+        return self.config.logit_scale if self.config.cosine_head else None
 
     def head_rows(self, concepts: list[str], templates=None) -> torch.Tensor | None:
         """Rows of a trained linear head for `concepts` (K, E); None for zero-shot (text) heads."""

@@ -3,7 +3,7 @@
 The head is z = W e + b over the tower's pooled feature e, with no normalisation and no
 scale. The bias is folded in: `embed` returns [e, 1] and the head rows are [W | b], so
 the engine's linear head z = [e, 1] @ [W | b]^T is exact and every objective still comes
-from one backward (config.normalize is False, so `logit_scale` is None).
+from one backward (config.cosine_head is False, so `logit_scale` is None).
 
 Towers:
 - any image tower the open_clip backend loads; e = its own pooled, projected embedding
@@ -114,7 +114,7 @@ class ProbeBackend(TowerImage, Backend):
 
 def probe_config(tower_config: ModelConfig, classes: list[str]) -> ModelConfig:
     """The tower's card, turned into a probe's: plain linear head over fixed classes."""
-    return dataclasses.replace(tower_config, backend="probe", logit_scale=1.0, normalize=False, logit_bias=0.0,
+    return dataclasses.replace(tower_config, backend="probe", logit_scale=1.0, cosine_head=False, logit_bias=0.0,
                                default_vocab=tuple(classes), default_templates=None, context_length=0)
 
 
@@ -151,7 +151,7 @@ def _timm_tower(name: str, pretrained, model_config, device, image_size):
     config = ModelConfig(
         name=f"timm:{name}", backend="probe", pretrained=str(checkpoint), **vit_fields(vit, image_size, "trunk"),
         embed_dim=int(vit.num_features), logit_scale=1.0, mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
-        std=tuple(cfg.get("std", IMAGENET_STD)), context_length=0, normalize=False)
+        std=tuple(cfg.get("std", IMAGENET_STD)), context_length=0, cosine_head=False)
     return TimmViT(vit, None, config.grid_size, trunk_dtype(device)), config
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import contrast_kwargs, contrast_options, load_localizer, max_pixels_option, model_options
+from .options import contrast_options, load_localizer, locate_options, max_pixels_option, model_options
 
 
 @click.command()
@@ -28,11 +28,10 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
     from ..text import unique_concepts
     from ..result import atomic_write, json_bytes, safe_stem
 
-    kwargs = contrast_kwargs(**contrast)
-    del kwargs["method"]
+    options = locate_options(**contrast)
     names = unique_concepts(concepts)
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
-    comparison = loc.compare(str(image), names, **kwargs)
+    comparison = loc.compare(str(image), names, options)
     grid = comparison.grid(cell)
     # the image part hashes the full path, so bird.png from two folders never share a name
     stem = f"{safe_stem(image.stem, 40, key=str(image.resolve()))}_compare-{safe_stem(chr(0).join(names), 0)}"

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import click
 
-from ..evaluate import METHODS
+from ..evaluate import EVAL_METHODS
 from .options import load_localizer, model_options
 
 
 def _methods(ctx, param, value: str) -> tuple[str, ...]:
     names = tuple(v.strip() for v in value.split(",") if v.strip())
-    bad = [n for n in names if n not in METHODS]
+    bad = [n for n in names if n not in EVAL_METHODS]
     if bad or not names:
-        raise click.BadParameter(f"choose from {', '.join(METHODS)} (comma-separated), got {value!r}")
+        raise click.BadParameter(f"choose from {', '.join(EVAL_METHODS)} (comma-separated), got {value!r}")
     return names
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import (contrast_kwargs, contrast_options, load_localizer, max_pixels_option, method_option,
+from .options import (contrast_options, load_localizer, locate_options, max_pixels_option, method_option,
                       model_options)
 
 @click.command()
@@ -36,10 +36,10 @@ def locate(image, concepts, model, pretrained, model_config, backend, device, im
     from ..result import json_bytes
     from ..text import unique_concepts
 
-    kwargs = contrast_kwargs(**contrast)
+    options = locate_options(**contrast)
     names = unique_concepts(concepts)
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
-    results = loc.locate_many(str(image), names, **kwargs)
+    results = loc.locate_many(str(image), names, options)
     image_stem = re.sub(r"[^\w.-]+", "-", image.stem)[:40] or "image"
     for res in results:
         files = _save(res, out, image_stem, image)
