@@ -31,6 +31,40 @@ def test_peak_and_box_of_the_region_holding_the_peak():
     assert render.bbox(np.zeros((3, 3), np.float32)) is None
 
 
+def test_a_results_box_is_the_box_an_eval_manifest_would_hold():
+    """One convention: a hot rectangle over columns 2..5 and rows 1..3 is (2, 1, 6, 4) everywhere."""
+    from zsfinercam import metrics
+
+    token_map = np.zeros((8, 10), np.float32)
+    token_map[1:4, 2:6] = 1.0
+    res = make_result(token_map=token_map, image=np.zeros((8, 10, 3), np.uint8))  # image size: no resampling
+    truth = np.zeros((8, 10), bool)
+    truth[1:4, 2:6] = True
+    assert res.bbox() == (2, 1, 6, 4) == metrics.mask_to_bbox(truth) == metrics.map_to_bbox(res.heatmap)
+    assert res.to_dict()["bbox"] == [2, 1, 6, 4]
+    assert metrics.box_iou(res.bbox(), (2, 1, 6, 4)) == 1.0
+    one = np.zeros((8, 10), np.float32)
+    one[5, 7] = 1.0
+    assert make_result(token_map=one, image=np.zeros((8, 10, 3), np.uint8)).bbox() == (7, 5, 8, 6)  # 1 pixel
+
+
+def test_result_boxes_hold_the_peaks_blob_and_metrics_the_largest():
+    m = np.zeros((6, 8), np.float32)
+    m[0:4, 0:2] = 0.8  # a large warm blob
+    m[5, 6:8] = 1.0    # the small peak
+    assert render.bbox(m, 0.5) == (6, 5, 8, 6)
+    assert render.bbox(m, 0.5, component="largest") == (0, 0, 2, 4)
+    assert render.bbox(m, 0.5, component="all") == (0, 0, 8, 6)
+    with pytest.raises(ValueError, match="component must be one of"):
+        render.bbox(m, 0.5, component="biggest")
+
+
+def test_minmax():
+    np.testing.assert_array_equal(render.minmax(np.array([2.0, 4.0, 3.0])), [0.0, 1.0, 0.5])
+    assert render.minmax(np.array([[1, 2]], np.int64)).dtype == np.float32
+    assert not render.minmax(np.full((2, 2), 7.0)).any() and render.minmax(np.zeros(0)).shape == (0,)
+
+
 def test_upsample_keeps_range_and_size():
     up = render.upsample(hand_map(), (30, 41))
     assert up.shape == (30, 41) and up.dtype == np.float32

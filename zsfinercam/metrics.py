@@ -1,4 +1,5 @@
-"""Localization metrics for saliency maps: numpy (with render's min-max, resize and boxes), plus perturbation metrics on a scorer.
+"""Localization metrics for saliency maps (numpy; min-max, resize and boxes are render's),
+plus perturbation metrics on a scorer.
 
 Conventions used throughout:
 - A *map* is a real (H, W) array, higher = more salient. Negative values count as zero
