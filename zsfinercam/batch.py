@@ -22,8 +22,9 @@ from typing import Iterable, Iterator, Sequence
 
 from .errors import UsageError, WorkError
 from .images import load_image
+from .files import (TMP_PREFIX, atomic_write, image_stem, json_bytes, refuse_overwriting_inputs, result_paths,
+                    safe_stem)
 from .options import LocateOptions
-from .result import TMP_PREFIX, atomic_write, json_bytes, safe_stem
 from .text import unique_concepts
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
@@ -250,12 +251,12 @@ class _Job:
         return arrays, errors
 
     def _save(self, path: Path, results) -> dict:
-        folder = self.out / safe_stem(path.stem, 40, key=str(path))
+        folder = self.out / image_stem(path)
         stems = [safe_stem(res.concept) for res in results]
-        planned = {folder / f"{s}{x}" for s in stems for x in ("_overlay.png", "_heatmap.npy", ".json")}
-        if planned & self.inputs:
-            return _error(path, f"{path}: an output would overwrite the input {sorted(planned & self.inputs)[0]}; "
-                                f"choose another --out")
+        try:
+            refuse_overwriting_inputs((p for s in stems for p in result_paths(folder, s).values()), self.inputs)
+        except UsageError as err:
+            return _error(path, f"{path}: {err}")
         outputs = []
         for res, stem in zip(results, stems):
             res.source = str(path)

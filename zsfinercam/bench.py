@@ -1,4 +1,4 @@
-"""Speed and memory of the fast path against a plain forward and pytorch-grad-cam (DESIGN.md).
+"""Speed and memory of the fast path against a plain forward and pytorch-grad-cam (docs/design.md, "Measuring speed").
 
 All methods run in one process, interleaved: every round runs each once, the first round is a
 warm-up, medians are reported.
@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import ctypes
 import dataclasses
-import functools
 import gc
 import itertools
 import json
@@ -42,10 +41,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .bench_report import evaluate_targets
+from .reference import ZeroShotHead, finer_cam
 
 SINGLE_TEMPLATE = ("a photo of a {}.",)
 PROBE_WARM_CALLS = 3  # CPU memory: median over this many calls after the cold one (RSS is noisy)
@@ -106,21 +105,6 @@ class _Setup:
         return list(itertools.islice(self.fresh, k))
 
 
-class _ZeroShotHead(nn.Module):
-    """x -> scale * normalize(visual(x)) @ T^T: the plain model, as a pytorch-grad-cam user writes it."""
-
-    def __init__(self, visual: nn.Module, text: torch.Tensor, scale: float, dtype):
-        super().__init__()
-        self.visual, self.text, self.scale, self.dtype = visual, text, scale, dtype
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            return self.visual(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.normalize(self.embed(x).float(), dim=-1) @ self.text.T
-
-
 def _plain_visual(loc) -> nn.Module:
     """The image tower at the run size: the model's own, or a shallow copy sharing every weight
     with its own resampled position embedding (the caller's model is never changed)."""
@@ -160,7 +144,7 @@ def _prepare(cfg: BenchConfig, size: int, device: torch.device, batches, cached:
     images = [(rng.rand(size, size, 3) * 255).astype(np.uint8) for _ in range(max(batches))]
     c = loc.config
     pixels = {b: to_pixels(images[:b], c.image_size, c.mean, c.std).to(device) for b in batches}
-    head = _ZeroShotHead(_plain_visual(loc), text, loc.backend.logit_scale, _autocast_dtype(loc))
+    head = ZeroShotHead(_plain_visual(loc), text, loc.backend.logit_scale, _autocast_dtype(loc))
     s = _Setup(size, loc, head, pixels, images, warm, refs, _fresh_names(pool[k + cfg.references:]), {})
     if cached:
         s.feats = {b: loc.encode_image(s.image_arg(b)) for b in batches}
@@ -176,24 +160,12 @@ def _ours(s: _Setup, b: int, k: int):
     return s.loc.locate_many(s.image_arg(b), s.warm[:k], vs=s.refs)
 
 
-def _tokens_to_grid(tokens: torch.Tensor, grid, prefix: int, batch_first: bool) -> torch.Tensor:
-    t = (tokens if batch_first else tokens.transpose(0, 1))[:, prefix:].float()
-    return t.reshape(t.shape[0], grid[0], grid[1], t.shape[-1]).permute(0, 3, 1, 2)
-
-
 def _gradcam(s: _Setup, b: int, concept: str):
-    """One pytorch-grad-cam FinerCAM call: the map of one concept in each of the b images."""
-    from pytorch_grad_cam import FinerCAM
-    from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
-
-    names, blocks = s.warm + s.refs, s.head.visual.transformer
-    reshape = functools.partial(_tokens_to_grid, grid=s.loc.config.grid_size,
-                                prefix=s.loc.config.num_prefix_tokens, batch_first=blocks.batch_first)
-    target = FinerWeightedTarget(names.index(concept), [names.index(r) for r in s.refs], 1.0)
-    with FinerCAM(s.head, [blocks.resblocks[-1].ln_1], reshape) as cam:  # hooks live for this call only
-        maps = cam(s.pixels[b], targets=[target] * b)
-    s.head.zero_grad(set_to_none=True)  # its parameter gradients would stay allocated otherwise
-    return maps
+    """One pytorch-grad-cam FinerCAM call (maps at the input size): one concept in each of the b images."""
+    names, blocks = s.warm + s.refs, s.head.image.transformer
+    pair = (names.index(concept), [names.index(r) for r in s.refs])
+    return finer_cam(s.head, blocks.resblocks[-1].ln_1, s.pixels[b], [pair] * b, grid=s.loc.config.grid_size,
+                     prefix=s.loc.config.num_prefix_tokens, batch_first=blocks.batch_first, on_grid=False)
 
 
 def _sync(device: torch.device) -> None:

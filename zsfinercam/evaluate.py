@@ -27,6 +27,7 @@ from PIL import Image
 
 from . import metrics
 from .errors import UsageError, WorkError
+from .files import atomic_write
 from .images import load_image
 from .options import LocateOptions
 
@@ -136,21 +137,25 @@ def write_manifest(items: Sequence[EvalItem], folder: str | os.PathLike) -> Path
     lines = []
     for k, item in enumerate(items):
         image, _ = load_image(item.image)
-        Image.fromarray(image).save(folder / f"image_{k:05d}.png")
+        _write_png(folder / f"image_{k:05d}.png", image)
         record = {"image": f"image_{k:05d}.png", "concept": item.concept, "label": item.label}
         if item.references is not None:
             record["references"] = list(item.references)
         if item.vocab is not None:
             record["vocab"] = item.vocab
         if item.mask is not None:
-            Image.fromarray(item.mask.astype(np.uint8) * 255).save(folder / f"mask_{k:05d}.png")
+            _write_png(folder / f"mask_{k:05d}.png", item.mask.astype(np.uint8) * 255)
             record["mask"] = f"mask_{k:05d}.png"
         if item.bbox is not None:
             record["bbox"] = list(item.bbox)
         lines.append(json.dumps(record, ensure_ascii=False))
     path = folder / "manifest.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode("utf-8")))
     return path
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    atomic_write(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
 
 
 def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHODS, *, perturbation: bool = False,

@@ -10,7 +10,7 @@ tower that the fast path needs, so the engine never special-cases a model:
 `shift` (B, M, D) is added to every patch token of A. The gradient of an
 objective with respect to shift[b, m] is the SUM over patch tokens of the
 gradient with respect to A, which is all Grad-CAM's channel weights need
-(DESIGN.md, fast path step 3). A backend may compute only what reaches the
+(docs/design.md, "The shift trick"). A backend may compute only what reaches the
 pooled output (for CLS pooling: the CLS query's attention row and the CLS MLP).
 """
 from __future__ import annotations
@@ -137,7 +137,7 @@ def require_float32(model: nn.Module, name: str) -> None:
 
 def check_not_degenerate(tokenizer) -> torch.Tensor:
     """Ids of two different texts, refused when equal: offline hubs can hand back a degenerate
-    tokenizer that maps every text to one id (DESIGN.md)."""
+    tokenizer that maps every text to one id (docs/design.md, "Tokenizers and weights offline")."""
     ids = tokenizer(["a photo of a cat.", "a photo of a dog."])
     if torch.equal(ids[0], ids[1]):
         raise WorkError("the tokenizer loaded maps different texts to the same tokens: it is not the model's "

@@ -1,6 +1,6 @@
 """The Hugging Face transformers backend: `CLIPModel` (CLS pooled) and `SiglipModel` (MAP head).
 
-Targets follow the pooling, read from the loaded model (DESIGN.md, "Target activation"):
+Targets follow the pooling, read from the loaded model (docs/design.md, "Target activation"):
 
 - CLIP: A = `layer_norm1` of the last encoder layer, all tokens, one prefix (CLS) token.
   Patch tokens reach the pooled CLS output only as keys/values of the CLS query, so

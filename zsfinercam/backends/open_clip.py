@@ -25,7 +25,7 @@ from .shift import shifted_attention, split_projection
 class OpenClipBackend(Backend):
     """Engine view of an open_clip CLIP whose image tower is a CLS-pooled VisionTransformer.
 
-    Target activation: `ln_1` of the last residual block (DESIGN.md). Only the CLS
+    Target activation: `ln_1` of the last residual block (docs/design.md, "Target activation"). Only the CLS
     query's attention row, the CLS MLP and the head are run with grad.
     """
 

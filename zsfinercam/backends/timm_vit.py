@@ -5,7 +5,7 @@ probes over timm backbones (DINOv2). Everything is read from the model: prefix t
 (`num_prefix_tokens`: class and register tokens), the patch grid (`patch_embed.grid_size`,
 may be non-square) and the pooling (`global_pool`, `attn_pool`, `pool_include_prefix`).
 
-Targets (DESIGN.md, "Target activation"):
+Targets (docs/design.md, "Target activation"):
 
 - attention pooling ('map', SigLIP): A = the trunk's final norm output, all tokens, which is
   exactly the input of the pooling head's key/value projection. A shift of every patch
