@@ -45,11 +45,24 @@ def build_app(loc: "Localizer", examples: Sequence[str | os.PathLike] = (), *,
         A gradio Blocks with the `locate` endpoint, queued with a concurrency limit.
     """
     gr = import_gradio()
-    from ..contrast import STRATEGIES
-    from ..objectives import OBJECTIVES
-    from ..vocab import list_templates, list_vocabs
-
     cache = cache if cache is not None else session.FeatureCache()
+    with gr.Blocks(title="zsfinercam prompt lab", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(f"## zsfinercam prompt lab\nModel **{loc.config.name}**. A new image runs the trunk once; "
+                    "new concepts, references, rule or alpha on the same image reuse its features.")
+        folder = gr.State(None, delete_callback=_remove_folder, time_to_live=3600)  # this session's downloads
+        with gr.Row():
+            with gr.Column(scale=1):
+                inputs, run = _input_widgets(gr, loc, examples)
+            with gr.Column(scale=2):
+                outputs = _output_widgets(gr)
+        gr.on([run.click, inputs[1].submit], _handler(gr, loc, cache), [*inputs, folder], [*outputs, folder],
+              api_name="locate", concurrency_limit=CONCURRENCY, concurrency_id="model", trigger_mode="always_last")
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    return demo
+
+
+def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
+    """The `locate` event: widget values in, the page's outputs (and the downloads folder) out."""
     size = loc.config.image_size
 
     def locate(image, concepts, references=None, contrast=session.DEFAULT_CONTRAST, vocab=session.MODEL_VOCAB,
@@ -69,45 +82,49 @@ def build_app(loc: "Localizer", examples: Sequence[str | os.PathLike] = (), *,
                 session.neighbours_text(result), session.summary(result), files,
                 session.status_text(result, size), folder)
 
-    with gr.Blocks(title="zsfinercam prompt lab", delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(f"## zsfinercam prompt lab\nModel **{loc.config.name}**. A new image runs the trunk once; "
-                    "new concepts, references, rule or alpha on the same image reuse its features.")
-        folder = gr.State(None, delete_callback=_remove_folder, time_to_live=3600)
-        with gr.Row():
-            with gr.Column(scale=1):
-                image = _ImagePath(label="image", type="filepath", sources=["upload", "clipboard"],
-                                   elem_id="image", height=320)
-                if examples:
-                    gr.Examples([[str(p)] for p in examples], inputs=[image], label="examples")
-                concepts = gr.Textbox(label="concepts (one per line)", lines=3, elem_id="concepts")
-                references = gr.Textbox(label="references (one per line, optional)", lines=2, elem_id="references")
-                run = gr.Button("Locate", variant="primary", elem_id="locate")
-                with gr.Accordion("options", open=False):
-                    contrast = gr.Dropdown([session.DEFAULT_CONTRAST, *STRATEGIES], value=session.DEFAULT_CONTRAST,
-                                           label="contrast rule")
-                    vocab = gr.Dropdown([session.MODEL_VOCAB, *list_vocabs()], value=session.MODEL_VOCAB,
-                                        label="vocabulary", allow_custom_value=True)
-                    templates = gr.Dropdown(list_templates(), value=None, label="templates (empty: the model's)")
-                    alpha = gr.Number(None, label="alpha (empty: 1.0, or 0.6 for objective mean)", minimum=0)
-                    method = gr.Radio(["finer", "gradcam"], value="finer", label="method")
-                    objective = gr.Dropdown(list(OBJECTIVES), value="weighted", label="objective")
-                    gr.Markdown(f"Image size **{size[1]} x {size[0]}**: a model property, set with "
-                                "`--image-size` at launch; a new size needs the trunk again.")
-            with gr.Column(scale=2):
-                status = gr.Markdown(label="status", elem_id="status")
-                maps = gr.Gallery(label="Grad-CAM | Finer-CAM | Finer - Grad", columns=3, height="auto",
-                                  object_fit="contain", elem_id="maps")
-                scores = gr.Dataframe(headers=session.SCORE_HEADERS, label="scores", interactive=False)
-                used = gr.Markdown(label="references")
-                near = gr.Markdown(label="neighbours")
-                files = gr.File(label="downloads", file_count="multiple", interactive=False)
-                as_json = gr.JSON(label="results (to_dict, arrays left out)")
-        inputs = [image, concepts, references, contrast, vocab, alpha, templates, method, objective, folder]
-        outputs = [maps, scores, used, near, as_json, files, status, folder]
-        gr.on([run.click, concepts.submit], locate, inputs, outputs, api_name="locate",
-              concurrency_limit=CONCURRENCY, concurrency_id="model", trigger_mode="always_last")
-    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
-    return demo
+    return locate
+
+
+def _input_widgets(gr, loc: "Localizer", examples):
+    """([image, concepts, references, contrast, vocab, alpha, templates, method, objective], the button)."""
+    from ..contrast import STRATEGIES
+    from ..objectives import OBJECTIVES
+    from ..vocab import list_templates, list_vocabs
+
+    image = _ImagePath(label="image", type="filepath", sources=["upload", "clipboard"], elem_id="image", height=320)
+    if examples:
+        gr.Examples([[str(p)] for p in examples], inputs=[image], label="examples")
+    concepts = gr.Textbox(label="concepts (one per line)", lines=3, elem_id="concepts")
+    references = gr.Textbox(label="references (one per line, optional)", lines=2, elem_id="references")
+    run = gr.Button("Locate", variant="primary", elem_id="locate")
+    with gr.Accordion("options", open=False):
+        contrast = gr.Dropdown([session.DEFAULT_CONTRAST, *STRATEGIES], value=session.DEFAULT_CONTRAST,
+                               label="contrast rule")
+        vocab = gr.Dropdown([session.MODEL_VOCAB, *list_vocabs()], value=session.MODEL_VOCAB, label="vocabulary",
+                            allow_custom_value=True)  # checked by parse_request, with the CLI's message
+        templates = gr.Dropdown(list_templates(), value=None, label="templates (empty: the model's)")
+        alpha = gr.Number(None, label="alpha (empty: 1.0, or 0.6 for objective mean)", minimum=0)
+        method = gr.Radio(["finer", "gradcam"], value="finer", label="method")
+        objective = gr.Dropdown(list(OBJECTIVES), value="weighted", label="objective")
+        h, w = loc.config.image_size
+        gr.Markdown(f"Image size **{w} x {h}**: a model property, set with `--image-size` at launch; "
+                    "a new size needs the trunk again.")
+    return [image, concepts, references, contrast, vocab, alpha, templates, method, objective], run
+
+
+def _output_widgets(gr):
+    """[maps, scores, references, neighbours, JSON, downloads, status], in `_handler`'s order."""
+    status = gr.Markdown(label="status", elem_id="status")
+    maps = gr.Gallery(label="Grad-CAM | Finer-CAM | Finer - Grad", columns=3, height="auto", object_fit="contain",
+                      elem_id="maps")
+    scores = gr.Dataframe(headers=session.SCORE_HEADERS, interactive=False,
+                          label="scores (p: softmax over the concept and its references)",
+                          column_widths=["16%", "44%", "14%", "12%", "14%"])
+    used = gr.Markdown(label="references")
+    near = gr.Markdown(label="neighbours")
+    files = gr.File(label="downloads", file_count="multiple", interactive=False)
+    as_json = gr.JSON(label="results (to_dict, arrays left out)")
+    return [maps, scores, used, near, as_json, files, status]
 
 
 def launch(loc: "Localizer", examples: Sequence[str | os.PathLike] = (), *, host: str = "127.0.0.1",

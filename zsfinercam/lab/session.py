@@ -233,7 +233,7 @@ def score_rows(result: LabResult) -> list[list]:
     return rows
 
 
-SCORE_HEADERS = ["concept", "entry", "role", "logit", "softmax vs references"]
+SCORE_HEADERS = ["concept", "entry", "role", "logit", "p vs refs"]  # p: softmax over concept + references
 
 
 def gallery(result: LabResult, cell: int = CELL) -> list[tuple[Any, str]]:
