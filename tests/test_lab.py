@@ -220,6 +220,20 @@ def test_bad_input_gives_one_line_and_the_server_keeps_serving(served, tmp_path)
     assert _locate(served, BIRD, "bird")[4]["results"][0]["concept"] == "bird"
 
 
+def test_a_server_path_named_by_the_browser_is_never_read(served, loc, tmp_path):
+    import httpx
+
+    secret = tmp_path / "secret.png"
+    shutil.copyfile(BIRD, secret)
+    base = served.src.rstrip("/")
+    payload = {"path": str(secret), "meta": {"_type": "gradio.FileData"}}
+    event = httpx.post(f"{base}/gradio_api/call/locate",
+                       json={"data": [payload, "bird", "", "default", "model classes", None, None, "finer",
+                                      "weighted"]}).json()["event_id"]
+    answer = httpx.get(f"{base}/gradio_api/call/locate/{event}", timeout=120).text
+    assert answer.startswith("event: error") and "secret" not in answer and "peak" not in answer
+
+
 def test_image_over_max_pixels_is_refused_in_the_page(loc, gradio_env, tmp_path):
     from gradio_client import Client
     from gradio_client.exceptions import AppError

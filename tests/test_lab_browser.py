@@ -29,7 +29,7 @@ def page_url(tmp_path, monkeypatch):
         demo.close()
 
 
-def open_page(playwright, url: str, width: int = 1400, height: int = 1150):
+def open_page(playwright, url: str, width: int = 1400, height: int = 1300):
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
     page = browser.new_page(viewport={"width": width, "height": height})
     page.goto(url)

@@ -91,7 +91,7 @@ def _input_widgets(gr, loc: "Localizer", examples):
     from ..objectives import OBJECTIVES
     from ..vocab import list_templates, list_vocabs
 
-    image = _ImagePath(label="image", type="filepath", sources=["upload", "clipboard"], elem_id="image", height=320)
+    image = _image_input(label="image", type="filepath", sources=["upload", "clipboard"], elem_id="image", height=320)
     if examples:
         gr.Examples([[str(p)] for p in examples], inputs=[image], label="examples")
     concepts = gr.Textbox(label="concepts (one per line)", lines=3, elem_id="concepts")
@@ -119,7 +119,7 @@ def _output_widgets(gr):
                       elem_id="maps")
     scores = gr.Dataframe(headers=session.SCORE_HEADERS, interactive=False,
                           label="scores (p: softmax over the concept and its references)",
-                          column_widths=["16%", "44%", "14%", "12%", "14%"])
+                          column_widths=["14%", "52%", "12%", "11%", "11%"], wrap=True)
     used = gr.Markdown(label="references")
     near = gr.Markdown(label="neighbours")
     files = gr.File(label="downloads", file_count="multiple", interactive=False)
@@ -143,22 +143,18 @@ def _remove_folder(folder: str | None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _image_path_class():
+def _image_input(**kwargs):
+    """A gr.Image whose uploads reach `locate` as the file's path, unopened, so a file that is not
+    an image gets our one-line message (from `load_image`) instead of a PIL error. (The instance's
+    preprocess is wrapped: a subclass would make gradio write a .pyi file into this package.)"""
     gr = import_gradio()
+    image = gr.Image(**kwargs)
+    opened = image.preprocess
 
-    class ImagePath(gr.Image):
-        """gr.Image that hands the uploaded file's path on unopened, so a file that is not an
-        image gets our one-line message (from `load_image`) instead of a PIL traceback."""
+    def preprocess(payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return opened(payload)
 
-        is_template = True  # the browser draws it as a plain Image
-
-        def preprocess(self, payload):
-            if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
-                return str(payload.path)
-            return super().preprocess(payload)
-
-    return ImagePath
-
-
-def _ImagePath(**kwargs):  # noqa: N802 - reads as the component it builds
-    return _image_path_class()(**kwargs)
+    image.preprocess = preprocess
+    return image

@@ -248,7 +248,7 @@ def gallery(result: LabResult, cell: int = CELL) -> list[tuple[Any, str]]:
 
 def references_text(result: LabResult) -> str:
     """Markdown: per concept the references used and the rule that chose them."""
-    lines = []
+    lines = ["References used, and the rule that chose them:"]
     for res in result.comparison.finer:
         refs = ", ".join(res.references) or "none"
         lines.append(f"- **{res.concept}** vs {refs}; rule *{res.contrast}*: {RULES.get(res.contrast, '')}")
