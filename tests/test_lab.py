@@ -44,6 +44,8 @@ def test_parse_lines_keeps_order_and_drops_blanks_and_repeats():
     (dict(concepts="bird", templates="../x.txt"), "unknown template set"),
     (dict(concepts="bird", contrast="closest"), "unknown contrast rule"),
     (dict(concepts="bird", alpha=float("nan")), "alpha must be a finite number"),
+    (dict(concepts="bird", method="score-cam"), "unknown method 'score-cam'"),
+    (dict(concepts="bird", objective="max"), "unknown objective 'max'"),
 ])
 def test_parse_request_refuses_bad_input_with_one_line(kwargs, message):
     with pytest.raises(UsageError, match=message) as err:
@@ -55,6 +57,7 @@ def test_locate_keywords_maps_every_field():
     req = session.parse_request("a\nb", "c", "parts", "cub200", 0.5, "short", "finer", "mean")
     assert session.locate_keywords(req) == dict(vs=["c"], vocab="cub200", contrast="parts", parts="cub_parts",
                                                 alpha=0.5, objective="mean", templates="short")
+    assert session.locate_keywords(session.parse_request("a", method="gradcam"))["alpha"] == 0.0
     default = session.locate_keywords(session.parse_request("a"))
     assert default == dict(vs=None, vocab=None, contrast=None, parts=None, alpha=None, objective="weighted",
                            templates=None)
@@ -269,3 +272,17 @@ def test_lab_help_lists_the_safety_options(capsys):
     main(["lab", "--help"])
     text = capsys.readouterr().out
     assert "--host" in text and "127.0.0.1" in text and "--share" in text
+
+
+def test_lab_binds_loopback_and_shares_only_when_asked(monkeypatch):
+    from zsfinercam.cli import main
+    from zsfinercam.lab import app
+
+    calls = []
+    monkeypatch.setattr(app, "launch", lambda loc, examples, **kw: calls.append((loc, examples, kw)))
+    main(["lab", str(BIRD)])
+    main(["lab", "--host", "0.0.0.0", "--port", "9000", "--share"])
+    (loc, examples, first), (_, _, second) = calls
+    assert first == dict(host="127.0.0.1", port=7860, share=False) and loc.config.name == "toy"
+    assert second == dict(host="0.0.0.0", port=9000, share=True)
+    assert examples[0] == BIRD and all(Path(p).is_file() for p in examples)

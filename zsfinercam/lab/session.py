@@ -69,6 +69,8 @@ def parse_request(concepts: str | None, references: str | None = "", contrast: s
         UsageError: blank concepts, an unknown vocabulary, template set or rule, a bad alpha.
     """
     from ..contrast import STRATEGIES
+    from ..localizer import METHODS
+    from ..objectives import OBJECTIVES
     from ..vocab import list_templates, list_vocabs
 
     names = parse_lines(concepts)
@@ -80,6 +82,10 @@ def parse_request(concepts: str | None, references: str | None = "", contrast: s
     vocab = None if vocab in (None, "", MODEL_VOCAB) else vocab
     if vocab is not None and vocab not in list_vocabs():
         raise UsageError(f"unknown vocabulary {vocab!r}; shipped vocabularies: {', '.join(list_vocabs())}")
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if objective not in OBJECTIVES:
+        raise UsageError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
     templates = templates or None
     if templates is not None and templates not in list_templates():
         raise UsageError(f"unknown template set {templates!r}; shipped template sets: {', '.join(list_templates())}")
@@ -94,8 +100,9 @@ def locate_keywords(request: LabRequest) -> dict[str, Any]:
     """Localizer.compare / locate_many keyword arguments of a request: the ONE place a lab request
     becomes locate's options (to be replaced by a LocateOptions built from the same values)."""
     parts = "cub_parts" if request.contrast == "parts" else None
+    alpha = 0.0 if request.method == "gradcam" else request.alpha  # compare's Finer-CAM row as plain Grad-CAM
     return dict(vs=list(request.references) or None, vocab=request.vocab, contrast=request.contrast,
-                parts=parts, alpha=request.alpha, objective=request.objective, templates=request.templates)
+                parts=parts, alpha=alpha, objective=request.objective, templates=request.templates)
 
 
 class FeatureCache:
@@ -196,11 +203,7 @@ def run_request(loc: "Localizer", cache: FeatureCache, image: str | os.PathLike,
     """Grad-CAM and Finer-CAM of the request's concepts on the image, with its neighbours."""
     start = time.perf_counter()
     feats, cached = features_for(loc, cache, image)
-    if request.method == "gradcam":
-        kwargs = {**locate_keywords(request), "alpha": 0.0}
-    else:
-        kwargs = locate_keywords(request)
-    comparison = loc.compare(feats, list(request.concepts), **kwargs)
+    comparison = loc.compare(feats, list(request.concepts), **locate_keywords(request))
     cache.trim()  # the Jacobian may have been added
     neighbours = {c: neighbours_of(loc, c, request) for c in request.concepts}
     return LabResult(comparison, request, cached, time.perf_counter() - start, neighbours)
