@@ -51,6 +51,11 @@ class ImageFeatures:
     def __len__(self) -> int:
         return self.stream.shape[0]
 
+    def __repr__(self) -> str:
+        jacobian = "built" if self.jacobian is not None else "not built"
+        return (f"ImageFeatures({len(self)} image(s) {', '.join(map(str, self.sources))}, grid {self.grid}, "
+                f"jacobian {jacobian})")
+
     def __getitem__(self, i: int) -> "ImageFeatures":
         """Features of image i alone (a view, sharing memory)."""
         sl = slice(i, i + 1)

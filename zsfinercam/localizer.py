@@ -120,6 +120,11 @@ class Localizer:
                            device=resolve_device(device), image_size=image_size)
         return cls(probe, cache_dir=None, kernel=kernel, max_pixels=max_pixels)
 
+    def __repr__(self) -> str:
+        cfg = self.config
+        return (f"Localizer({cfg.name!r}, backend {self.backend.name!r}, image {cfg.image_size[1]}x{cfg.image_size[0]}, "
+                f"device {self.backend.device})")
+
     @property
     def config(self):
         return self.backend.config

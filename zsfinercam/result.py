@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,9 @@ from PIL import Image
 
 from . import render
 from .files import atomic_write, json_bytes, result_paths, safe_stem
+
+DISPLAY_SIZE = 384  # pixels on the longer side of an overlay shown in a notebook, at least
+MAX_DISPLAY_SIZE = 768
 
 
 @dataclass
@@ -75,9 +79,23 @@ class LocateResult:
     def _default_bbox(self) -> tuple[int, int, int, int] | None:
         return render.bbox(self.heatmap, render.DEFAULT_THRESHOLD)
 
-    def overlay(self, alpha: float = 0.5) -> Image.Image:
-        """The heatmap in JET colours over the image."""
-        return render.overlay(Image.fromarray(self.image), self.heatmap, alpha)
+    def overlay(self, alpha: float = 0.5, size: int | None = None) -> Image.Image:
+        """The heatmap in JET colours over the image; `size` scales it so its longer side has
+        that many pixels (small images become readable)."""
+        image = render.overlay(Image.fromarray(self.image), self.heatmap, alpha)
+        return image if size is None else scaled(image, size)
+
+    def show(self, size: int = DISPLAY_SIZE) -> None:
+        """Display the overlay (in a notebook, else in the system's image viewer)."""
+        show_image(self.overlay(size=size))
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(self.overlay(size=display_size(self.image.shape[:2])))
+
+    def __repr__(self) -> str:
+        refs = ", ".join(self.references) or "-"
+        return (f"LocateResult({self.concept!r}, score {self.scores[self.concept]:.3f}, vs [{refs}], "
+                f"peak {self.peak}, bbox {self.bbox()}, {self.method})")
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no image pixels; the token map as nested lists)."""
@@ -110,3 +128,34 @@ class LocateResult:
         record = {**self.to_dict(), "files": {k: str(v) for k, v in paths.items()}}
         atomic_write(paths["json"], lambda f: f.write(json_bytes(record, indent=1)))
         return {k: str(v) for k, v in paths.items()}
+
+
+def display_size(shape: tuple[int, int]) -> int:
+    """Longer side for notebook display: the image's own, kept within DISPLAY_SIZE..MAX_DISPLAY_SIZE."""
+    return min(max(max(shape), DISPLAY_SIZE), MAX_DISPLAY_SIZE)
+
+
+def scaled(image: Image.Image, size: int) -> Image.Image:
+    """`image` resized (bilinear) so its longer side is `size` pixels, aspect ratio kept."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size!r}")
+    w, h = image.size
+    factor = size / max(w, h)
+    return image.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BILINEAR)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def show_image(image: Image.Image) -> None:
+    """Display in IPython when running there, else in the system's image viewer."""
+    try:
+        from IPython.display import display
+    except ImportError:
+        image.show()
+        return
+    display(image)
+
