@@ -47,6 +47,11 @@ class OpenClipViT:
     def target_module(self) -> nn.Module:
         return self.visual.transformer.resblocks[-1].ln_1
 
+    def pos_embed(self) -> torch.Tensor:
+        """The position embedding resampled to `grid` (timm's bicubic resampling, `base.resample_pos`)."""
+        v = self.visual
+        return resample_pos(v.positional_embedding, self.grid, v.grid_size, 1)
+
     def _tokens(self, pixels: torch.Tensor, blocks) -> torch.Tensor:
         """(B, T, D) after patch embedding, CLS token, position embedding, `ln_pre` and `blocks`."""
         v = self.visual
@@ -55,8 +60,8 @@ class OpenClipViT:
             batch, width, h, w = x.shape
             x = x.flatten(2).transpose(1, 2)
             cls_tok = v.class_embedding.to(x.dtype).expand(batch, 1, width)
-            pos = resample_pos(v.positional_embedding, (h, w), v.grid_size, 1)
-            x = v.ln_pre(torch.cat([cls_tok, x], dim=1) + pos.to(x.dtype))
+            x = v.ln_pre(torch.cat([cls_tok, x], dim=1) + resample_pos(v.positional_embedding, (h, w), v.grid_size,
+                                                                          1).to(x.dtype))
             for block in blocks:
                 x = block(x) if v.transformer.batch_first else block(x.transpose(0, 1)).transpose(0, 1)
         return x
