@@ -45,16 +45,14 @@ def server_part(loc, repeats: int) -> dict:
     """Server time of 4 new concepts on a cached image (text warm and cold) vs a plain forward."""
     import torch
 
-    from zsfinercam.bench import _plain_visual
     from zsfinercam.images import load_image, to_pixels
     from zsfinercam.lab import session
     from zsfinercam.vocab import load_vocab
 
     cfg, cache = loc.config, session.FeatureCache()
     pixels = to_pixels([load_image(str(BIRD))[0]], cfg.image_size, cfg.mean, cfg.std).to(loc.backend.device)
-    visual = _plain_visual(loc)
     with torch.inference_mode():
-        forward = median_s(lambda: visual(pixels), repeats)
+        forward = median_s(lambda: loc.backend.encode_pixels(pixels), repeats)
     warm_pool, cold_pool = iter(load_vocab("cub200")), iter(load_vocab("imagenet1k"))
     refs = "Blue Jay\nCardinal\nAmerican Crow"
     first = session.parse_request("Bald Eagle", refs, vocab="cub200")

@@ -18,8 +18,7 @@ CLASSES = ["cat", "dog", "bird", "red fox", "grey wolf", "barn owl"]
 def reference_model(loc):
     """A copy of the open_clip model whose position embedding is resampled to the run size."""
     clip = copy.deepcopy(loc.backend.model)
-    grid = loc.config.grid_size
-    clip.visual.positional_embedding = torch.nn.Parameter(loc.backend._pos_embed(grid).detach().clone())
+    clip.visual.positional_embedding = torch.nn.Parameter(loc.backend.tower.pos_embed().detach().clone())
     return clip
 
 

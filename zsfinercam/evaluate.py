@@ -188,15 +188,10 @@ def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHO
 
 
 def _randomized(loc):
-    """A Localizer over a copy of the backend whose model has redrawn weight matrices."""
-    import copy
-
+    """A Localizer over `Backend.randomized`: a copy of the model with redrawn weight matrices."""
     from .localizer import Localizer
 
-    backend = copy.copy(loc.backend)
-    backend.model = metrics.randomized_copy(loc.backend.model, seed=0)
-    backend._fingerprint = None
-    return Localizer(backend, cache_dir=None, kernel=loc.kernel)
+    return Localizer(loc.backend.randomized(seed=0), cache_dir=None, kernel=loc.kernel, max_pixels=loc.max_pixels)
 
 
 def _heatmap(loc, feats, item: EvalItem, method: str, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -222,15 +217,20 @@ def _mask_metrics(heat: np.ndarray, item: EvalItem) -> dict:
 
 
 def _perturbation_metrics(loc, image: np.ndarray, heat: np.ndarray, classes: list[str], top_percent: float) -> dict:
-    text = loc.encode_text(classes)
+    """Deletion/insertion AUC and RD@k; probabilities are a softmax over `classes` of the model's own
+    logits: `Backend.encode_pixels` (the plain forward) and the engine's head."""
+    import torch
+
+    from .engine import logits
+    from .images import to_pixels
+
+    head, cfg = loc.head(classes), loc.config  # text embeddings, or a linear probe's classifier rows
 
     def score_fn(batch: np.ndarray) -> np.ndarray:
-        import torch
-
         arrays = [np.clip(np.round(b), 0, 255).astype(np.uint8) for b in batch]
-        feats = loc.encode_image(arrays)
-        z = loc.backend.logit_scale * torch.nn.functional.normalize(feats.embedding, dim=-1) @ text.T
-        return torch.softmax(z, dim=-1).cpu().numpy()
+        with torch.no_grad():
+            e = loc.backend.encode_pixels(to_pixels(arrays, cfg.image_size, cfg.mean, cfg.std).to(loc.backend.device))
+            return torch.softmax(logits(e, head, loc.backend.logit_scale), dim=-1).cpu().numpy()
 
     out = {"deletion": metrics.deletion_auc(image, heat, score_fn, target=0),
            "insertion": metrics.insertion_auc(image, heat, score_fn, target=0)}

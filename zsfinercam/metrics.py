@@ -180,15 +180,10 @@ def randomized_copy(model, seed: int = 0):
     """
     import copy
 
-    import torch
+    from .backends.base import redraw_matrices
 
     clone = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(int(seed))
-    with torch.no_grad():
-        for p in clone.parameters():
-            if p.ndim >= 2:
-                noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-                p.copy_((noise * p.float().std() + p.float().mean()).to(p.dtype))
+    redraw_matrices(list(clone.parameters()), seed)
     return clone
 
 

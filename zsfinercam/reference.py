@@ -37,13 +37,14 @@ class ImageFeatures(nn.Module):
 
 
 class ZeroShotHead(nn.Module):
-    """x -> scale * normalize(image(x)) @ T^T: zero-shot logits the plain way.
+    """x -> scale * normalize(image(x)) @ T^T: zero-shot logits the plain way (`engine.logits`;
+    scale None is a linear probe's plain head image(x) @ T^T).
 
-    `text` (K, E) holds the normalised text embeddings; `dtype`, when given, is the autocast
+    `text` (K, E) holds the normalised text embeddings (or a probe's rows); `dtype`, when given, is the autocast
     dtype the image tower runs in (as the backend's trunk does); logits are float32.
     """
 
-    def __init__(self, image: nn.Module, text: torch.Tensor, scale: float, dtype: torch.dtype | None = None):
+    def __init__(self, image: nn.Module, text: torch.Tensor, scale: float | None, dtype: torch.dtype | None = None):
         super().__init__()
         self.image, self.text, self.scale, self.dtype = image, text, scale, dtype
 
@@ -53,17 +54,26 @@ class ZeroShotHead(nn.Module):
             return self.image(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.normalize(self.embed(x).float(), dim=-1) @ self.text.T
+        from .engine import logits
+
+        return logits(self.embed(x).float(), self.text, self.scale)
 
 
-def tokens_to_grid(tokens: torch.Tensor, grid: Sequence[int], prefix: int, batch_first: bool = True) -> torch.Tensor:
-    """Hooked activations (B, prefix + h*w, D) (or (T, B, D) when not batch_first) -> (B, D, h, w) float32."""
+def tokens_to_grid(tokens: torch.Tensor, grid: Sequence[int], prefix: int,
+                   batch_first: bool | None = True) -> torch.Tensor:
+    """Hooked activations (B, prefix + h*w, D) (or (T, B, D) when not batch_first) -> (B, D, h, w) float32.
+
+    `batch_first` None reads the layout from the shape: batch first unless only dim 0 holds the
+    prefix + h*w tokens."""
+    if batch_first is None:
+        count = prefix + grid[0] * grid[1]
+        batch_first = tokens.shape[1] == count or tokens.shape[0] != count
     t = (tokens if batch_first else tokens.transpose(0, 1))[:, prefix:].float()
     return t.reshape(t.shape[0], grid[0], grid[1], t.shape[-1]).permute(0, 3, 1, 2)
 
 
 def finer_cam(model: nn.Module, layer: nn.Module, pixels: torch.Tensor, targets, *, grid: Sequence[int],
-              prefix: int, alpha: float = 1.0, batch_first: bool = True, on_grid: bool = True) -> np.ndarray:
+              prefix: int, alpha: float = 1.0, batch_first: bool | None = True, on_grid: bool = True) -> np.ndarray:
     """pytorch-grad-cam FinerCAM maps, one per image: float32 (B, h, w) on the patch grid (or at the input size).
 
     Args:

@@ -57,7 +57,6 @@ class ProbeBackend(TowerImage, Backend):
     """
 
     name = "probe"
-    tokenizer = None
 
     def __init__(self, tower, weight: torch.Tensor, bias: torch.Tensor, classes: list[str], config: ModelConfig,
                  device: torch.device):
@@ -105,11 +104,19 @@ class ProbeBackend(TowerImage, Backend):
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
-    # image (trunk and target: the tower's) ------------------------------------
+    # image (trunk, target and target_module: the tower's) -----------------------
     def embed(self, stream, target, shift, cache=None) -> torch.Tensor:
         """[e, 1] (B, M, E + 1): the tower's feature and the constant that carries the bias."""
-        e = self.tower.embed(stream, target, shift, cache)
-        return torch.cat([e, e.new_ones(*e.shape[:-1], 1)], dim=-1)
+        return _with_one(self.tower.embed(stream, target, shift, cache))
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[e, 1] (B, E + 1) of the tower's plain forward, as `embed` gives it at zero shift."""
+        return _with_one(self.tower.encode_pixels(pixels))
+
+
+def _with_one(e: torch.Tensor) -> torch.Tensor:
+    """[e, 1]: the feature and the constant that carries the bias."""
+    return torch.cat([e, e.new_ones(*e.shape[:-1], 1)], dim=-1)
 
 
 def probe_config(tower_config: ModelConfig, classes: list[str]) -> ModelConfig:
