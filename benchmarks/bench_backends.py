@@ -37,10 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from zsfinercam.bench import _device_name, _ratio, _sync, _tokens_to_grid, _ZeroShotHead  # noqa: E402
+from zsfinercam.bench import _device_name, _ratio, _sync  # noqa: E402
 from zsfinercam.errors import UsageError, WorkError  # noqa: E402
 from zsfinercam.images import to_pixels  # noqa: E402
 from zsfinercam.localizer import Localizer, resolve_device  # noqa: E402
+from zsfinercam.reference import ImageFeatures, ZeroShotHead, finer_cam  # noqa: E402
 
 REFERENCES = 3
 VIT_B16 = dict(patch_size=16, image_size=224, hidden_size=768, intermediate_size=3072,
@@ -84,19 +85,7 @@ class OfflineTokenizer:
         return 2  # start and end
 
 
-class _HFImage(nn.Module):
-    """x -> `get_image_features(x)` as a tensor (transformers 5 wraps it in a model output)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model.get_image_features(pixel_values=x)
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-class _ProbeHead(_ZeroShotHead):
+class _ProbeHead(ZeroShotHead):
     """x -> W timm(x) + b: the probe as its users run it (`text` holds the classifier rows [W | b])."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +97,7 @@ def _zero_shot(loc: Localizer, n: int, visual: nn.Module, root: nn.Module, batch
     concepts = [f"concept number {i}" for i in range(n)]
     refs = [f"reference number {i}" for i in range(REFERENCES)]
     text = loc.head(concepts + refs)  # warms the text cache: text is not timed
-    plain = _ZeroShotHead(visual, text, loc.backend.logit_scale, loc.backend.autocast_dtype)
+    plain = ZeroShotHead(visual, text, loc.backend.logit_scale, loc.backend.autocast_dtype)
     return Case(loc, plain, root.get_submodule(loc.config.target_layer), concepts + refs, concepts, refs, batch_first)
 
 
@@ -137,7 +126,7 @@ def _hf(kind: str, device: torch.device, n: int) -> Case:
     text = model.config.text_config
     tokenizer = OfflineTokenizer(text.max_position_embeddings, text.vocab_size)
     loc = Localizer(HFBackend.from_model(model, tokenizer, name=f"hf-{kind}-b16"), cache_dir=None)
-    return _zero_shot(loc, n, _HFImage(model), model)
+    return _zero_shot(loc, n, ImageFeatures(model, lambda m, x: m.get_image_features(pixel_values=x)), model)
 
 
 def _probe(device: torch.device, n: int) -> Case:
@@ -174,18 +163,11 @@ BACKENDS: dict[str, Callable[[torch.device, int], Case]] = {  # (device, concept
 
 # timing ------------------------------------------------------------------------------------
 def _gradcam(case: Case, pixels: torch.Tensor, concept: str):
-    """One pytorch-grad-cam FinerCAM call: the map of one concept (how its users run it)."""
-    from pytorch_grad_cam import FinerCAM
-    from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
-
+    """One pytorch-grad-cam FinerCAM call (maps at the input size): the map of one concept (how its users run it)."""
     c = case.loc.config
-    reshape = functools.partial(_tokens_to_grid, grid=c.grid_size, prefix=c.num_prefix_tokens,
-                                batch_first=case.batch_first)
-    target = FinerWeightedTarget(case.names.index(concept), [case.names.index(r) for r in case.refs], 1.0)
-    with FinerCAM(case.plain, [case.target], reshape) as cam:  # hooks live for this call only
-        maps = cam(pixels, targets=[target])
-    case.plain.zero_grad(set_to_none=True)  # parameter gradients would stay allocated otherwise
-    return maps
+    pair = (case.names.index(concept), [case.names.index(r) for r in case.refs])
+    return finer_cam(case.plain, case.target, pixels, [pair], grid=c.grid_size, prefix=c.num_prefix_tokens,
+                     batch_first=case.batch_first, on_grid=False)
 
 
 def _time_case(case: Case, ks, rounds: int, gradcam: bool, device: torch.device) -> dict:

@@ -12,6 +12,8 @@ import zsfinercam as zf
 from conftest import random_image
 from tiny_models import TINY_BUILDERS
 from zsfinercam import engine
+from zsfinercam.backends.base import Backend
+from zsfinercam.config import ModelConfig
 from zsfinercam.objectives import Objective
 
 TEXT_VOCAB = ["cat", "dog", "bird", "red fox", "grey wolf", "barn owl"]
@@ -135,3 +137,156 @@ def test_no_grad_state_or_hooks_leak(loc):
     for m in modules:
         hooks = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, getattr(m, "_backward_pre_hooks", {}))
         assert not any(hooks), f"hook left on {type(m).__name__}"
+
+
+# the Backend contract beyond the engine: plain forward, target module, randomized copy -----------
+def _pixels(loc, *images) -> torch.Tensor:
+    from zsfinercam.images import to_pixels
+
+    c = loc.config
+    return to_pixels(list(images), c.image_size, c.mean, c.std).to(loc.backend.device)
+
+
+def _params(backend) -> list[torch.nn.Parameter]:
+    seen: set[int] = set()
+    return [p for m in backend.modules() for p in m.parameters() if id(p) not in seen and not seen.add(id(p))]
+
+
+def test_plain_forward_is_the_fast_path_at_zero_shift_and_passes_the_target_module(loc):
+    pixels = _pixels(loc, random_image(12), random_image(13, 30, 41))
+    stream, target, embedding, _ = engine.encode(loc.backend, pixels)
+    seen = []
+    hook = loc.backend.target_module().register_forward_hook(lambda module, args, out: seen.append(out.detach()))
+    try:
+        with torch.no_grad():
+            plain = loc.backend.encode_pixels(pixels)
+    finally:
+        hook.remove()
+    assert plain.shape == embedding.shape and plain.dtype == torch.float32 and not plain.requires_grad
+    torch.testing.assert_close(plain, embedding, rtol=1e-4, atol=1e-5)
+    assert len(seen) == 1  # the target module ran once, as a module, and gave A
+    torch.testing.assert_close(seen[0], target, rtol=1e-4, atol=1e-5)
+    z = engine.logits(plain, loc.head(concepts(loc)), loc.backend.logit_scale) + loc.config.logit_bias
+    want = loc.scores(random_image(12), concepts(loc))[0]
+    np.testing.assert_allclose(z[0].numpy(), [want[c] for c in concepts(loc)], rtol=1e-4, atol=1e-4)
+
+
+def test_randomized_copy_redraws_matrices_and_leaves_the_original(loc):
+    image = random_image(14)
+    before = [r.token_map for r in loc.locate_many(image, concepts(loc), vocab=vocab(loc))]
+    weights = [p.detach().clone() for p in _params(loc.backend)]
+    clone = loc.backend.randomized(seed=0)
+    assert type(clone) is type(loc.backend) and clone.config == loc.config and clone.name == loc.backend.name
+    assert clone.tokenizer is loc.backend.tokenizer
+    mine, theirs = _params(loc.backend), _params(clone)
+    assert len(mine) == len(theirs) and not {id(p) for p in mine} & {id(p) for p in theirs}
+    for p, q, w in zip(mine, theirs, weights):
+        assert torch.equal(p, w)  # the original is untouched
+        assert (not torch.equal(p, q)) if p.ndim >= 2 else torch.equal(p, q)
+    assert all(torch.equal(p, q) for p, q in zip(theirs, _params(loc.backend.randomized(seed=0))))
+    if not fixed_classes(loc):  # a probe's key is its head's, which the copy shares
+        assert clone.fingerprint() != loc.backend.fingerprint()
+    scrambled = zf.Localizer(clone, cache_dir=None).locate_many(image, concepts(loc), vocab=vocab(loc))
+    assert not all(np.allclose(r.token_map, b, rtol=1e-3) for r, b in zip(scrambled, before))
+    after = loc.locate_many(image, concepts(loc), vocab=vocab(loc))
+    for r, b in zip(after, before):
+        np.testing.assert_array_equal(r.token_map, b)
+
+
+def test_eval_with_perturbation_and_the_randomized_baseline(loc):
+    from zsfinercam.evaluate import EvalItem, evaluate
+
+    names = vocab(loc)
+    mask = np.zeros((36, 44), bool)
+    mask[5:20, 10:30] = True
+    items = [EvalItem(random_image(15, 36, 44), names[0], names[1:3], None, mask, (10, 5, 30, 20), "tiny")]
+    report = evaluate(loc, items, ("finer", "gradcam", "random", "randomized"), perturbation=True, progress=False)
+    assert [r["method"] for r in report.rows] == ["finer", "gradcam", "random", "randomized"]
+    for row in report.rows:
+        assert 0.0 <= row["deletion"] <= 1.0 and 0.0 <= row["insertion"] <= 1.0 and np.isfinite(row["rd"])
+        assert 0.0 <= row["iou"] <= 1.0 and 0.0 <= row["box_iou"] <= 1.0
+    assert set(report.summary()) == {"finer", "gradcam", "random", "randomized"}
+
+
+def test_bench_plain_forward_baseline_and_gradcam_harness(loc):
+    from zsfinercam import bench
+
+    s = bench.setup(loc, vocab(loc), 32, (1, 2), k=2, references=2, cached=False)
+    floor = bench._floor(s, 2)
+    torch.testing.assert_close(floor.float(), engine.encode(loc.backend, s.pixels[2])[2], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        z = s.head(s.pixels[1])
+    want = loc.scores(s.images[0], s.warm + s.refs)[0]
+    np.testing.assert_allclose((z[0] + loc.config.logit_bias).numpy(), [want[c] for c in s.warm + s.refs],
+                               rtol=1e-4, atol=1e-4)
+    maps = bench._gradcam(s, 2, s.warm[0])
+    assert maps.shape == (2, *loc.config.image_size) and np.isfinite(maps).all() and maps.max() > 0
+    assert all(p.grad is None for p in _params(loc.backend))
+
+
+# a backend written outside zsfinercam gets every default of the contract -------------------------
+class ThirdPartyBackend(Backend):
+    """Only the abstract methods: patch conv -> norm (A) -> mean over tokens -> projection; bag-of-bytes text."""
+
+    name = "test-third-party"
+
+    def __init__(self, seed: int = 0):
+        torch.manual_seed(seed)
+        self.net = torch.nn.ModuleDict({"patch": torch.nn.Conv2d(3, 8, 8, 8), "norm": torch.nn.LayerNorm(8),
+                                        "proj": torch.nn.Linear(8, 6), "text": torch.nn.EmbeddingBag(256, 6)})
+        self.config = ModelConfig("third", self.name, None, (32, 32), (32, 32), (8, 8), 0, 8, 6, 10.0,
+                                  (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "norm", "avg", 16)
+        self.device = torch.device("cpu")
+        self.tokenizer = lambda texts: torch.tensor([list(t.encode()[:16].ljust(16, b"\0")) for t in texts])
+
+    @classmethod
+    def from_pretrained(cls, name, *, pretrained, model_config, device, image_size):
+        return cls()
+
+    def tokenize(self, texts):
+        return self.tokenizer(texts)
+
+    def encode_text(self, tokens):
+        with torch.inference_mode():
+            return self.net["text"](tokens).clone()
+
+    def trunk(self, pixels):
+        with torch.no_grad():
+            return self.net["patch"](pixels).flatten(2).transpose(1, 2)
+
+    def target(self, stream):
+        with torch.no_grad():
+            return self.net["norm"](stream)
+
+    def embed(self, stream, target, shift, cache=None):
+        return self.net["proj"]((target[:, None] + shift[:, :, None]).mean(dim=2))
+
+
+def test_a_third_party_backend_gets_a_fingerprint_and_the_disk_text_cache(tmp_path, monkeypatch):
+    first = zf.Localizer(ThirdPartyBackend(), cache_dir=tmp_path)
+    text = first.encode_text(["cat", "dog"])
+    key = first.backend.fingerprint()
+    assert key == ThirdPartyBackend().fingerprint() != ThirdPartyBackend(seed=1).fingerprint()
+    assert [p.name.split("-")[0] for p in (tmp_path / "text").iterdir()] == [key]
+    again = zf.Localizer(ThirdPartyBackend(), cache_dir=tmp_path)  # a new process would see the same
+    monkeypatch.setattr(again.backend, "encode_text", lambda tokens: pytest.fail("the text tower was run again"))
+    assert torch.equal(again.encode_text(["dog", "cat"]), text.flip(0))
+    results = first.locate_many(random_image(16), ["cat"], vs=["dog"])
+    assert np.isfinite(results[0].token_map).all()
+    assert first.backend.target_module() is first.backend.net["norm"]
+    pixels = _pixels(first, random_image(17))
+    torch.testing.assert_close(first.backend.encode_pixels(pixels), engine.encode(first.backend, pixels)[2])
+    clone = first.backend.randomized(seed=3)
+    assert not torch.equal(clone.net["proj"].weight, first.backend.net["proj"].weight)
+    assert clone.fingerprint() != key
+
+
+def test_a_backend_that_cannot_wrap_a_held_model_says_so():
+    with pytest.raises(zf.UsageError, match="cannot wrap a model you hold"):
+        ThirdPartyBackend.from_model(torch.nn.Linear(1, 1), None)
+
+
+def test_a_taken_backend_name_is_refused():
+    with pytest.raises(ValueError, match="backend 'hf' is already registered by .*HFBackend"):
+        zf.register_backend("hf")(ThirdPartyBackend)
+    assert zf.get_backend("hf").__name__ == "HFBackend" and ThirdPartyBackend.name == "test-third-party"

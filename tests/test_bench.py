@@ -4,7 +4,6 @@ No timing is asserted."""
 from __future__ import annotations
 
 import json
-import statistics
 
 import pytest
 from click.testing import CliRunner
@@ -34,25 +33,46 @@ def test_rows_cover_the_grid_in_order(report):
     assert report["meta"]["config"]["rounds"] == 2 and report["meta"]["default_templates"] == 7
 
 
-def test_figures_are_medians_of_their_samples_and_ratios_agree(report):
+def test_figures_come_from_every_timed_round(report):
     for row in report["rows"]:
         samples = row["samples"]
         for key in ("floor", "ours", "jacobian", "cached", "cached_text", "cached_text1"):
-            assert len(samples[key]) == 2
-        assert row["ours_s"] == statistics.median(samples["ours"])
-        assert row["floor_s"] == statistics.median(samples["floor"])
-        assert row["ours_over_floor"] == pytest.approx(row["ours_s"] / row["floor_s"])
-        assert row["cached_text1_over_floor"] == pytest.approx(row["cached_text1_s"] / row["floor_s"])
+            assert len(samples[key]) == 2 and all(t > 0 for t in samples[key])
+            assert min(samples[key]) <= row[f"{key}_s"] <= max(samples[key])
+        for key in ("ours", "cached", "cached_text", "cached_text1"):
+            assert row[f"{key}_over_floor"] > 0
         assert row["gradcam_extrapolated"] is True and samples["gradcam"] == []
-        assert row["gradcam_s"] == pytest.approx(statistics.median(samples["gradcam1"]) * row["k"])
-        assert row["speedup_vs_gradcam"] == pytest.approx(row["gradcam_s"] / row["ours_s"])
+        assert min(samples["gradcam1"]) <= row["gradcam_per_concept_s"] <= max(samples["gradcam1"])
+        assert row["speedup_vs_gradcam"] > 0
         assert row["mem_ours_mb"] is None and row["mem_ours_over_floor"] is None
+
+
+def test_a_row_from_hand_set_samples():
+    """Medians, the K-fold extrapolation of pytorch-grad-cam and the ratios, on numbers chosen by hand."""
+    from zsfinercam.bench import _row
+
+    samples = {(32, 1, 0, "floor"): [1.0, 3.0, 2.0], (32, 1, 4, "ours"): [6.0, 4.0, 5.0],
+               (32, 1, 0, "gradcam1"): [0.5, 1.5], (32, 1, 0, "jacobian"): [7.0],
+               (32, 1, 4, "cached"): [0.5], (32, 1, 4, "cached_text"): [1.0, 2.0]}
+    memory = {(32, 1, 0, "floor"): (10.0, 12.0), (32, 1, 4, "ours"): (15.0, None)}
+    row = _row(BenchConfig(), 32, 1, 4, samples, memory)
+    assert (row["floor_s"], row["ours_s"], row["ours_over_floor"]) == (2.0, 5.0, 2.5)
+    assert (row["gradcam_per_concept_s"], row["gradcam_s"], row["speedup_vs_gradcam"]) == (1.0, 4.0, 0.8)
+    assert (row["jacobian_s"], row["cached_s"], row["cached_over_floor"]) == (7.0, 0.5, 0.25)
+    assert (row["cached_text_s"], row["cached_text_over_floor"]) == (1.5, 0.75)
+    assert row["cached_text1_s"] is None and row["cached_text1_over_floor"] is None
+    assert (row["mem_floor_mb"], row["mem_floor_cold_mb"], row["mem_ours_mb"], row["mem_ours_over_floor"]) == \
+        (10.0, 12.0, 15.0, 1.5)
+    assert row["mem_gradcam_mb"] is None and row["gradcam_extrapolated"] is True
+    full = _row(BenchConfig(gradcam_full=True), 32, 1, 4, {**samples, (32, 1, 4, "gradcam"): [3.0, 1.0, 2.0]}, {})
+    assert (full["gradcam_s"], full["gradcam_per_concept_s"], full["gradcam_extrapolated"]) == (2.0, None, False)
 
 
 def test_one_floor_per_size_and_batch(report):
     rows = report["rows"]
     for a, b in zip(rows[::2], rows[1::2]):
         assert (a["size"], a["batch"]) == (b["size"], b["batch"]) and a["floor_s"] == b["floor_s"]
+        assert b["gradcam_s"] > a["gradcam_s"]  # extrapolated to 16 concepts from the same calls as 1
 
 
 def test_json_round_trips(report, tmp_path):
@@ -110,7 +130,7 @@ def test_memory_is_measured_in_child_processes(tiny_files):
     row = out["rows"][0]
     for key in ("mem_floor_mb", "mem_ours_mb", "mem_gradcam_mb"):
         assert row[key] is not None and row[key] > 0
-    assert row["mem_ours_over_floor"] == pytest.approx(row["mem_ours_mb"] / row["mem_floor_mb"])
+    assert row["mem_ours_over_floor"] > 0
 
 
 def test_thread_count_is_restored(tiny_files):
@@ -148,3 +168,18 @@ def test_command_prints_the_table_and_writes_json(tiny_files, tmp_path):
 def test_command_rejects_bad_lists(value):
     result = CliRunner().invoke(bench, ["--sizes", value])
     assert result.exit_code == 2 and "positive integers" in result.output
+
+
+def test_command_runs_on_the_hf_backend(tmp_path):
+    """Not only open_clip's own ViTs: a transformers SigLIP (attention-pooled, no CLS), floor and
+    pytorch-grad-cam included."""
+    from tiny_models import save_tiny_hf
+
+    folder = save_tiny_hf(tmp_path / "siglip", "siglip")
+    path = tmp_path / "out.json"
+    args = ["--model", str(folder), "--backend", "hf", "--sizes", "32", "--ks", "1", "--batches", "1",
+            "--rounds", "1", "--device", "cpu", "--no-memory", "--threads", "1", "--quiet", "--json", str(path)]
+    result = CliRunner().invoke(bench, args)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["floor_s"] > 0 and row["ours_s"] > 0 and row["gradcam_s"] > 0

@@ -90,7 +90,7 @@ def test_embedding_equals_open_clip_encode_image(tiny_files, image_size):
                                        image_size=image_size, cache_dir=None)
     feats = loc.encode_image([random_image(6), random_image(7)])
     clip = copy.deepcopy(loc.backend.model)
-    clip.visual.positional_embedding = torch.nn.Parameter(loc.backend._pos_embed(loc.config.grid_size).detach())
+    clip.visual.positional_embedding = torch.nn.Parameter(loc.backend.tower.pos_embed().detach())
     from zsfinercam.images import to_pixels
 
     pixels = to_pixels(feats.images, loc.config.image_size, loc.config.mean, loc.config.std)

@@ -6,65 +6,32 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from pytorch_grad_cam import FinerCAM, GradCAM
-from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
 
 from conftest import random_image
 from zsfinercam.images import to_pixels
+from zsfinercam.reference import ImageFeatures, ZeroShotHead, finer_cam
+from zsfinercam.render import minmax
 
 CLASSES = ["cat", "dog", "bird", "red fox", "grey wolf", "barn owl"]
-
-
-class ZeroShotHead(torch.nn.Module):
-    """image -> logits = s * normalize(encode_image(x)) @ T^T, the plain way."""
-
-    def __init__(self, clip, text, scale):
-        super().__init__()
-        self.clip, self.text, self.scale = clip, text, scale
-
-    def forward(self, x):
-        return self.scale * F.normalize(self.clip.encode_image(x), dim=-1) @ self.text.T
-
-
-class GridGradCAM(GradCAM):
-    """Leaves the cam on the patch grid (no resize), so token maps can be compared directly."""
-
-    def get_target_width_height(self, input_tensor):
-        return self.grid[1], self.grid[0]
 
 
 def reference_model(loc):
     """A copy of the open_clip model whose position embedding is resampled to the run size."""
     clip = copy.deepcopy(loc.backend.model)
-    grid = loc.config.grid_size
-    clip.visual.positional_embedding = torch.nn.Parameter(loc.backend._pos_embed(grid).detach().clone())
+    clip.visual.positional_embedding = torch.nn.Parameter(loc.backend.tower.pos_embed().detach().clone())
     return clip
 
 
 def reference_maps(loc, images, targets_and_refs, alpha):
     clip = reference_model(loc)
     text = loc.encode_text(CLASSES)
-    model = ZeroShotHead(clip, text, loc.backend.logit_scale)
-    grid = loc.config.grid_size
-
-    def tokens_to_grid(t):
-        return t[:, 1:].reshape(t.shape[0], grid[0], grid[1], t.shape[-1]).permute(0, 3, 1, 2)
-
-    GridGradCAM.grid = grid
-    cam = FinerCAM(model, [clip.visual.transformer.resblocks[-1].ln_1], tokens_to_grid, base_method=GridGradCAM)
+    model = ZeroShotHead(ImageFeatures(clip, lambda m, x: m.encode_image(x)), text, loc.backend.logit_scale)
     pixels = to_pixels(images, loc.config.image_size, loc.config.mean, loc.config.std)
-    if alpha == 0:  # FinerCAM's own choice of references; with alpha 0 they cancel out
-        with cam:
-            return cam(pixels, target_idx=targets_and_refs[0][0], alpha=0.0), model(pixels).detach()
-    targets = [FinerWeightedTarget(t, list(refs), alpha) for t, refs in targets_and_refs]
-    with cam:
-        return cam(pixels, targets=targets, alpha=alpha), model(pixels).detach()
-
-
-def minmax(x):
-    x = x - x.min()
-    return x / x.max() if x.max() > 0 else x
+    # alpha 0: FinerCAM's own choice of references (they cancel out)
+    targets = targets_and_refs[0][0] if alpha == 0 else targets_and_refs
+    maps = finer_cam(model, clip.visual.transformer.resblocks[-1].ln_1, pixels, targets,
+                     grid=loc.config.grid_size, prefix=1, alpha=alpha)
+    return maps, model(pixels).detach()
 
 
 @pytest.mark.parametrize("image_size", [None, 48])

@@ -19,16 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from pytorch_grad_cam import FinerCAM, GradCAM
-from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
 
 import zsfinercam as zf
 from conftest import random_image
 from tiny_models import SIGLIP_EOS, save_tiny_hf, siglip_spm
 from zsfinercam.errors import UsageError, WeightsUnavailableError, WorkError
 from zsfinercam.images import to_pixels
+from zsfinercam.reference import ImageFeatures, ZeroShotHead, finer_cam
+from zsfinercam.render import minmax
 
 CLASSES = ["cat", "dog", "bird", "red fox", "grey wolf", "barn owl"]
 ONE_TEMPLATE = ["a photo of a {}."]
@@ -54,53 +53,22 @@ def shared(folders, kind, image_size=None):
     return _LOADED[kind, image_size]
 
 
-class GridGradCAM(GradCAM):
-    """Leaves the cam on the patch grid (no resize), so token maps can be compared directly."""
-
-    def get_target_width_height(self, input_tensor):
-        return self.grid[1], self.grid[0]
-
-
-def minmax(x):
-    x = x - x.min()
-    return x / x.max() if x.max() > 0 else x
-
-
 def features(out) -> torch.Tensor:
     """get_*_features returns a tensor (transformers 4) or an output with pooler_output (5)."""
     return out if torch.is_tensor(out) else out.pooler_output
-
-
-class ZeroShotHead(torch.nn.Module):
-    """pixels -> s * normalize(get_image_features(x)) @ T^T, the plain transformers way."""
-
-    def __init__(self, model, text, scale, interpolate):
-        super().__init__()
-        self.model, self.text, self.scale, self.interpolate = model, text, scale, interpolate
-
-    def forward(self, x):
-        out = self.model.get_image_features(pixel_values=x, interpolate_pos_encoding=self.interpolate)
-        return self.scale * F.normalize(features(out), dim=-1) @ self.text.T
 
 
 def reference_maps(loc, images, pairs, alpha):
     """FinerCAM maps (min-max, patch grid) hooked on the module named by config.target_layer."""
     model = copy.deepcopy(loc.backend.model)
     cfg = loc.config
-    head = ZeroShotHead(model, loc.encode_text(CLASSES), loc.backend.logit_scale,
-                        cfg.image_size != cfg.native_image_size)
-    prefix, grid = cfg.num_prefix_tokens, cfg.grid_size
-
-    def tokens_to_grid(t):
-        return t[:, prefix:].reshape(t.shape[0], grid[0], grid[1], t.shape[-1]).permute(0, 3, 1, 2)
-
-    GridGradCAM.grid = grid
-    cam = FinerCAM(head, [model.get_submodule(cfg.target_layer)], tokens_to_grid, base_method=GridGradCAM)
+    interpolate = cfg.image_size != cfg.native_image_size
+    image = ImageFeatures(model, lambda m, x: m.get_image_features(pixel_values=x,
+                                                                   interpolate_pos_encoding=interpolate))
+    head = ZeroShotHead(image, loc.encode_text(CLASSES), loc.backend.logit_scale)
     pixels = to_pixels(images, cfg.image_size, cfg.mean, cfg.std)
-    with cam:
-        if alpha == 0:
-            return cam(pixels, target_idx=pairs[0][0], alpha=0.0)
-        return cam(pixels, targets=[FinerWeightedTarget(t, list(r), alpha) for t, r in pairs], alpha=alpha)
+    return finer_cam(head, model.get_submodule(cfg.target_layer), pixels, pairs[0][0] if alpha == 0 else pairs,
+                     grid=cfg.grid_size, prefix=cfg.num_prefix_tokens, alpha=alpha)
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])

@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam import FinerCAM
-from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
-
 import zsfinercam as zf
 from conftest import random_image
-from test_equivalence import GridGradCAM, ZeroShotHead, minmax
 from tiny_timm import save_tiny_siglip, siglip_cfg
 from zsfinercam import engine
 from zsfinercam.images import to_pixels
+from zsfinercam.reference import ImageFeatures, ZeroShotHead, finer_cam
+from zsfinercam.render import minmax
 
 CONCEPTS = ["cat", "dog", "bird", "red fox", "grey wolf", "barn owl"]
 VARIANTS = {
@@ -50,17 +48,10 @@ def reference(loc, images, pairs):
     if loc.config.image_size != loc.config.native_image_size:
         trunk.set_input_size(img_size=loc.config.image_size)
     layer = trunk.norm if loc.config.pooling == "map" else trunk.blocks[-1].norm1
-    model = ZeroShotHead(clip, loc.encode_text(CONCEPTS), loc.backend.logit_scale)
-    grid, prefix = loc.config.grid_size, loc.config.num_prefix_tokens
-
-    def to_grid(t):
-        return t[:, prefix:].reshape(t.shape[0], *grid, t.shape[-1]).permute(0, 3, 1, 2)
-
-    GridGradCAM.grid = grid
-    cam = FinerCAM(model, [layer], to_grid, base_method=GridGradCAM)
+    model = ZeroShotHead(ImageFeatures(clip, lambda m, x: m.encode_image(x)), loc.encode_text(CONCEPTS),
+                         loc.backend.logit_scale)
     pixels = to_pixels(images, loc.config.image_size, loc.config.mean, loc.config.std)
-    with cam:
-        maps = cam(pixels, targets=[FinerWeightedTarget(t, list(r), 1.0) for t, r in pairs], alpha=1.0)
+    maps = finer_cam(model, layer, pixels, pairs, grid=loc.config.grid_size, prefix=loc.config.num_prefix_tokens)
     return maps, model(pixels).detach()
 
 

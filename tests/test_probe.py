@@ -7,18 +7,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from pytorch_grad_cam import FinerCAM
-from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
 from safetensors.torch import save_file
 
 import zsfinercam as zf
 from zsfinercam import engine
 from conftest import random_image, save_tiny
-from test_equivalence import GridGradCAM, minmax
 from tiny_timm import PROBE_CLASSES, TINY_DINO, load_tiny_probe, save_tiny_probe, tiny_dino
 from zsfinercam.backends.probe import load_timm_weights
 from zsfinercam.contrast import nearest_by_logit
 from zsfinercam.images import to_pixels
+from zsfinercam.reference import finer_cam
+from zsfinercam.render import minmax
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +54,9 @@ class PooledProbe(torch.nn.Module):
 
 
 def grad_cam(model, layer, loc, images, pairs, alpha=1.0):
-    grid, prefix = loc.config.grid_size, loc.config.num_prefix_tokens
-
-    def to_grid(t):
-        return t[:, prefix:].reshape(t.shape[0], *grid, t.shape[-1]).permute(0, 3, 1, 2)
-
-    GridGradCAM.grid = grid
     pixels = to_pixels(images, loc.config.image_size, loc.config.mean, loc.config.std)
-    with FinerCAM(model, [layer], to_grid, base_method=GridGradCAM) as cam:
-        maps = cam(pixels, targets=[FinerWeightedTarget(t, list(r), alpha) for t, r in pairs], alpha=alpha)
+    maps = finer_cam(model, layer, pixels, pairs, grid=loc.config.grid_size, prefix=loc.config.num_prefix_tokens,
+                     alpha=alpha)
     return maps, model(pixels).detach()
 
 

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from zsfinercam import render
-from zsfinercam.result import LocateResult, safe_stem
+from zsfinercam.files import safe_stem
+from zsfinercam.result import LocateResult
 
 
 def hand_map():
@@ -22,9 +24,45 @@ def hand_map():
 def test_peak_and_box_of_the_region_holding_the_peak():
     m = hand_map()
     assert render.peak(m) == (2, 2)
-    assert render.bbox(m, 0.5) == (1, 1, 3, 2)
-    assert render.bbox(m, 0.65) == (2, 2, 2, 2)
+    # exclusive ends (changed by design from inclusive (1, 1, 3, 2) and (2, 2, 2, 2)): the
+    # warm block covers columns 1..3 and rows 1..2; the lone hot pixel at (7, 5) is not in it
+    assert render.bbox(m, 0.5) == (1, 1, 4, 3)
+    assert render.bbox(m, 0.65) == (2, 2, 3, 3)
     assert render.bbox(np.zeros((3, 3), np.float32)) is None
+
+
+def test_a_results_box_is_the_box_an_eval_manifest_would_hold():
+    """One convention: a hot rectangle over columns 2..5 and rows 1..3 is (2, 1, 6, 4) everywhere."""
+    from zsfinercam import metrics
+
+    token_map = np.zeros((8, 10), np.float32)
+    token_map[1:4, 2:6] = 1.0
+    res = make_result(token_map=token_map, image=np.zeros((8, 10, 3), np.uint8))  # image size: no resampling
+    truth = np.zeros((8, 10), bool)
+    truth[1:4, 2:6] = True
+    assert res.bbox() == (2, 1, 6, 4) == metrics.mask_to_bbox(truth) == metrics.map_to_bbox(res.heatmap)
+    assert res.to_dict()["bbox"] == [2, 1, 6, 4]
+    assert metrics.box_iou(res.bbox(), (2, 1, 6, 4)) == 1.0
+    one = np.zeros((8, 10), np.float32)
+    one[5, 7] = 1.0
+    assert make_result(token_map=one, image=np.zeros((8, 10, 3), np.uint8)).bbox() == (7, 5, 8, 6)  # 1 pixel
+
+
+def test_result_boxes_hold_the_peaks_blob_and_metrics_the_largest():
+    m = np.zeros((6, 8), np.float32)
+    m[0:4, 0:2] = 0.8  # a large warm blob
+    m[5, 6:8] = 1.0    # the small peak
+    assert render.bbox(m, 0.5) == (6, 5, 8, 6)
+    assert render.bbox(m, 0.5, component="largest") == (0, 0, 2, 4)
+    assert render.bbox(m, 0.5, component="all") == (0, 0, 8, 6)
+    with pytest.raises(ValueError, match="component must be one of"):
+        render.bbox(m, 0.5, component="biggest")
+
+
+def test_minmax():
+    np.testing.assert_array_equal(render.minmax(np.array([2.0, 4.0, 3.0])), [0.0, 1.0, 0.5])
+    assert render.minmax(np.array([[1, 2]], np.int64)).dtype == np.float32
+    assert not render.minmax(np.full((2, 2), 7.0)).any() and render.minmax(np.zeros(0)).shape == (0,)
 
 
 def test_upsample_keeps_range_and_size():
@@ -50,17 +88,34 @@ def test_overlay_returns_the_type_it_was_given_and_leaves_the_input_alone(as_pil
     ("red-tailed hawk", "red-tailed-hawk-"),
     ("a/b\\c:d", "a-b-c-d-"),
     ("Ωμέγα 鳥", "ωμέγα-鳥-"),
-    ("...", ""),
 ])
-def test_safe_stems(text, expected):
+def test_safe_stems_keep_readable_parts(text, expected):
     stem = safe_stem(text)
-    assert stem.startswith(expected) and "/" not in stem and "\\" not in stem
-    assert len(stem.split("-")[-1]) == 8
+    assert stem.startswith(expected) and re.fullmatch(r"[0-9a-f]{8}", stem[len(expected):])
 
 
-def test_safe_stems_are_short_and_distinct():
-    long_a, long_b = "x" * 500 + "a", "x" * 500 + "b"
-    assert len(safe_stem(long_a)) <= 57 and safe_stem(long_a) != safe_stem(long_b)
+HOSTILE = ["...", "..", ".", "../../etc/passwd", "..\\..\\boot.ini", "/abs/path", "C:\\x", "a\0b", "\0",
+           ".hidden", "-rf", "__init__", "  spaced  ", "", "CON", "a" * 300, "é" * 300, "caf\udce9", "鳥/../鳥",
+           "a.b", "a b", "a-b", "A B", "tab\there", "new\nline", "\u202eevil", "x" * 500 + "a", "x" * 500 + "b"]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_safe_stems_are_plain_file_names(text, tmp_path):
+    stem = safe_stem(text)
+    assert stem and len(stem) <= 48 + 9
+    assert not any(c in stem for c in "/\\\0.:") and ".." not in stem
+    assert not stem.startswith(("-", "_")) and stem == stem.strip()
+    assert re.fullmatch(r"(?:[\w-]+-)?[0-9a-f]{8}", stem)  # what batch recognises as its own outputs
+    (tmp_path / f"{stem}.json").write_text("{}")  # a legal name in this very folder
+    assert [p.name for p in tmp_path.iterdir()] == [f"{stem}.json"]
+
+
+def test_safe_stems_of_distinct_texts_are_distinct():
+    stems = [safe_stem(t) for t in HOSTILE]
+    assert len(set(stems)) == len(set(HOSTILE))
+    assert safe_stem("Hawk") != safe_stem("hawk")  # same slug, different hash
+    assert safe_stem("a.jpg", key="/x/a.jpg") != safe_stem("a.jpg", key="/y/a.jpg")
+    assert safe_stem("鳥") == safe_stem("鳥")  # stable
 
 
 def make_result(**over):

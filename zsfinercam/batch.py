@@ -23,7 +23,9 @@ from typing import Iterable, Iterator, Sequence
 
 from .errors import UsageError, WorkError
 from .images import load_image
-from .result import TMP_PREFIX, atomic_write, json_bytes, safe_stem
+from .files import (TMP_PREFIX, atomic_write, image_stem, json_bytes, refuse_overwriting_inputs, result_paths,
+                    safe_stem)
+from .options import LocateOptions
 from .text import unique_concepts
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
@@ -131,7 +133,7 @@ def check_out_dir(out: str | os.PathLike, resume: bool) -> None:
 
 def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, concepts: Sequence[str], *,
               resume: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | None = None,
-              engine: str = "local", ray=None, **locate_kwargs) -> BatchSummary:
+              engine: str = "local", ray=None, options: LocateOptions | None = None, **keywords) -> BatchSummary:
     """Map `concepts` in every image and write outputs plus a manifest into `out`.
 
     Args:
@@ -149,12 +151,14 @@ def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, 
             `pip install "zsfinercam[ray]"`); both write the same files and records.
         ray: for engine="ray", a `zsfinercam.batch_ray.RayOptions` (cluster address, workers,
             GPUs and CPUs per worker); None = a local cluster with one worker.
-        **locate_kwargs: passed to `Localizer.locate_many` (vs, vocab, alpha, method, ...).
+        options: what shapes the maps (a `LocateOptions`), recorded in out/run.json;
+            or give its fields as keywords (vs=, vocab=, alpha=, method=, ...), not both.
 
     Returns:
         The counts; an image that cannot be read or mapped is recorded with its error and
         the run goes on. Later records for an input supersede earlier ones.
     """
+    options = LocateOptions.build(options, **keywords)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
     if engine not in ENGINES:
@@ -170,13 +174,13 @@ def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, 
     if engine == "ray":
         from .batch_ray import RayOptions, run_chunks_on_ray
 
-        chunks = run_chunks_on_ray(loc, out, names, paths, locate_kwargs, ray or RayOptions())
+        chunks = run_chunks_on_ray(loc, out, names, paths, options, ray or RayOptions())
     else:
-        chunks = _run_chunks_here(ChunkJob(loc, out, names, set(paths), locate_kwargs))
+        chunks = _run_chunks_here(ChunkJob(loc, out, names, set(paths), options))
     summary = BatchSummary(out / MANIFEST_NAME)
     start = time.perf_counter()
     with _Manifest(out) as manifest:
-        done = manifest.start(resume, _settings(loc, names, locate_kwargs), engine=engine)
+        done = manifest.start(resume, _settings(loc, names, options), engine=engine)
         cut = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]  # fixed: same bytes on resume
         with _bar(len(paths), progress) as bar:
             for chunk, records in chunks(cut, done):
@@ -213,7 +217,7 @@ def _bar(total: int, progress: bool | None):
                 disable=None if progress is None else not progress)
 
 
-def _settings(loc, concepts: list[str], locate_kwargs: dict) -> dict:
+def _settings(loc, concepts: list[str], options: LocateOptions) -> dict:
     """What the maps mean; a resumed run must use the same (batch size, device and the
     pixel limit may change)."""
     cfg = loc.config
@@ -222,7 +226,7 @@ def _settings(loc, concepts: list[str], locate_kwargs: dict) -> dict:
     except NotImplementedError:
         text = None
     model = {"name": cfg.name, "pretrained": cfg.pretrained, "image_size": list(cfg.image_size), "text": text}
-    return json.loads(json.dumps({"concepts": concepts, "locate": locate_kwargs, "model": model}, default=str))
+    return {"concepts": concepts, "locate": options.to_json(), "model": model}
 
 
 class ChunkJob:
@@ -232,9 +236,9 @@ class ChunkJob:
     by `decode_chunk` on a CPU task and calls `map_chunk`, so the names and bytes agree.
     """
 
-    def __init__(self, loc, out: Path, concepts: list[str], inputs: set[Path], locate_kwargs: dict):
+    def __init__(self, loc, out: Path, concepts: list[str], inputs: set[Path], options: LocateOptions):
         self.loc, self.out, self.concepts = loc, out, concepts
-        self.inputs, self.locate_kwargs = inputs, locate_kwargs
+        self.inputs, self.options = inputs, options
 
     def run(self, chunk: list[Path], done: dict[str, dict]) -> Iterator[dict]:
         """Records, in chunk order, for the images of `chunk` that are not in `done`; each
@@ -250,7 +254,7 @@ class ChunkJob:
             return
         order = [p for p in chunk if p in arrays]
         try:
-            results = self.loc.locate_many([arrays[p] for p in order], self.concepts, **self.locate_kwargs)
+            results = self.loc.locate_many([arrays[p] for p in order], self.concepts, self.options)
         except (WorkError, RuntimeError, MemoryError) as err:
             errors.update((p, f"{p}: mapping failed ({type(err).__name__}: {err})") for p in arrays)
             results = []
@@ -266,12 +270,12 @@ class ChunkJob:
                                 f"check the space and permissions of --out")
 
     def _save(self, path: Path, results) -> dict:
-        folder = self.out / safe_stem(path.stem, 40, key=str(path))
+        folder = self.out / image_stem(path)
         stems = [safe_stem(res.concept) for res in results]
-        planned = {folder / f"{s}{x}" for s in stems for x in ("_overlay.png", "_heatmap.npy", ".json")}
-        if planned & self.inputs:
-            return _error(path, f"{path}: an output would overwrite the input {sorted(planned & self.inputs)[0]}; "
-                                f"choose another --out")
+        try:
+            refuse_overwriting_inputs((p for s in stems for p in result_paths(folder, s).values()), self.inputs)
+        except UsageError as err:
+            return _error(path, f"{path}: {err}")
         outputs = []
         for res, stem in zip(results, stems):
             res.source = str(path)
@@ -347,10 +351,9 @@ class _Manifest:
     def start(self, resume: bool, settings: dict, engine: str = "local") -> dict[str, dict]:
         """Lock the folder, check and write the settings (and the engine, which a resumed run
         may change), repair a torn last line, remove stale temporary files; returns the
-        records of images already done."""
+        records of images already done. (`run_batch` has checked the folder with `check_out_dir`.)"""
         self.out.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.out)
-        check_out_dir(self.out, resume)
         _check_settings(self.out / SETTINGS_NAME, settings, resume and _non_empty(self.path), engine)
         done = self._done() if self.path.is_file() else {}
         remove_leftovers(self.out)

@@ -26,6 +26,7 @@ from typing import Iterator
 
 from .batch import ChunkJob, decode_chunk, remove_leftovers
 from .errors import UsageError, WorkError, first_line
+from .options import LocateOptions
 
 INSTALL_HINT = 'pip install "zsfinercam[ray]"'
 # Test-only switch: "N:FILE" makes a map worker exit (as if killed) after the Nth image it mapped, once,
@@ -69,7 +70,7 @@ def import_ray():
     return ray
 
 
-def run_chunks_on_ray(loc, out: Path, concepts: list[str], paths: list[Path], locate_kwargs: dict,
+def run_chunks_on_ray(loc, out: Path, concepts: list[str], paths: list[Path], locate: "LocateOptions",
                       options: RayOptions):
     """The Ray engine for `run_batch`: a function (chunks, done) -> (chunk, records) pairs in
     chunk order, as the local engine's. Checks Ray and the model's load arguments now; the
@@ -77,8 +78,8 @@ def run_chunks_on_ray(loc, out: Path, concepts: list[str], paths: list[Path], lo
 
     Args:
         loc: a Localizer made by `from_pretrained` (its `load_args` are sent to the workers).
-        out, concepts, paths, locate_kwargs: as `run_batch` has them; `locate_kwargs` travels
-            to the workers as one picklable value.
+        out, concepts, paths: as `run_batch` has them.
+        locate: what shapes the maps; it travels to the workers as `LocateOptions.to_json()`.
         options: the cluster and the pool.
     """
     import torch
@@ -88,7 +89,7 @@ def run_chunks_on_ray(loc, out: Path, concepts: list[str], paths: list[Path], lo
     # On CPU the maps' last bits depend on torch's intra-op thread count (how sums are split), and Ray
     # gives a worker one thread per reserved CPU: workers use this process's count, so bytes agree.
     job = {"load_args": model, "out": str(out), "concepts": concepts, "inputs": [str(p) for p in paths],
-           "locate_kwargs": locate_kwargs, "threads": torch.get_num_threads()}
+           "locate": locate.to_json(), "threads": torch.get_num_threads()}
 
     def chunks(cut: list[list[Path]], done: dict[str, dict]) -> Iterator[tuple[list[Path], list[dict]]]:
         work = [c for c in cut if any(str(p) not in done for p in c)]
@@ -181,7 +182,7 @@ class _MapWorker:
         torch.set_num_threads(job["threads"])
         loc = Localizer.from_pretrained(**job["load_args"])
         self.job = ChunkJob(loc, Path(job["out"]), job["concepts"], {Path(p) for p in job["inputs"]},
-                        job["locate_kwargs"])
+                        LocateOptions.from_json(job["locate"]))
         self.mapped = 0
         self.test_exit = test_exit
 

@@ -1,33 +1,33 @@
-"""Speed and memory of the fast path against a plain forward and pytorch-grad-cam (DESIGN.md).
+"""Speed and memory of the fast path against a plain forward and pytorch-grad-cam (docs/design.md, "Measuring speed").
 
 All methods run in one process, interleaved: every round runs each once, the first round is a
 warm-up, medians are reported.
-- floor: the model's own image tower (`encode_image`) at the run size, no grad, same autocast
-  as our trunk (bfloat16 on CUDA, none on CPU);
+- floor: the backend's plain forward of its image tower (`Backend.encode_pixels`, what the model's
+  own `encode_image` gives) at the run size, no grad, same autocast as our trunk (bfloat16 on
+  CUDA, none on CPU);
 - ours: `Localizer.locate_many(image(s), K concepts, vs=references)`, text embeddings warm;
 - gradcam: pytorch-grad-cam `FinerCAM`, one call per concept (how its users run it), on
-  logits = logit_scale * normalize(encode_image(x)) @ T^T, same autocast as the floor. By
-  default a few calls per round are timed and the per-concept median is multiplied by K
-  (marked extrapolated); `gradcam_full` times all K calls;
+  logits = logit_scale * normalize(encode_pixels(x)) @ T^T, hooked on the backend's
+  `target_module()`, same autocast as the floor. By default a few calls per round are timed
+  and the per-concept median is multiplied by K (marked extrapolated); `gradcam_full` times
+  all K calls;
 - jacobian: the first `locate_many` on fresh cached features (it builds the per-image Jacobian);
 - cached: later calls on those features, text warm; cached+text: prompts never seen before,
   so the text tower runs (the default template set, and a single template).
 Peak memory above the loaded model during one call of each method, after a warm-up call. CUDA:
 max_memory_allocated during the call minus memory_allocated before it (the timed rounds were
-the warm-up). CPU: a child process per method and configuration, with glibc's mmap threshold
-fixed at 128 KiB so large blocks go back to the system when freed (RSS then follows live
+the warm-up). CPU: a memory child (a fresh process) per method and configuration, with glibc's
+mmap threshold fixed at 128 KiB so large blocks go back to the system when freed (RSS then follows live
 memory instead of the allocator's history), loads the model, prepares inputs and text,
-imports everything, then 1 + PROBE_WARM_CALLS times: returns freed heap (malloc_trim),
+imports everything, then 1 + MEMORY_WARM_CALLS times: returns freed heap (malloc_trim),
 resets the peak RSS (/proc/self/clear_refs), runs the call and takes peak RSS minus RSS
 before it. The median of the calls after the first is reported; the first (cold: code pages
 of libraries touched for the first time, one-time buffers) is kept as *_cold_mb.
 """
 from __future__ import annotations
 
-import copy
 import ctypes
 import dataclasses
-import functools
 import gc
 import itertools
 import json
@@ -42,13 +42,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .bench_report import evaluate_targets
+from .reference import ZeroShotHead, finer_cam
 
 SINGLE_TEMPLATE = ("a photo of a {}.",)
-PROBE_WARM_CALLS = 3  # CPU memory: median over this many calls after the cold one (RSS is noisy)
+MEMORY_WARM_CALLS = 3  # CPU memory: median over this many calls after the cold one (RSS is noisy)
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
@@ -58,6 +58,7 @@ class BenchConfig:
     model: str = "ViT-B-16"
     pretrained: str | None = None  # None = random weights (speed does not depend on them)
     model_config: str | None = None
+    backend: str = "open_clip"  # registry name, as `Localizer.from_pretrained(backend=...)`
     sizes: tuple[int, ...] = (224, 448)
     ks: tuple[int, ...] = (1, 4, 16, 64)
     batches: tuple[int, ...] | None = None
@@ -106,38 +107,17 @@ class _Setup:
         return list(itertools.islice(self.fresh, k))
 
 
-class _ZeroShotHead(nn.Module):
-    """x -> scale * normalize(visual(x)) @ T^T: the plain model, as a pytorch-grad-cam user writes it."""
 
-    def __init__(self, visual: nn.Module, text: torch.Tensor, scale: float, dtype):
+class _PlainImage(nn.Module):
+    """x -> `backend.encode_pixels(x)`: the backend's plain forward of its image tower (which autocasts
+    as the trunk does). Holds the backend's modules, so `zero_grad` reaches their parameters."""
+
+    def __init__(self, backend):
         super().__init__()
-        self.visual, self.text, self.scale, self.dtype = visual, text, scale, dtype
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            return self.visual(x)
+        self.backend, self.held = backend, nn.ModuleList(backend.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * F.normalize(self.embed(x).float(), dim=-1) @ self.text.T
-
-
-def _plain_visual(loc) -> nn.Module:
-    """The image tower at the run size: the model's own, or a shallow copy sharing every weight
-    with its own resampled position embedding (the caller's model is never changed)."""
-    visual, grid = loc.backend.model.visual, tuple(loc.config.grid_size)
-    if tuple(visual.grid_size) == grid:
-        return visual
-    from .backends.base import resample_pos
-
-    pe = resample_pos(visual.positional_embedding, grid, visual.grid_size, loc.config.num_prefix_tokens)
-    clone = copy.copy(visual)
-    clone._parameters = dict(visual._parameters)
-    clone.positional_embedding = nn.Parameter(pe.clone(), requires_grad=False)
-    return clone
-
-
-def _autocast_dtype(loc):
-    return getattr(loc.backend, "autocast_dtype", None)  # what the backend's trunk runs in
+        return self.backend.encode_pixels(x)
 
 
 def _fresh_names(pool: list[str]):
@@ -146,22 +126,31 @@ def _fresh_names(pool: list[str]):
 
 
 def _prepare(cfg: BenchConfig, size: int, device: torch.device, batches, cached: bool) -> _Setup:
-    from .images import to_pixels
     from .localizer import Localizer
     from .vocab import load_vocab
 
-    loc = Localizer.from_pretrained(cfg.model, cfg.pretrained, model_config=cfg.model_config,
+    loc = Localizer.from_pretrained(cfg.model, cfg.pretrained, model_config=cfg.model_config, backend=cfg.backend,
                                     device=str(device), image_size=size, cache_dir=None)
-    pool, k = load_vocab("imagenet1k"), max(cfg.ks)
-    warm, refs = pool[:k], pool[k:k + cfg.references]
-    text = loc.encode_text(warm + refs)  # now in the in-memory text cache
-    loc.encode_text(refs, list(SINGLE_TEMPLATE))
+    return setup(loc, load_vocab("imagenet1k"), size, batches, k=max(cfg.ks), references=cfg.references,
+                 cached=cached)
+
+
+def setup(loc, pool: list[str], size: int, batches, *, k: int, references: int, cached: bool) -> _Setup:
+    """Inputs for one run size on a loaded Localizer (any backend): `size` x `size` random images,
+    pixels per batch size, the first `k` names of `pool` as concepts and the next `references` as
+    references (their head rows warm), and the plain model as `head` (the floor and pytorch-grad-cam's)."""
+    from .images import to_pixels
+
+    warm, refs = pool[:k], pool[k:k + references]
+    text = loc.head(warm + refs)  # text embeddings now in the in-memory cache (or a probe's rows)
+    if loc.backend.tokenizer is not None:  # a text tower: warm the single-template prompts too
+        loc.encode_text(refs, list(SINGLE_TEMPLATE))
     rng = np.random.RandomState(size)
     images = [(rng.rand(size, size, 3) * 255).astype(np.uint8) for _ in range(max(batches))]
     c = loc.config
-    pixels = {b: to_pixels(images[:b], c.image_size, c.mean, c.std).to(device) for b in batches}
-    head = _ZeroShotHead(_plain_visual(loc), text, loc.backend.logit_scale, _autocast_dtype(loc))
-    s = _Setup(size, loc, head, pixels, images, warm, refs, _fresh_names(pool[k + cfg.references:]), {})
+    pixels = {b: to_pixels(images[:b], c.image_size, c.mean, c.std).to(loc.backend.device) for b in batches}
+    head = ZeroShotHead(_PlainImage(loc.backend), text, loc.backend.logit_scale, None)
+    s = _Setup(size, loc, head, pixels, images, warm, refs, _fresh_names(pool[k + references:]), {})
     if cached:
         s.feats = {b: loc.encode_image(s.image_arg(b)) for b in batches}
     return s
@@ -176,24 +165,13 @@ def _ours(s: _Setup, b: int, k: int):
     return s.loc.locate_many(s.image_arg(b), s.warm[:k], vs=s.refs)
 
 
-def _tokens_to_grid(tokens: torch.Tensor, grid, prefix: int, batch_first: bool) -> torch.Tensor:
-    t = (tokens if batch_first else tokens.transpose(0, 1))[:, prefix:].float()
-    return t.reshape(t.shape[0], grid[0], grid[1], t.shape[-1]).permute(0, 3, 1, 2)
-
-
 def _gradcam(s: _Setup, b: int, concept: str):
-    """One pytorch-grad-cam FinerCAM call: the map of one concept in each of the b images."""
-    from pytorch_grad_cam import FinerCAM
-    from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
-
-    names, blocks = s.warm + s.refs, s.head.visual.transformer
-    reshape = functools.partial(_tokens_to_grid, grid=s.loc.config.grid_size,
-                                prefix=s.loc.config.num_prefix_tokens, batch_first=blocks.batch_first)
-    target = FinerWeightedTarget(names.index(concept), [names.index(r) for r in s.refs], 1.0)
-    with FinerCAM(s.head, [blocks.resblocks[-1].ln_1], reshape) as cam:  # hooks live for this call only
-        maps = cam(s.pixels[b], targets=[target] * b)
-    s.head.zero_grad(set_to_none=True)  # its parameter gradients would stay allocated otherwise
-    return maps
+    """One pytorch-grad-cam FinerCAM call (maps at the input size): one concept in each of the b images,
+    hooked on the backend's `target_module()` during its plain forward."""
+    names = s.warm + s.refs
+    pair = (names.index(concept), [names.index(r) for r in s.refs])
+    return finer_cam(s.head, s.loc.backend.target_module(), s.pixels[b], [pair] * b, grid=s.loc.config.grid_size,
+                     prefix=s.loc.config.num_prefix_tokens, batch_first=None, on_grid=False)
 
 
 def _sync(device: torch.device) -> None:
@@ -262,10 +240,10 @@ def _child_peak_mb(cfg: BenchConfig, size: int, b: int, k: int, method: str, log
     root = str(Path(__file__).resolve().parents[1])
     env = {"MALLOC_MMAP_THRESHOLD_": "131072", **os.environ,
            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    done = subprocess.run([sys.executable, "-m", "zsfinercam.bench", "--probe", method, json.dumps(spec)],
+    done = subprocess.run([sys.executable, "-m", "zsfinercam.bench", "--measure-memory", method, json.dumps(spec)],
                           capture_output=True, text=True, env=env)
     if done.returncode != 0 or not done.stdout.strip():
-        log(f"memory probe failed ({method} size={size} B={b}): {done.stderr.strip()[-400:]}")
+        log(f"memory child failed ({method} size={size} B={b}): {done.stderr.strip()[-400:]}")
         return None
     found = json.loads(done.stdout.strip().splitlines()[-1])
     return found["peak_mb"], found["cold_peak_mb"]
@@ -276,7 +254,7 @@ def _status_kb(name: str) -> int:
     return int(line.split()[1])
 
 
-def _probe(method: str, spec: dict) -> dict:
+def _measure_memory(method: str, spec: dict) -> dict:
     """Child side of the CPU memory measurement (see the module docstring). Linux only."""
     import pytorch_grad_cam  # noqa: F401 - imported before the baseline, like everything else
     import timm.layers  # noqa: F401
@@ -286,7 +264,7 @@ def _probe(method: str, spec: dict) -> dict:
         torch.set_num_threads(cfg.threads)
     s = _prepare(cfg, cfg.sizes[0], torch.device("cpu"), cfg.batches, cached=False)
     peaks = []
-    for _ in range(1 + PROBE_WARM_CALLS):  # first call cold, then warm (code paged in, buffers made)
+    for _ in range(1 + MEMORY_WARM_CALLS):  # first call cold, then warm (code paged in, buffers made)
         gc.collect()
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the system: RSS ~ live memory
@@ -404,11 +382,11 @@ def _meta(cfg: BenchConfig, loc, device, batches, rounds) -> dict:
     return {"config": {**dataclasses.asdict(cfg), "batches": list(batches), "rounds": rounds},
             "device": str(device), "device_name": _device_name(device), "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "open_clip": open_clip.__version__,
-            "autocast": str(_autocast_dtype(loc)), "default_templates": len(templates),
+            "autocast": str(loc.backend.autocast_dtype), "default_templates": len(templates),
             "single_template": SINGLE_TEMPLATE[0], "references": cfg.references,
             "memory_method": "CUDA max_memory_allocated" if device.type == "cuda" else
-            f"peak RSS in a child process, median of {PROBE_WARM_CALLS} calls after a cold one"}
+            f"peak RSS in a child process, median of {MEMORY_WARM_CALLS} calls after a cold one"}
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["--probe"]:
-    print(json.dumps(_probe(sys.argv[2], json.loads(sys.argv[3]))))
+if __name__ == "__main__" and sys.argv[1:2] == ["--measure-memory"]:
+    print(json.dumps(_measure_memory(sys.argv[2], json.loads(sys.argv[3]))))

@@ -1,7 +1,6 @@
 """Reporting for `zsfinercam bench`: the issue's targets, the fixed-width table, JSON."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -77,4 +76,6 @@ def format_table(report: dict) -> str:
 
 def write_json(report: dict, path: str | os.PathLike) -> None:
     """The report as JSON (missing figures are null)."""
-    Path(path).write_text(json.dumps(report, indent=1))
+    from .files import atomic_write, json_bytes
+
+    atomic_write(Path(path), lambda f: f.write(json_bytes(report, indent=1)))

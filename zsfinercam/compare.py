@@ -36,6 +36,16 @@ class Comparison:
             raise ValueError(f"expected one Grad-CAM and one Finer-CAM result per concept, "
                              f"got {len(self.gradcam)} and {len(self.finer)}")
 
+    def __repr__(self) -> str:
+        parts = [f"{f.concept!r} {f.scores[f.concept]:.3f} vs [{', '.join(f.references) or '-'}] peak {f.peak}"
+                 for f in self.finer]
+        return f"Comparison({'; '.join(parts)})"
+
+    def _repr_png_(self) -> bytes:
+        from .result import png_bytes
+
+        return png_bytes(self.grid())
+
     @property
     def concepts(self) -> list[str]:
         return [r.concept for r in self.finer]

@@ -33,7 +33,12 @@ class ModelConfig:
     # b in the model's own logits s * cos + b (SigLIP). The same for every concept, so it moves no
     # map and no softmax over references; reported scores include it.
     logit_bias: float = 0.0
-    normalize: bool = True  # z = s * cos(e, T); False for a trained linear probe: z = e @ T^T (scale 1)
+    cosine_head: bool = True  # z = s * cos(e, T); False for a trained linear probe: z = e @ T^T (scale 1)
+
+    @property
+    def normalize(self) -> bool:
+        """Deprecated name of `cosine_head` (kept for readers; "normalize" also names L2 and min-max)."""
+        return self.cosine_head
 
     @property
     def grid_size(self) -> tuple[int, int]:

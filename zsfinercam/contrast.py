@@ -23,10 +23,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from .errors import UsageError
+from .options import DEFAULT_NUM_REFERENCES, STRATEGIES
 from .text import check_concepts
-
-DEFAULT_NUM_REFERENCES = 3
-STRATEGIES = ("logits", "text", "vs", "generic", "parts")
 
 Embed = Callable[[Sequence[str]], torch.Tensor]  # concepts -> normalised embeddings (K, E)
 SAME = 1e-6  # logit gaps (and 1 - cosines) at most this small mean the same concept in other words
@@ -172,9 +170,8 @@ def part_of(concept: str, parts: Mapping[str, Sequence[str]], embed: Embed) -> s
 
 
 def choose_strategy(contrast: str | None, vs, parts, plain: bool) -> str:
-    """The strategy named, or implied by `vs` / `parts`; "none" for plain Grad-CAM (`plain`)."""
-    if contrast is not None and contrast not in STRATEGIES:
-        raise UsageError(f"unknown contrast {contrast!r}; choose one of: {', '.join(STRATEGIES)}")
+    """The strategy named (one of STRATEGIES, checked by LocateOptions), or implied by `vs` /
+    `parts`; "none" for plain Grad-CAM (`plain`)."""
     implied = "vs" if vs is not None else ("parts" if parts is not None else None)
     if vs is not None and parts is not None:
         raise UsageError("vs (--vs) and parts (--parts) choose references in different ways; give one of them")

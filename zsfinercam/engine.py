@@ -1,15 +1,17 @@
-"""The fast path (DESIGN.md): trunk once without grad, all objectives from one backward.
+"""The fast path (docs/design.md, "The fast path"): trunk once without grad, all objectives from one backward.
 
     pixels -> backend.trunk -> stream x -> backend.target -> A
     (x, A, shift) -> backend.embed -> e -> normalise -> z = s e T^T -> objectives O
     (a trained linear probe skips the normalisation: z = e T^T, its bias folded into e and T)
-    w = (1/N) dO/dshift   (= the token-mean of dO/dA, Grad-CAM's channel weights)
+    w = (1/N) dO/dshift   (= the token-mean of dO/dA, Grad-CAM's channel weights: "The shift trick")
     maps = ReLU(A_patch w^T)
 
 Two ways to get w, equal up to float rounding:
-- direct: one shift vector per objective, one ordinary backward for all of them;
+- direct: one shift vector per objective, one ordinary backward for all of them (exact only because
+  row m of `embed` depends on shift[:, m] alone: "One backward for all objectives");
 - Jacobian: G = (1/N) d normalize(e) / dshift, built once per image (E backward rows),
-  then w = (dO/d e_n) G for any new prompts: text encoding plus small matrix products.
+  then w = (dO/d e_n) G for any new prompts: text encoding plus small matrix products
+  ("The per-image Jacobian").
 """
 from __future__ import annotations
 
@@ -44,9 +46,15 @@ class ImageFeatures:
     model_key: str  # the backend that produced these features
     jacobian: torch.Tensor | None = field(default=None, repr=False)  # (B, E, D), built on demand
     cache: dict = field(default_factory=dict, repr=False)  # the backend's shift-independent work
+    from_list: bool = False  # made from a list of images: locate_many then returns a list per image
 
     def __len__(self) -> int:
         return self.stream.shape[0]
+
+    def __repr__(self) -> str:
+        jacobian = "built" if self.jacobian is not None else "not built"
+        return (f"ImageFeatures({len(self)} image(s) {', '.join(map(str, self.sources))}, grid {self.grid}, "
+                f"jacobian {jacobian})")
 
     def __getitem__(self, i: int) -> "ImageFeatures":
         """Features of image i alone (a view, sharing memory)."""
@@ -123,8 +131,9 @@ def channel_weights(
     shift = feats.target.new_zeros(batch, len(objectives[0]), width, requires_grad=True)
     with torch.enable_grad():
         z = logits(backend.embed(feats.stream, feats.target, shift, feats.cache), text, backend.logit_scale)
+        # one backward for all: exact because row m of embed depends on shift[:, m] alone
         (grad,) = torch.autograd.grad(objective_scores(z, objectives).sum(), shift)
-    return grad / _num_patches(feats)
+    return grad / _num_patches(feats)  # d/dshift sums over the N patches; / N gives Grad-CAM's token mean
 
 
 def head_gradient(embedding: torch.Tensor, text: torch.Tensor, scale: float | None,

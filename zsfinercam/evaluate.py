@@ -27,9 +27,11 @@ from PIL import Image
 
 from . import metrics
 from .errors import UsageError, WorkError
+from .files import atomic_write
 from .images import load_image
+from .options import LocateOptions
 
-METHODS = ("finer", "gradcam", "random", "randomized")
+EVAL_METHODS = ("finer", "gradcam", "random", "randomized")  # the map METHODS and two sanity baselines
 MASK_METRICS = ("pointing", "energy", "iou")
 PERTURBATION_METRICS = ("deletion", "insertion", "rd")
 
@@ -135,31 +137,35 @@ def write_manifest(items: Sequence[EvalItem], folder: str | os.PathLike) -> Path
     lines = []
     for k, item in enumerate(items):
         image, _ = load_image(item.image)
-        Image.fromarray(image).save(folder / f"image_{k:05d}.png")
+        _write_png(folder / f"image_{k:05d}.png", image)
         record = {"image": f"image_{k:05d}.png", "concept": item.concept, "label": item.label}
         if item.references is not None:
             record["references"] = list(item.references)
         if item.vocab is not None:
             record["vocab"] = item.vocab
         if item.mask is not None:
-            Image.fromarray(item.mask.astype(np.uint8) * 255).save(folder / f"mask_{k:05d}.png")
+            _write_png(folder / f"mask_{k:05d}.png", item.mask.astype(np.uint8) * 255)
             record["mask"] = f"mask_{k:05d}.png"
         if item.bbox is not None:
             record["bbox"] = list(item.bbox)
         lines.append(json.dumps(record, ensure_ascii=False))
     path = folder / "manifest.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode("utf-8")))
     return path
 
 
-def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = METHODS, *, perturbation: bool = False,
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    atomic_write(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+
+
+def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHODS, *, perturbation: bool = False,
              top_percent: float = 5.0, progress: bool = True) -> EvalReport:
     """Score every method on every item; the trunk runs once per item for all methods."""
     from tqdm import tqdm
 
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in EVAL_METHODS]
     if bad:
-        raise UsageError(f"unknown method {bad[0]!r}; choose from: {', '.join(METHODS)}")
+        raise UsageError(f"unknown method {bad[0]!r}; choose from: {', '.join(EVAL_METHODS)}")
     items = list(items)
     report = EvalReport()
     scrambled = _randomized(loc) if "randomized" in methods else None
@@ -182,22 +188,18 @@ def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = METHODS, *
 
 
 def _randomized(loc):
-    """A Localizer over a copy of the backend whose model has redrawn weight matrices."""
-    import copy
-
+    """A Localizer over `Backend.randomized`: a copy of the model with redrawn weight matrices."""
     from .localizer import Localizer
 
-    backend = copy.copy(loc.backend)
-    backend.model = metrics.randomized_copy(loc.backend.model, seed=0)
-    backend._fingerprint = None
-    return Localizer(backend, cache_dir=None, kernel=loc.kernel)
+    return Localizer(loc.backend.randomized(seed=0), cache_dir=None, kernel=loc.kernel, max_pixels=loc.max_pixels)
 
 
 def _heatmap(loc, feats, item: EvalItem, method: str, seed: int) -> tuple[np.ndarray, list[str]]:
     """The method's heatmap at image size, and the references Finer-CAM used."""
     if method == "random":
         return metrics.resize_map(metrics.random_map(loc.config.grid_size, seed), feats.images[0].shape[:2]), []
-    res = loc.locate_many(feats, [item.concept], vs=item.references, vocab=item.vocab, method=method)[0]
+    options = LocateOptions(vs=item.references, vocab=item.vocab, method=method)
+    res = loc.locate_many(feats, [item.concept], options)[0]
     return res.heatmap, list(res.references)
 
 
@@ -215,15 +217,20 @@ def _mask_metrics(heat: np.ndarray, item: EvalItem) -> dict:
 
 
 def _perturbation_metrics(loc, image: np.ndarray, heat: np.ndarray, classes: list[str], top_percent: float) -> dict:
-    text = loc.encode_text(classes)
+    """Deletion/insertion AUC and RD@k; probabilities are a softmax over `classes` of the model's own
+    logits: `Backend.encode_pixels` (the plain forward) and the engine's head."""
+    import torch
+
+    from .engine import logits
+    from .images import to_pixels
+
+    head, cfg = loc.head(classes), loc.config  # text embeddings, or a linear probe's classifier rows
 
     def score_fn(batch: np.ndarray) -> np.ndarray:
-        import torch
-
         arrays = [np.clip(np.round(b), 0, 255).astype(np.uint8) for b in batch]
-        feats = loc.encode_image(arrays)
-        z = loc.backend.logit_scale * torch.nn.functional.normalize(feats.embedding, dim=-1) @ text.T
-        return torch.softmax(z, dim=-1).cpu().numpy()
+        with torch.no_grad():
+            e = loc.backend.encode_pixels(to_pixels(arrays, cfg.image_size, cfg.mean, cfg.std).to(loc.backend.device))
+            return torch.softmax(logits(e, head, loc.backend.logit_scale), dim=-1).cpu().numpy()
 
     out = {"deletion": metrics.deletion_auc(image, heat, score_fn, target=0),
            "insertion": metrics.insertion_auc(image, heat, score_fn, target=0)}

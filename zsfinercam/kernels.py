@@ -26,31 +26,19 @@ Two implementations give the same numbers:
   included); masked-out tokens never enter the min / max.
 
 Triton's interpreter (``TRITON_INTERPRET=1``) runs the same kernel on CPU tensors; this
-module allows ``impl="triton"`` with CPU tensors only then, and only for testing. How
-triton 3.8 reads the flag: ``triton.knobs.runtime.interpret`` reads the environment on
-every access (unless set programmatically), and ``triton.jit`` consults it once, when it
-decorates a function, to make either a compiled ``JITFunction`` or an
-``InterpretedFunction``. That includes triton's own helpers (``tl.zeros``, ``tl.max``,
-``tl.min``, ...), which are decorated when ``triton.language`` is first imported, so in
-practice the variable must be set before the process imports triton; setting it later
-gives kernels that fail inside the interpreter. This module reads the flag at call time
-(never at import), builds its kernel lazily once per flag value, and raises
-``TritonUnavailableError`` naming the cause when the flag and the imported triton
-disagree. The interpreter does not support bfloat16 arithmetic (``tl.dot`` multiplies the
-raw bit patterns; triton-lang/triton#11584), so under the interpreter bfloat16 tiles are
-upcast to float32 before the dot, which is exact.
+module allows ``impl="triton"`` with CPU tensors only then, and only for testing. Triton
+(3.x, including the 3.8 installed here) reads the flag when ``triton.language`` is first
+imported and decorates its own helpers then, so the variable must be set before the
+process imports triton. This module reads the flag at call time (never at import), builds
+its kernel lazily once per flag value, and raises ``TritonUnavailableError`` naming the
+cause when the flag and the imported triton disagree. The interpreter does not support
+bfloat16 arithmetic (``tl.dot`` multiplies the raw bit patterns; triton-lang/triton#11584),
+so under the interpreter bfloat16 tiles are upcast to float32 before the dot, which is exact.
 
-Benchmarking on a GPU (a note for whoever writes the benchmark script): use CUDA tensors
-in the dtype the engine produces at realistic shapes, e.g. ``B=1, N=1024 or 1369, D=768
-or 1024, M in {1, 16, 256}``; call ``token_maps(A, w, impl="triton")`` once per dtype and
-map-block size first (the first call compiles, ~1 s). An eager call is bound by Python
-launch overhead (~60 us on an H200 host against ~120 us for the torch path), so time the
-GPU work with ``triton.testing.do_bench_cudagraph(lambda: token_maps(A, w, impl=...))``
-for both impls, and report eager wall time per call separately; name the card.
-Measured on one H200 (torch 2.11, triton 3.6, CUDA-graph replay, fp16 or bf16): 9-18 us
-for the kernel against 27-80 us for the torch path at B=1..8, N=196..1369, D=768..1024,
-M=16..256 (2.6-4.6x), 109 us against 163 us at B=4, N=1369, D=1024, M=300; in fp32 the
-kernel took 0.36-0.65x the torch path's speed, hence ``_AUTO_DTYPES``.
+Measured on one H200 (torch 2.11 with triton 3.6, CUDA-graph replay): in fp16 or bf16,
+9-18 us for the kernel against 27-80 us for the torch path at B=1..8, N=196..1369,
+D=768..1024, M=16..256 (2.6-4.6x); in fp32 the kernel ran at 0.36-0.65x the torch path's
+speed, hence ``_AUTO_DTYPES`` (half precision only). The maths: docs/design.md, "The fused kernel".
 """
 from __future__ import annotations
 

@@ -3,25 +3,26 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from . import engine
 from .backends import Backend, get_backend
-from .contrast import DEFAULT_NUM_REFERENCES, choose_strategy, make_plans, nearest_by_text, part_table_of, pick
+from .contrast import choose_strategy, make_plans, nearest_by_text, part_table_of, pick
 from .engine import ImageFeatures
 from .errors import UsageError
 from .images import DEFAULT_MAX_PIXELS, ImageInput, check_max_pixels, load_image, to_pixels
-from .objectives import DEFAULT_ALPHA, OBJECTIVES, Objective
+from .objectives import Objective
+from .options import METHODS, LocateOptions
 from .result import LocateResult
 from .text import ConceptEncoder, check_concepts, default_cache_dir
 
 if TYPE_CHECKING:
     from .compare import Comparison
 
-METHODS = ("finer", "gradcam")
+__all__ = ["METHODS", "Localizer", "resolve_device"]  # METHODS: re-exported from zsfinercam.options
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -124,6 +125,11 @@ class Localizer:
                            device=resolve_device(device), image_size=image_size)
         return cls(probe, cache_dir=None, kernel=kernel, max_pixels=max_pixels)
 
+    def __repr__(self) -> str:
+        cfg = self.config
+        return (f"Localizer({cfg.name!r}, backend {self.backend.name!r}, image {cfg.image_size[1]}x{cfg.image_size[0]}, "
+                f"device {self.backend.device})")
+
     @property
     def config(self):
         return self.backend.config
@@ -148,7 +154,8 @@ class Localizer:
         pixels = to_pixels(arrays, cfg.image_size, cfg.mean, cfg.std).to(self.backend.device)
         stream, target, embedding, cache = engine.encode(self.backend, pixels)
         return ImageFeatures(stream, target, embedding, cfg.grid_size, cfg.num_prefix_tokens, arrays,
-                             [s for _, s in loaded], self._key(), cache=cache)
+                             [s for _, s in loaded], self._key(), cache=cache,
+                             from_list=isinstance(images, (list, tuple)))
 
     def scores(self, image, concepts: Sequence[str], templates=None) -> list[dict[str, float]]:
         """Zero-shot logits {concept: z} for each image."""
@@ -174,105 +181,90 @@ class Localizer:
         sims = text[1:] @ text[0]
         return [(entries[i - 1], float(sims[i - 1])) for i in nearest_by_text(text, 0, range(1, len(text)), k)]
 
-    def compare(self, image, concepts: Sequence[str], **kwargs) -> "Comparison":
+    def compare(self, image, concepts: Sequence[str], options: LocateOptions | None = None,
+                **keywords) -> "Comparison":
         """Grad-CAM and Finer-CAM maps of several concepts in one image, for a side-by-side grid.
 
         The trunk runs once (or not at all for ImageFeatures, which then reuse the image's
         Jacobian, so each extra concept costs text encoding and small matrix products).
-        Keyword arguments are `locate_many`'s (they shape the Finer-CAM row).
+        `options` (or keywords, as for `locate_many`) shape the Finer-CAM row; the Grad-CAM
+        row is `options.gradcam()` (same templates and base, no references).
         """
         from .compare import Comparison
 
-        if "method" in kwargs:
+        if "method" in keywords or (options is not None and options.method != "finer"):
             raise UsageError("compare always shows both methods; drop method=")
+        options = LocateOptions.build(options, **keywords)
         feats = self._features(image)
         if len(feats) != 1:
             raise UsageError(f"compare takes one image, got {len(feats)}")
         use_jacobian = self._use_jacobian(image, feats)
-        finer = self._maps(feats, concepts, kwargs.pop("vs", None), use_jacobian, **kwargs)[0]
-        grad = self._maps(feats, concepts, None, use_jacobian, method="gradcam", templates=kwargs.get("templates"))[0]
+        finer = self._maps(feats, concepts, options, use_jacobian)[0]
+        grad = self._maps(feats, concepts, options.gradcam(), use_jacobian)[0]
         return Comparison(gradcam=grad, finer=finer)
 
-    def locate(self, image, concept: str, vs: Sequence[str] | None = None, **kwargs) -> LocateResult:
-        """The map of one concept in one image. See `locate_many` for the keyword arguments."""
+    def locate(self, image, concept: str, vs: Sequence[str] | None = None, options: LocateOptions | None = None,
+               **keywords) -> LocateResult:
+        """The map of one concept in one image (one image only). See `locate_many` for the options."""
         if not isinstance(concept, str):
             raise UsageError(f"expected one concept string, got {type(concept).__name__}; use locate_many")
-        results = self.locate_many(image, [concept], vs=vs, **kwargs)
-        return results[0] if isinstance(results[0], LocateResult) else results[0][0]
+        if vs is not None:
+            keywords["vs"] = vs
+        options = LocateOptions.build(options, **keywords)
+        feats = self._features(image)
+        if len(feats) != 1:
+            raise UsageError(f"locate takes one image, got {len(feats)}; use locate_many")
+        return self._maps(feats, [concept], options, self._use_jacobian(image, feats))[0][0]
 
-    def locate_many(
-        self,
-        images,
-        concepts: Sequence[str],
-        vs: Sequence[str] | None = None,
-        *,
-        vocab: str | Sequence[str] | None = None,
-        alpha: float | None = None,
-        method: str = "finer",
-        objective: str = "weighted",
-        templates: str | Sequence[str] | None = None,
-        num_references: int = DEFAULT_NUM_REFERENCES,
-        contrast: str | None = None,
-        category: str | None = None,
-        parts: str | Path | Mapping[str, Sequence[str]] | None = None,
-    ) -> list:
+    def locate_many(self, images, concepts: Sequence[str], options: LocateOptions | None = None,
+                    **keywords) -> list:
         """Maps of several concepts in one image (or a batch): one trunk pass, one backward.
 
         Args:
-            images: path, PIL image, uint8 array, ImageFeatures, or a list of the first three.
+            images: one image (path, PIL image, uint8 array), a list or tuple of them, or the
+                ImageFeatures `encode_image` made of either.
             concepts: the concepts to locate.
-            vs: explicit references (the concepts contrasted against); default: chosen per
-                image among `vocab` as the `num_references` closest logits to the target's.
-            vocab: vocabulary name or file in prompts/, or a list; default: the model's own
-                classes if it has them, else the other concepts of this call.
-            alpha: contrast strength; default 1.0 (0.6 for the "mean" objective). 0 = Grad-CAM.
-            method: "finer" or "gradcam" (plain Grad-CAM on the target logit).
-            objective: "weighted" (official Finer-CAM), "mean" (paper) or "compare" (one reference).
-            templates: template set name or file, or a list of format strings with one "{}".
-            num_references: references picked per pool by the "logits" and "parts" rules,
-                and the neighbours taken by "text".
-            contrast: how references are chosen (see `zsfinercam.contrast`): "logits"
-                (default), "text", "vs" (implied by `vs`), "generic" (against `category`)
-                or "parts" (implied by `parts`).
-            category: what the concepts are kinds of ("bird"), for contrast="generic";
-                default: the vocabulary's category, if its file names one.
-            parts: part vocabulary (name, file or {part: [attributes]}) for attribute
-                mode: each concept is contrasted with the other attributes of its part
-                and with the same trait on the other parts.
+            options: a `LocateOptions`; or give its fields as keywords (vs=, vocab=, alpha=,
+                method=, objective=, base=, templates=, num_references=, contrast=,
+                category=, parts=; see `LocateOptions`), not both.
 
         Returns:
-            A list of LocateResult per concept; for a list of images (or ImageFeatures of
-            several images), one such list per image.
+            The shape follows the input. One image, or ImageFeatures of one image given
+            alone: a list of LocateResult, one per concept. A list or tuple of images (even
+            of one), or ImageFeatures made from one: one such list per image.
+
+        Raises:
+            UsageError: bad options, both `options` and keywords, or bad concepts.
         """
+        if options is not None and not isinstance(options, LocateOptions):  # the old positional `vs`
+            warnings.warn("locate_many's third argument is now options=; pass references as vs=",
+                          DeprecationWarning, stacklevel=2)
+            keywords, options = {"vs": options, **keywords}, None
+        options = LocateOptions.build(options, **keywords)
         feats = self._features(images)
-        batched = isinstance(images, (list, tuple)) or len(feats) > 1
-        out = self._maps(feats, concepts, vs, self._use_jacobian(images, feats), vocab=vocab, alpha=alpha,
-                         method=method, objective=objective, templates=templates, num_references=num_references,
-                         contrast=contrast, category=category, parts=parts)
-        return out if batched else out[0]
+        out = self._maps(feats, concepts, options, self._use_jacobian(images, feats))
+        return out if feats.from_list or len(feats) > 1 else out[0]
 
     # helpers ---------------------------------------------------------------
-    def _maps(self, feats: ImageFeatures, concepts, vs, use_jacobian: bool, *, vocab=None, alpha=None,
-              method="finer", objective="weighted", templates=None, num_references=DEFAULT_NUM_REFERENCES,
-              contrast=None, category=None, parts=None) -> list[list[LocateResult]]:
+    def _maps(self, feats: ImageFeatures, concepts, options: LocateOptions,
+              use_jacobian: bool) -> list[list[LocateResult]]:
         """locate_many on encoded features: one list of results per image."""
         names = check_concepts(concepts)
         if not names:
             raise UsageError("no concepts given")
-        alpha = self._alpha(alpha, method, objective)
-        k = self._count(num_references)
-        plans, candidates = self._plans(names, vs, vocab, method, alpha, contrast, category, parts, k, templates)
+        plans, candidates = self._plans(names, options)
         table = list(dict.fromkeys([*names, *(c for p in plans for c in p.concepts), *candidates]))
         index = {n: i for i, n in enumerate(table)}
-        text = self.head(table, templates)
+        text = self.head(table, options.templates)
         z = self._logits(feats, text).cpu()
-        objectives = [[self._objective(index[n], z[b], plan, index, alpha, objective, k)
+        objectives = [[self._objective(index[n], z[b], plan, index, options)
                        for n, plan in zip(names, plans)] for b in range(len(feats))]
-        raw, norm = engine.maps(self.backend, feats, text, objectives, use_jacobian=use_jacobian, impl=self.kernel)
+        raw, norm = engine.maps(self.backend, feats, text, objectives, base=options.base,
+                                use_jacobian=use_jacobian, impl=self.kernel)
         shown = [index[c] for c in candidates]
         raw, norm, z = raw.cpu().numpy(), norm.cpu().numpy(), z.tolist()  # one device sync, not one per map
-        return [[self._result(feats, b, m, objectives[b][m], table, z[b], raw, norm, shown, method,
-                              objective, alpha, plans[m].strategy) for m in range(len(names))]
+        return [[self._result(feats, b, objectives[b][m], table, z[b], (raw[b, m], norm[b, m]), shown, options,
+                              plans[m].strategy) for m in range(len(names))]
                 for b in range(len(feats))]
 
     def _features(self, images) -> ImageFeatures:
@@ -305,47 +297,31 @@ class Localizer:
             return load_templates(str(templates))
         return [check_template(t) for t in templates]
 
-    @staticmethod
-    def _alpha(alpha, method: str, objective: str) -> float:
-        if method not in METHODS:
-            raise UsageError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-        if objective not in OBJECTIVES:
-            raise UsageError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
-        if method == "gradcam":
-            return 0.0
-        alpha = DEFAULT_ALPHA[objective] if alpha is None else alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha) or alpha < 0:
-            raise UsageError(f"alpha must be a finite number >= 0, got {alpha!r}")
-        return float(alpha)
-
-    def _plans(self, names, vs, vocab, method, alpha, contrast, category, parts, k, templates):
+    def _plans(self, names, options: LocateOptions):
         """(one reference plan per concept, vocabulary entries whose scores are reported)."""
+        category, vocab, parts = options.category, options.vocab, options.parts
         if category is not None:
             (category,) = check_concepts([category])
         candidates = self._vocab(vocab)
-        vs = check_concepts([vs] if isinstance(vs, str) else list(vs)) if vs is not None else None
-        strategy = choose_strategy(contrast, vs or None, parts, method == "gradcam" or alpha == 0)
+        vs = check_concepts(list(options.vs)) if options.vs is not None else None
+        strategy = choose_strategy(options.contrast, vs, parts, options.alpha == 0)
         if category is not None and strategy != "generic":
-            warnings.warn("category is used only by contrast 'generic' (--contrast generic); ignored", stacklevel=3)
+            warnings.warn("category is used only by contrast 'generic' (--contrast generic); ignored", stacklevel=4)
         pool = candidates or list(self.config.default_vocab or []) or names
         if strategy in ("logits", "text") and not [c for c in pool if c not in names] and len(names) < 2:
             where = "the vocabulary holds nothing besides the concept" if candidates else "nothing to contrast with"
             raise UsageError(f"{where}: give references (vs= / --vs), a larger vocabulary (vocab= / --vocab), "
                              "several concepts, or use plain Grad-CAM (method='gradcam' / --method gradcam)")
-        if strategy == "generic" and category is None and isinstance(vocab, (str, Path)):
+        if strategy == "generic" and category is None and isinstance(vocab, str):
             from .vocab import load_category
 
-            category = load_category(str(vocab))
-        part_table = part_table_of(parts) if strategy == "parts" else None
-        plans = make_plans(strategy, names, pool=pool, vs=vs or (), category=category, parts=part_table, k=k,
-                           embed=lambda texts: self.encode_text(list(texts), templates))
+            category = load_category(vocab)
+        part_table = part_table_of(dict(parts) if isinstance(parts, tuple) else parts) \
+            if strategy == "parts" else None
+        plans = make_plans(strategy, names, pool=pool, vs=vs or (), category=category, parts=part_table,
+                           k=options.num_references,
+                           embed=lambda texts: self.encode_text(list(texts), options.templates))
         return plans, candidates
-
-    @staticmethod
-    def _count(k) -> int:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise UsageError(f"num_references must be a positive integer, got {k!r}")
-        return k
 
     @staticmethod
     def _vocab(vocab) -> list[str]:
@@ -358,23 +334,24 @@ class Localizer:
         return check_concepts(list(vocab))
 
     @staticmethod
-    def _objective(t, z_b, plan, index, alpha, objective, k) -> Objective:
+    def _objective(concept: int, z_b, plan, index, options: LocateOptions) -> Objective:
         if plan.strategy == "none":
-            return Objective(t, (), 0.0, "weighted")
-        chosen = pick(plan, z_b, t, index, 1 if objective == "compare" and not plan.fixed else k)
+            return Objective(concept, (), 0.0, "weighted")
+        single = options.objective == "compare"
+        chosen = pick(plan, z_b, concept, index, 1 if single and not plan.fixed else options.num_references)
         if not chosen:
-            raise UsageError(f"no reference left for {list(index)[t]!r}: the candidates are the concept itself "
-                             "(up to case and spacing); give other references (vs= / --vs) or a vocabulary")
-        if objective == "compare":
-            chosen = chosen[:1]
-        return Objective(t, chosen, alpha, objective)
+            raise UsageError(f"no reference left for {list(index)[concept]!r}: the candidates are the concept "
+                             "itself (up to case and spacing); give other references (vs= / --vs) or a vocabulary")
+        return Objective(concept, chosen[:1] if single else chosen, options.alpha, options.objective)
 
-    def _result(self, feats, b, m, obj, table, z_b, raw, norm, vocab_idx, method, objective, alpha, contrast):
-        image = feats.images[b]
-        shown = [obj.target, *obj.references, *vocab_idx]
+    @staticmethod
+    def _result(feats, b, obj, table, z_b, maps, vocab_idx, options: LocateOptions, contrast) -> LocateResult:
+        """LocateResult of objective `obj` on image b; `maps` = its (raw, normalised) token maps."""
+        shown = [obj.concept, *obj.references, *vocab_idx]
+        finer = options.method == "finer"
         return LocateResult(
-            concept=table[obj.target], references=tuple(table[r] for r in obj.references),
+            concept=table[obj.concept], references=tuple(table[r] for r in obj.references),
             scores={table[i]: z_b[i] for i in dict.fromkeys(shown)},
-            token_map=raw[b, m], norm_map=norm[b, m],
-            image=image, method=method, objective=objective if method == "finer" else "gradcam", alpha=alpha,
+            token_map=maps[0], norm_map=maps[1], image=feats.images[b], method=options.method,
+            objective=options.objective if finer else "gradcam", alpha=options.alpha,
             contrast=contrast, source=feats.sources[b])

@@ -1,10 +1,12 @@
-"""Localization metrics for saliency maps: pure numpy, plus perturbation metrics on a scorer.
+"""Localization metrics for saliency maps (numpy; min-max, resize and boxes are render's),
+plus perturbation metrics on a scorer.
 
 Conventions used throughout:
 - A *map* is a real (H, W) array, higher = more salient. Negative values count as zero
   where energy is measured. A *mask* is a bool (H, W) array of the same shape.
 - A *box* is (x0, y0, x1, y1) in pixel indices with exclusive ends: it covers columns
-  x0..x1-1 and rows y0..y1-1, so its area is (x1 - x0) * (y1 - y0).
+  x0..x1-1 and rows y0..y1-1, so its area is (x1 - x0) * (y1 - y0). This is the one box
+  convention of the package (render.py's docstring), so results' boxes compare directly.
 - Thresholds apply to the min-max normalised map: `normalize(m) >= t`.
 - Perturbation metrics call `score_fn(batch)` with a float32 batch (N, H, W, C) in the
   image's own value range; it returns probabilities (N, K), or (N,) for the target only.
@@ -14,6 +16,8 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
+
+from . import render
 
 Box = tuple[int, int, int, int]
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -40,20 +44,13 @@ def _as_mask(mask, shape: Optional[tuple] = None, name: str = "mask") -> np.ndar
 
 
 def normalize(saliency) -> np.ndarray:
-    """Min-max normalise to [0, 1]; a constant map becomes all zeros."""
-    m = _as_map(saliency)
-    lo, hi = m.min(), m.max()
-    return np.zeros_like(m) if hi <= lo else (m - lo) / (hi - lo)
+    """Min-max normalise to [0, 1] (float64); a constant map becomes all zeros (`render.minmax`)."""
+    return render.minmax(_as_map(saliency))
 
 
 def resize_map(saliency, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a map to (H, W) (pixel centres aligned, as cv2.INTER_LINEAR)."""
-    import cv2
-
-    m = _as_map(saliency)
-    if m.shape == tuple(shape):
-        return m.copy()
-    return cv2.resize(m, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
+    """Bilinear resize of a map to (H, W), float64 (`render.upsample`: pixel centres aligned)."""
+    return render.upsample(_as_map(saliency), shape)
 
 
 def pointing_game(saliency, mask, tolerance: float = 0.0) -> bool:
@@ -86,11 +83,7 @@ def energy_in_mask(saliency, mask) -> float:
 
 def mask_to_bbox(mask) -> Optional[Box]:
     """Tight box around the True pixels (exclusive ends), or None for an empty mask."""
-    msk = _as_mask(mask)
-    if not msk.any():
-        return None
-    ys, xs = np.nonzero(msk)
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    return render.mask_box(_as_mask(mask))
 
 
 def threshold_map(saliency, threshold: float = 0.5, largest_component: bool = False) -> np.ndarray:
@@ -100,19 +93,14 @@ def threshold_map(saliency, threshold: float = 0.5, largest_component: bool = Fa
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    m = _as_map(saliency)
-    binary = normalize(m) >= threshold if m.max() > m.min() else np.full(m.shape, threshold <= 0)
-    if largest_component and binary.any():
-        import cv2
-
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
-        biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        binary = labels == biggest
-    return binary
+    return render.hot_mask(_as_map(saliency), threshold, "largest" if largest_component else "all")
 
 
 def map_to_bbox(saliency, threshold: float = 0.5, largest_component: bool = True) -> Optional[Box]:
-    """Box around the thresholded map (by default its largest blob, the usual WSOL protocol)."""
+    """Box around the thresholded map (by default its largest blob, the usual WSOL protocol).
+
+    A result's own box (`LocateResult.bbox`) holds the peak's blob instead; both have exclusive ends.
+    """
     return mask_to_bbox(threshold_map(saliency, threshold, largest_component))
 
 
@@ -192,15 +180,10 @@ def randomized_copy(model, seed: int = 0):
     """
     import copy
 
-    import torch
+    from .backends.base import redraw_matrices
 
     clone = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(int(seed))
-    with torch.no_grad():
-        for p in clone.parameters():
-            if p.ndim >= 2:
-                noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-                p.copy_((noise * p.float().std() + p.float().mean()).to(p.dtype))
+    redraw_matrices(list(clone.parameters()), seed)
     return clone
 
 

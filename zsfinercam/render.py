@@ -1,4 +1,12 @@
-"""Maps out: upsampling, colour, overlays, peaks and boxes. Never calls a backend."""
+"""Maps out: min-max, upsampling, colour, overlays, peaks and boxes. Never calls a backend.
+
+Box convention (results, their JSON, `eval` manifests and `metrics` all use it): a box is
+(x0, y0, x1, y1) in pixel indices with EXCLUSIVE ends. It covers columns x0..x1-1 and rows
+y0..y1-1, so its width is x1 - x0 and a one-pixel box is (x, y, x + 1, y + 1). The hot region
+is `minmax(map) >= threshold`, 8-connected; a result's box holds the component that contains
+the map's peak (the region the peak points at, even when a larger but cooler blob exists),
+while the WSOL metrics take the largest component, as that protocol prescribes.
+"""
 from __future__ import annotations
 
 from typing import TypeVar
@@ -11,11 +19,39 @@ DEFAULT_THRESHOLD = 0.5  # fraction of the map's range that counts as "on" for b
 Img = TypeVar("Img", Image.Image, np.ndarray)
 
 
-def upsample(norm_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A [0, 1] token map (h, w) resized bilinearly to `size` (H, W), float32 in [0, 1]."""
-    h, w = size
-    out = cv2.resize(np.asarray(norm_map, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    return np.clip(out, 0.0, 1.0)
+COMPONENTS = ("peak", "largest", "all")  # which part of the hot region a box holds
+
+
+def _float(values) -> np.ndarray:
+    """float64 arrays stay float64; anything else becomes float32."""
+    arr = np.asarray(values)
+    return arr if arr.dtype == np.float64 else arr.astype(np.float32)
+
+
+def minmax(values) -> np.ndarray:
+    """(values - min) / (max - min), in [0, 1]; a constant array (or an empty one) gives zeros, never NaN.
+
+    float64 in gives float64 out, anything else float32.
+    """
+    arr = _float(values)
+    if arr.size == 0:
+        return arr.copy()
+    low, span = arr.min(), np.ptp(arr)
+    return (arr - low) / span if span > 0 else np.zeros_like(arr)
+
+
+def upsample(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A map (h, w) resized bilinearly to `size` (H, W) (pixel centres aligned, as cv2.INTER_LINEAR).
+
+    Values stay within the input's [min, max] (so a [0, 1] map stays in [0, 1]); float64 in
+    gives float64 out, anything else float32. A map already of that size comes back as a copy.
+    """
+    arr = _float(values)
+    h, w = (int(n) for n in size)
+    if arr.shape == (h, w):
+        return arr.copy()
+    out = cv2.resize(arr, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.clip(out, arr.min(), arr.max())
 
 
 def colorize(heatmap: np.ndarray) -> np.ndarray:
@@ -44,15 +80,41 @@ def peak(heatmap: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def bbox(heatmap: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> tuple[int, int, int, int] | None:
-    """Box (x0, y0, x1, y1), inclusive, around the connected region >= threshold that holds the peak.
+def hot_mask(values: np.ndarray, threshold: float = DEFAULT_THRESHOLD, component: str = "all") -> np.ndarray:
+    """Bool mask of `minmax(values) >= threshold`, or of one 8-connected component of it.
 
-    None when the map is empty (all zeros).
+    component: "all" (every hot pixel), "peak" (the component holding `peak(values)`), or
+    "largest" (the largest component; on equal sizes the first found in row-major order).
+    A constant map has no hot region: its mask is empty for any threshold > 0.
     """
-    if not np.any(heatmap > 0):
+    if component not in COMPONENTS:
+        raise ValueError(f"component must be one of {', '.join(COMPONENTS)}, got {component!r}")
+    arr = _float(values)
+    if arr.size and np.ptp(arr) > 0:
+        mask = minmax(arr) >= threshold
+    else:
+        mask = np.full(arr.shape, threshold <= 0)
+    if component == "all" or not mask.any():
+        return mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if component == "peak":
+        x, y = peak(arr)
+        return labels == labels[y, x]
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Tight box (x0, y0, x1, y1), exclusive ends, around a mask's True pixels; None if it has none."""
+    ys, xs = np.nonzero(mask)
+    if xs.size == 0:
         return None
-    mask = (heatmap >= threshold * float(heatmap.max())).astype(np.uint8)
-    _, labels = cv2.connectedComponents(mask, connectivity=8)
-    x, y = peak(heatmap)
-    ys, xs = np.nonzero(labels == labels[y, x])
-    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def bbox(values: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+         component: str = "peak") -> tuple[int, int, int, int] | None:
+    """Box (x0, y0, x1, y1), exclusive ends, around the hot region (`hot_mask`) holding the peak.
+
+    None when the map has no hot region (e.g. all zeros). See the module docstring for the convention.
+    """
+    return mask_box(hot_mask(values, threshold, component))

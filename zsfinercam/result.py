@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
+import io
 import os
-import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,8 +11,10 @@ import numpy as np
 from PIL import Image
 
 from . import render
+from .files import atomic_write, json_bytes, result_paths, safe_stem
 
-TMP_PREFIX = ".tmp-"  # names of atomic_write's temporary files (a killed run may leave some)
+DISPLAY_SIZE = 384  # pixels on the longer side of an overlay shown in a notebook, at least
+MAX_DISPLAY_SIZE = 768
 
 
 @dataclass
@@ -48,8 +47,7 @@ class LocateResult:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
             raise ValueError(f"expected image (H, W, 3) uint8, got {self.image.shape} {self.image.dtype}")
         if self.norm_map is None:
-            low, span = self.token_map.min(), np.ptp(self.token_map)
-            self.norm_map = (self.token_map - low) / span if span > 0 else np.zeros_like(self.token_map)
+            self.norm_map = render.minmax(self.token_map)
         self.norm_map = np.asarray(self.norm_map, dtype=np.float32)
         if self.norm_map.shape != self.token_map.shape:
             raise ValueError(f"expected norm_map of shape {self.token_map.shape}, got {self.norm_map.shape}")
@@ -68,7 +66,11 @@ class LocateResult:
         return render.peak(self.heatmap)
 
     def bbox(self, threshold: float = render.DEFAULT_THRESHOLD) -> tuple[int, int, int, int] | None:
-        """Inclusive (x0, y0, x1, y1) around the hot region holding the peak (kept for the default threshold)."""
+        """(x0, y0, x1, y1), exclusive ends, around the hot region holding the peak; None for an empty map.
+
+        The convention is render.py's (the same as `metrics` and `eval` manifests). The box
+        for the default threshold is kept.
+        """
         if threshold == render.DEFAULT_THRESHOLD:
             return self._default_bbox
         return render.bbox(self.heatmap, threshold)
@@ -77,9 +79,23 @@ class LocateResult:
     def _default_bbox(self) -> tuple[int, int, int, int] | None:
         return render.bbox(self.heatmap, render.DEFAULT_THRESHOLD)
 
-    def overlay(self, alpha: float = 0.5) -> Image.Image:
-        """The heatmap in JET colours over the image."""
-        return render.overlay(Image.fromarray(self.image), self.heatmap, alpha)
+    def overlay(self, alpha: float = 0.5, size: int | None = None) -> Image.Image:
+        """The heatmap in JET colours over the image; `size` scales it so its longer side has
+        that many pixels (small images become readable)."""
+        image = render.overlay(Image.fromarray(self.image), self.heatmap, alpha)
+        return image if size is None else scaled(image, size)
+
+    def show(self, size: int = DISPLAY_SIZE) -> None:
+        """Display the overlay (in a notebook, else in the system's image viewer)."""
+        show_image(self.overlay(size=size))
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(self.overlay(size=display_size(self.image.shape[:2])))
+
+    def __repr__(self) -> str:
+        refs = ", ".join(self.references) or "-"
+        return (f"LocateResult({self.concept!r}, score {self.scores[self.concept]:.3f}, vs [{refs}], "
+                f"peak {self.peak}, bbox {self.bbox()}, {self.method})")
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no image pixels; the token map as nested lists)."""
@@ -101,13 +117,12 @@ class LocateResult:
     def save(self, directory: str | os.PathLike, stem: str | None = None) -> dict[str, str]:
         """Write <stem>_overlay.png, <stem>_heatmap.npy and <stem>.json; returns their paths.
 
-        Files are written atomically (temporary file, then rename).
+        Files are written atomically (temporary file, then rename), with the umask's permissions.
+        `stem` defaults to `safe_stem(concept)`.
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        stem = stem or safe_stem(self.concept)
-        paths = {"overlay": out / f"{stem}_overlay.png", "heatmap": out / f"{stem}_heatmap.npy",
-                 "json": out / f"{stem}.json"}
+        paths = result_paths(out, stem or safe_stem(self.concept))
         atomic_write(paths["overlay"], lambda f: self.overlay().save(f, format="PNG"))
         atomic_write(paths["heatmap"], lambda f: np.save(f, self.heatmap))
         record = {**self.to_dict(), "files": {k: str(v) for k, v in paths.items()}}
@@ -115,45 +130,32 @@ class LocateResult:
         return {k: str(v) for k, v in paths.items()}
 
 
-def safe_stem(text: str, max_len: int = 48, key: str | None = None) -> str:
-    """A file-name stem for any text: letters and digits kept (unicode too), the rest '-',
-    cut to max_len, plus a short hash of the full text so different texts never collide.
-
-    `key`, when given, is hashed instead of `text` (e.g. a file's full path, so that
-    a.jpg in two folders gets two stems)."""
-    slug = re.sub(r"[^\w]+", "-", text.strip().lower(), flags=re.UNICODE).strip("-_")[:max_len].strip("-_")
-    digest = hashlib.sha1(_utf8(text if key is None else key)).hexdigest()[:8]
-    return f"{slug}-{digest}" if slug else digest
+def display_size(shape: tuple[int, int]) -> int:
+    """Longer side for notebook display: the image's own, kept within DISPLAY_SIZE..MAX_DISPLAY_SIZE."""
+    return min(max(max(shape), DISPLAY_SIZE), MAX_DISPLAY_SIZE)
 
 
-def _utf8(text: str) -> bytes:
-    """UTF-8 bytes of any str: a file name that is not UTF-8 (bytes Python decoded to lone
-    surrogates, e.g. b'caf\\xe9' -> 'caf\\udce9') gives its original bytes, as `os.fsencode` does;
-    any other lone surrogate is passed through."""
+def scaled(image: Image.Image, size: int) -> Image.Image:
+    """`image` resized (bilinear) so its longer side is `size` pixels, aspect ratio kept."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size!r}")
+    w, h = image.size
+    factor = size / max(w, h)
+    return image.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.BILINEAR)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def show_image(image: Image.Image) -> None:
+    """Display in IPython when running there, else in the system's image viewer."""
     try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass")
+        from IPython.display import display
+    except ImportError:
+        image.show()
+        return
+    display(image)
 
-
-def json_bytes(obj, **kwargs) -> bytes:
-    """`obj` as UTF-8 JSON, unicode kept readable; when a str holds lone surrogates (a file name
-    that is not UTF-8), everything non-ASCII is escaped instead (\\udce9), so the file is still
-    valid UTF-8 and `json.loads` gives back the very same str (and path)."""
-    try:
-        return json.dumps(obj, ensure_ascii=False, **kwargs).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(obj, ensure_ascii=True, **kwargs).encode("ascii")
-
-
-def atomic_write(path: Path, write) -> None:
-    """`write(file)` into a temporary file next to `path` (named TMP_PREFIX...), then rename it
-    over `path`: readers see the old file or the new one, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -130,7 +130,7 @@ class ConceptEncoder:
     def _save_disk(self, key: str) -> None:
         from safetensors.torch import save
 
-        from .result import atomic_write
+        from .files import atomic_write
 
         names = [c for (k, c) in self._memory if k == key]
         table = torch.stack([self._memory[(key, c)] for c in names]).cpu().contiguous()

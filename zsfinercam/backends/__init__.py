@@ -1,7 +1,16 @@
-"""Backends behind one registry. Built-ins are imported explicitly, one line each."""
-from .base import Backend
+"""Backends behind one registry (see `registry`); the contract is `base.Backend`.
+
+Importing this package imports neither torch nor any backend: the registry lists the
+built-ins by name and `get_backend` imports one when asked. `Backend` is loaded on first access.
+"""
 from .registry import get_backend, list_backends, register_backend
-from . import open_clip as _open_clip  # noqa: F401  (registers "open_clip")
-from . import hf as _hf  # noqa: F401  (registers "hf")
 
 __all__ = ["Backend", "get_backend", "list_backends", "register_backend"]
+
+
+def __getattr__(name: str):
+    if name == "Backend":
+        from .base import Backend
+
+        return Backend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

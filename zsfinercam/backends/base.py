@@ -1,4 +1,4 @@
-"""What a backend provides to the engine.
+"""The Backend contract: what a backend provides to the engine and to every other caller.
 
 A backend wraps one loaded image-text model and exposes the pieces of its image
 tower that the fast path needs, so the engine never special-cases a model:
@@ -9,12 +9,62 @@ tower that the fast path needs, so the engine never special-cases a model:
 
 `shift` (B, M, D) is added to every patch token of A. The gradient of an
 objective with respect to shift[b, m] is the SUM over patch tokens of the
-gradient with respect to A, which is all Grad-CAM's channel weights need
-(DESIGN.md, fast path step 3). A backend may compute only what reaches the
-pooled output (for CLS pooling: the CLS query's attention row and the CLS MLP).
+gradient with respect to A; divided by the number of patch tokens N it is their
+mean, which is Grad-CAM's channel weights (docs/design.md, "The shift trick"). A backend may
+compute only what reaches the pooled output (for CLS pooling: the CLS query's
+attention row and the CLS MLP). Row m of `embed`'s output may depend on `shift[:, m]`
+only: the engine sums all M objectives and takes one backward.
+
+The contract, member by member (tensors live on `device` unless said otherwise;
+none of the methods changes the wrapped model, its grad flags, train/eval mode or hooks):
+
+Attributes:
+    name: the registry name (`register_backend` sets it).
+    config: the frozen `ModelConfig` (sizes, pooling, mean/std, logit scale, target layer).
+    device: where the model and every returned tensor live.
+    tokenizer: `texts -> ids (n, context_length)`, or None where there is no text tower (a
+        linear probe). Optional extras read by `text.py`: `encode(text) -> ids` without
+        special tokens and `num_special_tokens` (for the prompt-length warning).
+    autocast_dtype: the dtype the image tower runs in under autocast (bfloat16 on CUDA for
+        the built-ins, `trunk_dtype`); None: as stored. `trunk` and `encode_pixels` use it.
+    jacobian_chunk: shift rows per backward when the engine builds the Jacobian; None: the
+        engine's default. Set where `embed` runs a whole block per row, so the Localizer
+        prefers the direct path on cached features.
+
+Methods (abstract unless a default is named):
+    from_pretrained(name, *, pretrained, model_config, device, image_size) -> Backend: load.
+    from_model(model, tokenizer, *, name, image_size, **kw) -> Backend: wrap a model the caller
+        holds, used as is; default: a UsageError (the backend cannot).
+    tokenize(texts) -> (n, context_length) ids; encode_text(ids) -> (n, E) unnormalised
+        float32, grad-free.
+    trunk(pixels (B, 3, H, W)) -> stream (B, T, D) float32, grad-free (a normal tensor, not
+        an inference tensor, so autograd can use it).
+    target(stream) -> A (B, T, D), grad-free.
+    embed(stream, A, shift (B, M, D), cache) -> (B, M, E) unnormalised float32, differentiable
+        in `shift`; `cache` is a scratch dict tied to (stream, A).
+    encode_pixels(pixels) -> (B, E) unnormalised float32: the tower's plain forward, what the
+        model's own `encode_image` gives (= `embed` at zero shift), with the trunk's autocast.
+        It runs under the CALLER's grad mode (wrap it in `torch.no_grad()` for a plain forward;
+        with grad on, hooks on `target_module()` see A and its gradient). Default: trunk,
+        target and embed at zero shift.
+    target_module() -> nn.Module whose output is A during `encode_pixels` (`config.target_layer`),
+        for hook-based references such as pytorch-grad-cam; default: `config.target_layer`
+        looked up in the modules the backend holds.
+    head_rows(concepts, templates) -> (K, E) rows of a trained linear head, or None (default:
+        zero-shot text head); logit_scale -> s, or None for a linear head (default: the config's).
+    fingerprint() -> str that changes whenever the text side (or the head) does, for the disk
+        text cache and batch settings; default: a digest of the class, `config` and the state
+        of every module the backend holds (`modules()`), computed once.
+    modules() -> the outermost torch modules the backend holds (attributes, and attributes of held
+        plain objects such as towers); used by the defaults above and by `randomized`.
+    randomized(seed) -> Backend: an independent copy whose weight matrices (every parameter
+        with ndim >= 2) are redrawn, for the model-randomisation sanity baseline; the
+        original is untouched and the copy's fingerprint is computed afresh (a linear probe's key is
+        its head's, which the copy shares).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import weakref
 from abc import ABC, abstractmethod
@@ -31,15 +81,15 @@ _POS_CACHE: dict[tuple, tuple[weakref.ref, torch.Tensor]] = {}
 
 
 class Backend(ABC):
-    """One loaded image-text model, seen through the engine's eyes."""
+    """One loaded image-text model, seen through the engine's eyes (the contract: module docstring)."""
 
     name: ClassVar[str]
     config: ModelConfig
     device: torch.device
-    # Shift rows per backward when the engine builds the Jacobian; None: the engine's default.
-    # Set where embed runs a whole block per row, so the Localizer prefers the direct path
-    # on cached features.
+    tokenizer: object | None = None
+    autocast_dtype: torch.dtype | None = None
     jacobian_chunk: int | None = None
+    _fingerprint: str | None = None  # `fingerprint`'s memo
 
     @classmethod
     @abstractmethod
@@ -53,6 +103,13 @@ class Backend(ABC):
         image_size: int | None,
     ) -> "Backend":
         """Load weights and build the backend."""
+
+    @classmethod
+    def from_model(cls, model: nn.Module, tokenizer, *, name: str = "custom", image_size: int | None = None,
+                   **kwargs) -> "Backend":
+        """Wrap a model the caller already holds (used as is, never modified)."""
+        raise UsageError(f"the {getattr(cls, 'name', cls.__name__)} backend cannot wrap a model you hold; "
+                         "load one by name with Localizer.from_pretrained")
 
     @abstractmethod
     def tokenize(self, texts: list[str]) -> torch.Tensor:
@@ -79,23 +136,81 @@ class Backend(ABC):
         that does not depend on the shift there (e.g. the last block's keys and values).
         """
 
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unnormalised image embeddings (B, E) of a plain forward (here: embed at zero shift)."""
+        stream = self.trunk(pixels)
+        target = self.target(stream)
+        return self.embed(stream, target, stream.new_zeros(stream.shape[0], 1, stream.shape[-1]), {})[:, 0]
+
+    def target_module(self) -> nn.Module:
+        """The module whose output is A (`config.target_layer`), found in the modules held."""
+        path = self.config.target_layer
+        for top in self.modules():
+            try:
+                return top.get_submodule(path)
+            except AttributeError:
+                continue
+        raise UsageError(f"{self.config.name}: no module {path!r} in the modules this backend holds; "
+                         "override Backend.target_module")
+
     @property
     def logit_scale(self) -> float | None:
         """s in z = s * cos(image, text); None for a linear probe (z = e @ T^T, no normalisation)."""
-        return self.config.logit_scale if self.config.normalize else None
+        return self.config.logit_scale if self.config.cosine_head else None
 
     def head_rows(self, concepts: list[str], templates=None) -> torch.Tensor | None:
         """Rows of a trained linear head for `concepts` (K, E); None for zero-shot (text) heads."""
         return None
 
     def fingerprint(self) -> str:
-        """A key that changes whenever the text tower's weights do (for the text cache)."""
-        raise NotImplementedError
+        """A key that changes whenever the text tower's weights do (for the text cache).
+
+        Default: class, config and every held module's state (`modules()`), digested once.
+        """
+        if self._fingerprint is None:
+            digest = hashlib.blake2b(digest_size=16)
+            digest.update(f"{type(self).__module__}.{type(self).__qualname__}|{self.config!r}|".encode())
+            for k, module in enumerate(self.modules()):
+                digest.update(state_digest(module, f"{k}|", ()).encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def modules(self) -> list[nn.Module]:
+        """The outermost torch modules held as attributes, or as attributes of held plain objects
+        (a tower, a wrapped backend), each once, in attribute order; a module inside another is left out."""
+        held = list(vars(self).values())
+        held += [v for obj in held if not isinstance(obj, nn.Module) and hasattr(obj, "__dict__")
+                 for v in vars(obj).values()]
+        tops = list({id(v): v for v in held if isinstance(v, nn.Module)}.values())
+        inner = {id(m) for top in tops for m in top.modules() if m is not top}
+        return [top for top in tops if id(top) not in inner]
+
+    def randomized(self, seed: int = 0) -> "Backend":
+        """A deep copy whose weight matrices are redrawn (`redraw_matrices`); the tokenizer is shared."""
+        clone = copy.deepcopy(self, memo={id(self.tokenizer): self.tokenizer})
+        seen: set[int] = set()
+        params = [p for m in clone.modules() for p in m.parameters() if id(p) not in seen and not seen.add(id(p))]
+        redraw_matrices(params, seed)
+        clone._fingerprint = None
+        return clone
+
+
+def redraw_matrices(params, seed: int = 0) -> None:
+    """Replace, in place, every parameter with ndim >= 2 (weight matrices, embeddings, conv kernels)
+    by Gaussian noise with the trained tensor's mean and std, so activations keep their scale;
+    vectors (biases, norm gains, logit scale) are kept. Deterministic in `seed` and the order."""
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for p in params:
+            if p.ndim >= 2:
+                noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+                p.copy_((noise * p.float().std() + p.float().mean()).to(p.dtype))
 
 
 class TowerImage:
     """Mixin (before `Backend` in the bases) for backends that hand their image side to
-    `self.tower`, an object with trunk/target/embed and `jacobian_chunk` (e.g. `timm_vit.TimmViT`)."""
+    `self.tower`, an object with trunk/target/embed/encode_pixels/target_module and
+    `jacobian_chunk` (e.g. `timm_vit.TimmViT`)."""
 
     tower: object
 
@@ -107,6 +222,12 @@ class TowerImage:
 
     def embed(self, stream, target, shift, cache=None) -> torch.Tensor:
         return self.tower.embed(stream, target, shift, cache)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.tower.encode_pixels(pixels)
+
+    def target_module(self) -> nn.Module:
+        return self.tower.target_module()
 
     @property
     def jacobian_chunk(self) -> int | None:
@@ -137,7 +258,7 @@ def require_float32(model: nn.Module, name: str) -> None:
 
 def check_not_degenerate(tokenizer) -> torch.Tensor:
     """Ids of two different texts, refused when equal: offline hubs can hand back a degenerate
-    tokenizer that maps every text to one id (DESIGN.md)."""
+    tokenizer that maps every text to one id (docs/design.md, "Tokenizers and weights offline")."""
     ids = tokenizer(["a photo of a cat.", "a photo of a dog."])
     if torch.equal(ids[0], ids[1]):
         raise WorkError("the tokenizer loaded maps different texts to the same tokens: it is not the model's "

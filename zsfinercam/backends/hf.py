@@ -1,6 +1,6 @@
 """The Hugging Face transformers backend: `CLIPModel` (CLS pooled) and `SiglipModel` (MAP head).
 
-Targets follow the pooling, read from the loaded model (DESIGN.md, "Target activation"):
+Targets follow the pooling, read from the loaded model (docs/design.md, "Target activation"):
 
 - CLIP: A = `layer_norm1` of the last encoder layer, all tokens, one prefix (CLS) token.
   Patch tokens reach the pooled CLS output only as keys/values of the CLS query, so
@@ -116,11 +116,8 @@ class HFBackend(Backend):
         return x.float().clone()  # a normal tensor, usable by autograd
 
     def target(self, stream: torch.Tensor) -> torch.Tensor:
-        v = self.model.vision_model
         with torch.no_grad():
-            if self.config.pooling == "map":
-                return v.post_layernorm(stream)
-            return v.encoder.layers[-1].layer_norm1(stream)
+            return self.target_module()(stream)
 
     def embed(self, stream, target, shift, cache=None) -> torch.Tensor:
         v = self.model.vision_model
@@ -134,6 +131,19 @@ class HFBackend(Backend):
         x = stream[:, :1] + attn.out_proj(out[:, :, 0])  # (B, M, D): the CLS residual, one per shift
         x = x + layer.mlp(layer.layer_norm2(x))
         return self.model.visual_projection(v.post_layernorm(x))
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The vision model's own forward (`interpolate_pos_encoding=True`), then the projection (CLIP):
+        what `get_image_features` gives; (B, E) float32 under the caller's grad mode."""
+        v = self.model.vision_model
+        with autocast(self.device, self.autocast_dtype):
+            out = v(pixel_values=pixels.to(self.device, v.embeddings.patch_embedding.weight.dtype),
+                    interpolate_pos_encoding=True).pooler_output
+            return (self.model.visual_projection(out) if self.config.pooling == "cls" else out).float()
+
+    def target_module(self) -> nn.Module:
+        v = self.model.vision_model
+        return v.post_layernorm if self.config.pooling == "map" else v.encoder.layers[-1].layer_norm1
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

@@ -3,8 +3,8 @@
 Every request ends in a local `save_pretrained` folder before transformers is imported,
 so a machine without network fails at once with one clear line. Transformers' own
 offline fallback is never reached: with HF_HUB_OFFLINE=1 a missing hub id can load a
-degenerate two-token tokenizer instead of failing (DESIGN.md), so the tokenizer that
-does load is checked as well.
+degenerate two-token tokenizer instead of failing (docs/design.md, "Tokenizers and weights
+offline"), so the tokenizer that does load is checked as well.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The open_clip backend: CLS-pooled open_clip ViTs (OpenAI, LAION, DFN, BioCLIP, custom configs).
+"""The open_clip backend: open_clip CLIPs with a CLS-pooled ViT (OpenAI, LAION, DFN, BioCLIP, custom
+configs) or a timm ViT trunk (SigLIP's attention-pooled towers).
 
-Towers with a timm trunk (SigLIP's attention-pooled ViTs) are dispatched by `wrap` to
-`open_clip_timm.OpenClipTimmBackend`, which is registered under the same name.
+One class, `OpenClipBackend`: the text side is open_clip's; the image side is a tower chosen
+by `wrap` from the model, `open_clip_vit.OpenClipViT` or `timm_vit.TimmViT` (`open_clip_timm`).
 """
 from __future__ import annotations
 
@@ -9,30 +10,29 @@ import copy
 from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..config import OPENAI_MEAN, OPENAI_STD, ModelConfig, run_size
+from ..config import OPENAI_MEAN, OPENAI_STD, ModelConfig
 from ..errors import UsageError, WorkError, first_line
-from .base import (Backend, autocast, check_not_degenerate, require_float32, resample_pos, state_digest,
-                   trunk_dtype)
+from .base import Backend, TowerImage, check_not_degenerate, require_float32, state_digest, trunk_dtype
+from .open_clip_timm import is_timm_tower, timm_fields, timm_tower
+from .open_clip_vit import OpenClipViT, vit_fields
 from .open_clip_weights import Resolved, resolve
 from .registry import register_backend
-from .shift import shifted_attention, split_projection
 
 
 @register_backend("open_clip")
-class OpenClipBackend(Backend):
-    """Engine view of an open_clip CLIP whose image tower is a CLS-pooled VisionTransformer.
-
-    Target activation: `ln_1` of the last residual block (DESIGN.md). Only the CLS
-    query's attention row, the CLS MLP and the head are run with grad.
-    """
+class OpenClipBackend(TowerImage, Backend):
+    """Engine view of an open_clip model; `tower` is its image side (see the module docstring)."""
 
     def __init__(self, model: nn.Module, tokenizer, config: ModelConfig, device: torch.device):
         self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
         self.autocast_dtype = trunk_dtype(device)
         self._fingerprint: str | None = None
+        if is_timm_tower(model.visual):
+            self.tower = timm_tower(model, config.grid_size, self.autocast_dtype)
+        else:
+            self.tower = OpenClipViT(model.visual, config.grid_size, self.autocast_dtype)
 
     @classmethod
     def from_pretrained(cls, name, *, pretrained, model_config, device, image_size) -> "OpenClipBackend":
@@ -42,11 +42,14 @@ class OpenClipBackend(Backend):
         return wrap(model, tokenizer, name, label, image_size, resolved, device)
 
     @classmethod
-    def from_model(cls, model: nn.Module, tokenizer, *, name: str = "custom", image_size: int | None = None):
+    def from_model(cls, model: nn.Module, tokenizer, *, name: str = "custom", image_size: int | None = None,
+                   **kwargs) -> "OpenClipBackend":
         """Wrap an open_clip model the caller already holds; it is used as is, never modified.
 
         Its weights must be float32 (pass `model.float()`); on CUDA the trunk autocasts to bfloat16 itself.
         """
+        if kwargs:
+            raise UsageError(f"the open_clip backend takes no {', '.join(kwargs)}: they come with the model")
         require_float32(model, name)
         device = next(model.parameters()).device
         return wrap(model, tokenizer, name, None, image_size, Resolved(name, None, None), device)
@@ -61,40 +64,6 @@ class OpenClipBackend(Backend):
             if parts is None:
                 return self.model.encode_text(tokens).float()
             return _encode_text_truncated(parts, tokens).float()
-
-    # image ----------------------------------------------------------------
-    def trunk(self, pixels: torch.Tensor) -> torch.Tensor:
-        v = self.model.visual
-        with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
-            x = v.conv1(pixels.to(self.device, v.conv1.weight.dtype))
-            batch, width, h, w = x.shape
-            x = x.flatten(2).transpose(1, 2)
-            cls_tok = v.class_embedding.to(x.dtype).expand(batch, 1, width)
-            x = torch.cat([cls_tok, x], dim=1) + self._pos_embed((h, w)).to(x.dtype)
-            x = v.ln_pre(x)
-            for block in v.transformer.resblocks[:-1]:
-                x = _run_block(block, x, v.transformer.batch_first)
-        return x.float().clone()  # a normal tensor, usable by autograd
-
-    def _pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
-        v = self.model.visual
-        return resample_pos(v.positional_embedding, grid, v.grid_size, 1)
-
-    def target(self, stream: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model.visual.transformer.resblocks[-1].ln_1(stream)
-
-    def embed(self, stream, target, shift, cache=None) -> torch.Tensor:
-        v = self.model.visual
-        block = v.transformer.resblocks[-1]
-        attn = block.attn
-        out = shifted_attention(target[:, :1], target, split_projection(attn.in_proj_weight, attn.in_proj_bias, 3),
-                                attn.num_heads, attn.head_dim**-0.5, shift, self.config.num_prefix_tokens, cache)
-        cls_out = F.linear(out[:, :, 0], attn.out_proj.weight, attn.out_proj.bias)
-        x = stream[:, :1] + block.ls_1(cls_out)  # (B, M, D): the CLS residual, one per shift
-        x = x + block.ls_2(block.mlp(block.ln_2(x)))
-        pooled = v.ln_post(x)
-        return pooled @ v.proj if v.proj is not None else pooled
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
@@ -114,12 +83,6 @@ def load_model(name: str, pretrained: str | None, model_config: str | None, devi
     model = _build(resolved).to(device).eval()
     label = pretrained if resolved.model_cfg is None or model_config else resolved.checkpoint
     return model, resolved, label
-
-
-def _run_block(block: nn.Module, x: torch.Tensor, batch_first: bool) -> torch.Tensor:
-    if batch_first:
-        return block(x)
-    return block(x.transpose(0, 1)).transpose(0, 1)
 
 
 def _build(resolved: Resolved) -> nn.Module:
@@ -198,34 +161,11 @@ def _encode_text_truncated(parts: SimpleNamespace, tokens: torch.Tensor) -> torc
 
 def wrap(model: nn.Module, tokenizer, name: str, pretrained: str | None, image_size: int | None,
          resolved: Resolved, device: torch.device) -> OpenClipBackend:
-    """The backend for a built open_clip model: its own ViT, or a timm trunk (SigLIP, `open_clip_timm`)."""
-    from .open_clip_timm import OpenClipTimmBackend, describe_timm, is_timm_tower
-
-    if is_timm_tower(getattr(model, "visual", None)):
-        return OpenClipTimmBackend(model, tokenizer, describe_timm(model, name, pretrained, image_size, resolved),
-                                   device)
-    return OpenClipBackend(model, tokenizer, describe(model, name, pretrained, image_size, resolved), device)
-
-
-def describe(model: nn.Module, name: str, pretrained: str | None, image_size: int | None, resolved: Resolved):
-    """Check the model is supported and build its ModelConfig."""
-    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
-
+    """The backend for a built open_clip model, its ModelConfig read from the model (unsupported towers refused)."""
     v = getattr(model, "visual", None)
-    if not isinstance(v, VisionTransformer):
-        raise UsageError(f"{name}: image tower {type(v).__name__} is not supported by the open_clip backend "
-                         "(open_clip ViTs and timm ViT trunks only)")
-    last = v.transformer.resblocks[-1]
-    if v.attn_pool is not None or v.pool_type != "tok" or not isinstance(last, ResidualAttentionBlock) \
-            or not isinstance(last.attn, nn.MultiheadAttention) or hasattr(last, "ln_1_kv"):
-        raise UsageError(f"{name}: only CLS-token pooled ViTs with standard attention blocks are supported")
-    patch, native = tuple(v.patch_size), tuple(v.image_size)
-    layers = len(v.transformer.resblocks)
-    return ModelConfig(
-        **model_fields(model, name, pretrained, resolved), image_size=run_size(native, patch, image_size),
-        native_image_size=native, patch_size=patch, num_prefix_tokens=1, width=v.conv1.out_channels,
-        embed_dim=v.output_dim, target_layer=f"visual.transformer.resblocks.{layers - 1}.ln_1", pooling="cls",
-    )
+    image = timm_fields(model, name, image_size) if is_timm_tower(v) else vit_fields(model, name, image_size)
+    config = ModelConfig(**model_fields(model, name, pretrained, resolved), **image)
+    return OpenClipBackend(model, tokenizer, config, device)
 
 
 def model_fields(model: nn.Module, name: str, pretrained: str | None, resolved: Resolved) -> dict:

@@ -13,10 +13,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
-from .base import TowerImage
-from .open_clip import OpenClipBackend, model_fields
-from .open_clip_weights import Resolved
 from .timm_vit import TimmViT, check_vit, vit_fields
 
 
@@ -27,25 +23,18 @@ def is_timm_tower(visual: nn.Module) -> bool:
     return isinstance(visual, TimmModel)
 
 
-class OpenClipTimmBackend(TowerImage, OpenClipBackend):
-    """Engine view of an open_clip model with a timm ViT image tower (registered as "open_clip")."""
-
-    def __init__(self, model: nn.Module, tokenizer, config: ModelConfig, device: torch.device):
-        super().__init__(model, tokenizer, config, device)
-        v = model.visual
-        head = v.head if len(v.head) else None
-        self.tower = TimmViT(v.trunk, head, config.grid_size, self.autocast_dtype)
+def timm_tower(model: nn.Module, grid: tuple[int, int], autocast_dtype: torch.dtype | None) -> TimmViT:
+    """The engine's view of the model's timm image tower: the trunk, then open_clip's head (if any)."""
+    v = model.visual
+    return TimmViT(v.trunk, v.head if len(v.head) else None, grid, autocast_dtype)
 
 
-def describe_timm(model: nn.Module, name: str, pretrained: str | None, image_size: int | None,
-                  resolved: Resolved) -> ModelConfig:
-    """Check the timm trunk is supported and build its ModelConfig."""
+def timm_fields(model: nn.Module, name: str, image_size: int | None) -> dict:
+    """Check the timm trunk is supported; the image fields of its ModelConfig (and the logit bias)."""
     check_vit(model.visual.trunk, name)
     bias = getattr(model, "logit_bias", None)
-    return ModelConfig(
-        **model_fields(model, name, pretrained, resolved), **vit_fields(model.visual.trunk, image_size, "visual.trunk"),
-        embed_dim=_output_dim(model), logit_bias=float(bias.detach()) if bias is not None else 0.0,
-    )
+    return dict(**vit_fields(model.visual.trunk, image_size, "visual.trunk"), embed_dim=_output_dim(model),
+                logit_bias=float(bias.detach()) if bias is not None else 0.0)
 
 
 def _output_dim(model: nn.Module) -> int:

@@ -3,7 +3,7 @@
 The head is z = W e + b over the tower's pooled feature e, with no normalisation and no
 scale. The bias is folded in: `embed` returns [e, 1] and the head rows are [W | b], so
 the engine's linear head z = [e, 1] @ [W | b]^T is exact and every objective still comes
-from one backward (config.normalize is False, so `logit_scale` is None).
+from one backward (config.cosine_head is False, so `logit_scale` is None).
 
 Towers:
 - any image tower the open_clip backend loads; e = its own pooled, projected embedding
@@ -57,7 +57,6 @@ class ProbeBackend(TowerImage, Backend):
     """
 
     name = "probe"
-    tokenizer = None
 
     def __init__(self, tower, weight: torch.Tensor, bias: torch.Tensor, classes: list[str], config: ModelConfig,
                  device: torch.device):
@@ -105,16 +104,24 @@ class ProbeBackend(TowerImage, Backend):
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
-    # image (trunk and target: the tower's) ------------------------------------
+    # image (trunk, target and target_module: the tower's) -----------------------
     def embed(self, stream, target, shift, cache=None) -> torch.Tensor:
         """[e, 1] (B, M, E + 1): the tower's feature and the constant that carries the bias."""
-        e = self.tower.embed(stream, target, shift, cache)
-        return torch.cat([e, e.new_ones(*e.shape[:-1], 1)], dim=-1)
+        return _with_one(self.tower.embed(stream, target, shift, cache))
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[e, 1] (B, E + 1) of the tower's plain forward, as `embed` gives it at zero shift."""
+        return _with_one(self.tower.encode_pixels(pixels))
+
+
+def _with_one(e: torch.Tensor) -> torch.Tensor:
+    """[e, 1]: the feature and the constant that carries the bias."""
+    return torch.cat([e, e.new_ones(*e.shape[:-1], 1)], dim=-1)
 
 
 def probe_config(tower_config: ModelConfig, classes: list[str]) -> ModelConfig:
     """The tower's card, turned into a probe's: plain linear head over fixed classes."""
-    return dataclasses.replace(tower_config, backend="probe", logit_scale=1.0, normalize=False, logit_bias=0.0,
+    return dataclasses.replace(tower_config, backend="probe", logit_scale=1.0, cosine_head=False, logit_bias=0.0,
                                default_vocab=tuple(classes), default_templates=None, context_length=0)
 
 
@@ -151,7 +158,7 @@ def _timm_tower(name: str, pretrained, model_config, device, image_size):
     config = ModelConfig(
         name=f"timm:{name}", backend="probe", pretrained=str(checkpoint), **vit_fields(vit, image_size, "trunk"),
         embed_dim=int(vit.num_features), logit_scale=1.0, mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
-        std=tuple(cfg.get("std", IMAGENET_STD)), context_length=0, normalize=False)
+        std=tuple(cfg.get("std", IMAGENET_STD)), context_length=0, cosine_head=False)
     return TimmViT(vit, None, config.grid_size, trunk_dtype(device)), config
 
 

@@ -1,4 +1,4 @@
-"""The shift trick (DESIGN.md, fast path step 3): a few attention rows over A, once per shift vector.
+"""A few attention rows over A, once per shift vector (docs/design.md, "Shifted attention").
 
 Every backend's `embed` adds a shift s_m (D,) to every patch token of A and needs only the
 attention rows of a few queries (the CLS query, or a pooling head's latent queries). Keys

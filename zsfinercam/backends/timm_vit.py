@@ -5,7 +5,7 @@ probes over timm backbones (DINOv2). Everything is read from the model: prefix t
 (`num_prefix_tokens`: class and register tokens), the patch grid (`patch_embed.grid_size`,
 may be non-square) and the pooling (`global_pool`, `attn_pool`, `pool_include_prefix`).
 
-Targets (DESIGN.md, "Target activation"):
+Targets (docs/design.md, "Target activation"):
 
 - attention pooling ('map', SigLIP): A = the trunk's final norm output, all tokens, which is
   exactly the input of the pooling head's key/value projection. A shift of every patch
@@ -58,16 +58,32 @@ class TimmViT:
     # trunk ------------------------------------------------------------------
     def trunk(self, pixels: torch.Tensor) -> torch.Tensor:
         """Residual stream entering the last block; for attention-pooled towers, leaving it."""
+        with torch.inference_mode():
+            x = self._tokens(pixels, self.vit.blocks if self.pooled_by_head else self.vit.blocks[:-1])
+        return x.float().clone()  # a normal tensor, usable by autograd
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The tower's plain forward at `grid` (every block, timm's own pooling, then `head`): (B, E)
+        float32, under the caller's grad mode; `target_module` is called as a module on the way."""
+        with autocast(self.vit.patch_embed.proj.weight.device, self.autocast_dtype):
+            pooled = self.vit.forward_head(self.vit.norm(self._tokens(pixels, self.vit.blocks)))
+            return (pooled if self.head is None else self.head(pooled)).float()
+
+    def target_module(self) -> nn.Module:
+        """The module whose output is A: the final norm (attention pooling) or the last block's norm1."""
+        return self.vit.norm if self.pooled_by_head else self.vit.blocks[-1].norm1
+
+    def _tokens(self, pixels: torch.Tensor, blocks) -> torch.Tensor:
+        """Patch embedding, prefix tokens, position embedding, then `blocks`, under the tower's autocast."""
         v = self.vit
         proj = v.patch_embed.proj
-        with torch.inference_mode(), autocast(proj.weight.device, self.autocast_dtype):
+        with autocast(proj.weight.device, self.autocast_dtype):
             x = proj(pixels.to(proj.weight.device, proj.weight.dtype))
             x = v.patch_embed.norm(x.flatten(2).transpose(1, 2))
             x = v.norm_pre(self._with_prefix(x))
-            blocks = v.blocks if self.pooled_by_head else v.blocks[:-1]
             for block in blocks:
                 x = block(x)
-        return x.float().clone()  # a normal tensor, usable by autograd
+        return x
 
     def _with_prefix(self, x: torch.Tensor) -> torch.Tensor:
         """Class/register tokens and position embedding, as timm's `_pos_embed` adds them."""

@@ -17,6 +17,7 @@ from .batch import batch
 from .bench import bench
 from .compare import compare
 from .eval import eval_command
+from .lab import lab
 from .locate import locate
 from .models import models
 from .prompts import neighbors, prompts_command
@@ -36,6 +37,7 @@ cli.add_command(eval_command)
 cli.add_command(bench)
 cli.add_command(neighbors)
 cli.add_command(prompts_command)
+cli.add_command(lab)
 
 
 def _fail(message: str, code: int) -> None:

@@ -7,7 +7,7 @@ import click
 
 from ..batch import DEFAULT_BATCH_SIZE, ENGINES, MANIFEST_NAME
 from ..errors import UsageError, WorkError
-from .options import (contrast_kwargs, contrast_options, load_localizer, max_pixels_option, method_option,
+from .options import (contrast_options, load_localizer, locate_options, max_pixels_option, method_option,
                       model_options)
 
 
@@ -47,17 +47,16 @@ def batch(inputs, concepts, out, recursive, resume, batch_size, engine, ray_addr
 
     Example: zsfinercam batch photos/ --concepts "red-tailed hawk" --vs "red-shouldered hawk" --out maps
     """
-    from ..batch import check_out_dir, find_images, run_batch
+    from ..batch import find_images, run_batch
     from ..text import unique_concepts
 
     ray = _ray_options(engine, ray_address, workers, gpus_per_worker, cpus_per_worker)
-    kwargs = contrast_kwargs(**contrast)
+    options = locate_options(**contrast)
     names = unique_concepts(concepts)
     images = find_images(inputs, recursive=recursive, exclude=out)
-    check_out_dir(out, resume)
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
     summary = run_batch(loc, images, out, names, resume=resume, batch_size=batch_size, engine=engine, ray=ray,
-                        **kwargs)
+                        options=options)
     click.echo(summary.line())
     if summary.failed:
         raise WorkError(f"{summary.failed} of {len(images)} images failed; their errors are in {summary.manifest}")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from ..backends import list_backends
+
 
 def _int_list(ctx, param, value):
     """"224,448" -> (224, 448); None stays None (the device default)."""
@@ -24,6 +26,7 @@ def _int_list(ctx, param, value):
               help="Weights; default random (speed does not depend on the weights).")
 @click.option("--model-config", type=click.Path(dir_okay=False), default=None, metavar="JSON",
               help="open_clip model config for a custom architecture.")
+@click.option("--backend", type=click.Choice(list_backends()), default="open_clip", show_default=True)
 @click.option("--sizes", default="224,448", show_default=True, callback=_int_list, help="Image sizes.")
 @click.option("--ks", default="1,4,16,64", show_default=True, callback=_int_list,
               help="Concept counts K per call.")
@@ -44,7 +47,7 @@ def _int_list(ctx, param, value):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, metavar="PATH",
               help="Also write every figure and raw sample to PATH.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
-def bench(model, pretrained, model_config, sizes, ks, batches, rounds, device, gradcam_calls, gradcam_full,
+def bench(model, pretrained, model_config, backend, sizes, ks, batches, rounds, device, gradcam_calls, gradcam_full,
           no_gradcam, no_memory, threads, references, json_path, quiet):
     """Time maps for K concepts against one plain forward and pytorch-grad-cam, interleaved.
 
@@ -59,8 +62,8 @@ def bench(model, pretrained, model_config, sizes, ks, batches, rounds, device, g
     from ..bench_report import format_table, write_json
     from ..errors import UsageError
 
-    cfg = BenchConfig(model=model, pretrained=pretrained, model_config=model_config, sizes=sizes, ks=ks,
-                      batches=batches, rounds=rounds, device=device, gradcam=not no_gradcam,
+    cfg = BenchConfig(model=model, pretrained=pretrained, model_config=model_config, backend=backend, sizes=sizes,
+                      ks=ks, batches=batches, rounds=rounds, device=device, gradcam=not no_gradcam,
                       gradcam_calls=gradcam_calls, gradcam_full=gradcam_full, memory=not no_memory,
                       threads=threads, references=references)
     try:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import contrast_kwargs, contrast_options, load_localizer, max_pixels_option, model_options
+from .options import contrast_options, load_localizer, locate_options, max_pixels_option, model_options
 
 
 @click.command()
@@ -26,19 +26,16 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
     Example: zsfinercam compare bird.jpg "red-tailed hawk" "red-shouldered hawk" "cooper's hawk"
     """
     from ..text import unique_concepts
-    from ..result import atomic_write, json_bytes, safe_stem
+    from ..files import atomic_write, image_stem, json_bytes, refuse_overwriting_inputs, safe_stem
 
-    kwargs = contrast_kwargs(**contrast)
-    del kwargs["method"]
+    options = locate_options(**contrast)
     names = unique_concepts(concepts)
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
-    comparison = loc.compare(str(image), names, **kwargs)
+    comparison = loc.compare(str(image), names, options)
     grid = comparison.grid(cell)
-    # the image part hashes the full path, so bird.png from two folders never share a name
-    stem = f"{safe_stem(image.stem, 40, key=str(image.resolve()))}_compare-{safe_stem(chr(0).join(names), 0)}"
+    stem = f"{image_stem(image)}_compare-{safe_stem(chr(0).join(names), 0)}"
     paths = {"grid": out / f"{stem}.png", "json": out / f"{stem}.json"}
-    if any(p.resolve() == image.resolve() for p in paths.values()):
-        raise click.UsageError(f"an output would overwrite the input {image}; choose another --out")
+    refuse_overwriting_inputs(paths.values(), [image])
     out.mkdir(parents=True, exist_ok=True)
     record = {**comparison.to_dict(), "grid_size": list(grid.size), "files": {k: str(v) for k, v in paths.items()}}
     atomic_write(paths["grid"], lambda f: grid.save(f, format="PNG"))

@@ -1,20 +1,19 @@
 """`zsfinercam eval`: localisation metrics against ground truth, Finer-CAM vs Grad-CAM."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from ..evaluate import METHODS
+from ..evaluate import EVAL_METHODS
 from .options import load_localizer, model_options
 
 
 def _methods(ctx, param, value: str) -> tuple[str, ...]:
     names = tuple(v.strip() for v in value.split(",") if v.strip())
-    bad = [n for n in names if n not in METHODS]
+    bad = [n for n in names if n not in EVAL_METHODS]
     if bad or not names:
-        raise click.BadParameter(f"choose from {', '.join(METHODS)} (comma-separated), got {value!r}")
+        raise click.BadParameter(f"choose from {', '.join(EVAL_METHODS)} (comma-separated), got {value!r}")
     return names
 
 
@@ -39,6 +38,7 @@ def eval_command(manifest, synthetic, split, seed, methods, perturbation, top_pe
                  model_config, backend, device, image_size, json_path, write_manifest):
     """Score maps against masks/boxes from MANIFEST (JSONL), or on a synthetic set with --synthetic N."""
     from ..evaluate import evaluate, read_manifest, synthetic_items, write_manifest as save_set
+    from ..files import atomic_write, json_bytes
 
     if (manifest is None) == (synthetic is None):
         raise click.UsageError("give either a MANIFEST or --synthetic N")
@@ -53,4 +53,5 @@ def eval_command(manifest, synthetic, split, seed, methods, perturbation, top_pe
     click.echo(report.table())
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"summary": report.summary(), "rows": report.rows}, indent=1))
+        record = {"summary": report.summary(), "rows": report.rows}
+        atomic_write(json_path, lambda f: f.write(json_bytes(record, indent=1)))

@@ -1,12 +1,11 @@
 """`zsfinercam locate IMAGE CONCEPT...`: maps for concepts in one image."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
 
-from .options import (contrast_kwargs, contrast_options, load_localizer, max_pixels_option, method_option,
+from .options import (contrast_options, load_localizer, locate_options, max_pixels_option, method_option,
                       model_options)
 
 @click.command()
@@ -33,16 +32,16 @@ def locate(image, concepts, model, pretrained, model_config, backend, device, im
 
     A concept given twice is mapped once (with a warning).
     """
-    from ..result import json_bytes
+    from ..files import image_stem, json_bytes
     from ..text import unique_concepts
 
-    kwargs = contrast_kwargs(**contrast)
+    options = locate_options(**contrast)
     names = unique_concepts(concepts)
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
-    results = loc.locate_many(str(image), names, **kwargs)
-    image_stem = re.sub(r"[^\w.-]+", "-", image.stem)[:40] or "image"
+    results = loc.locate_many(str(image), names, options)
+    prefix = image_stem(image)
     for res in results:
-        files = _save(res, out, image_stem, image)
+        files = _save(res, out, prefix, image)
         if as_json:
             record = {k: v for k, v in res.to_dict().items() if k != "token_map"}
             click.echo(json_bytes({**record, "files": files}).decode())
@@ -50,13 +49,11 @@ def locate(image, concepts, model, pretrained, model_config, backend, device, im
             click.echo(_summary(res, files))
 
 
-def _save(res, out: Path, image_stem: str, image: Path) -> dict[str, str]:
-    from ..result import safe_stem
+def _save(res, out: Path, prefix: str, image: Path) -> dict[str, str]:
+    from ..files import refuse_overwriting_inputs, result_paths, safe_stem
 
-    stem = f"{image_stem}_{safe_stem(res.concept)}"
-    planned = [out / f"{stem}{suffix}" for suffix in ("_overlay.png", "_heatmap.npy", ".json")]
-    if any(p.resolve() == image.resolve() for p in planned):
-        raise click.UsageError(f"an output would overwrite the input {image}; choose another --out")
+    stem = f"{prefix}_{safe_stem(res.concept)}"
+    refuse_overwriting_inputs(result_paths(out, stem).values(), [image])
     return res.save(out, stem)
 
 

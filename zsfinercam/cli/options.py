@@ -6,11 +6,8 @@ import warnings
 import click
 
 from ..backends import list_backends
-from ..contrast import STRATEGIES
 from ..images import DEFAULT_MAX_PIXELS
-from ..localizer import METHODS
-from ..objectives import OBJECTIVES
-
+from ..options import METHODS, OBJECTIVES, STRATEGIES, LocateOptions, OptionError
 
 
 def model_options(func):
@@ -48,7 +45,7 @@ def load_localizer(model, pretrained, model_config, backend, device, image_size,
 def contrast_options(func):
     """What a map is computed against: --vs, --vocab, --contrast, --category, --parts,
     --part-vocab, --alpha, --objective, --templates. The command receives them
-    as keyword arguments; `contrast_kwargs` turns them into Localizer.locate_many's."""
+    as keyword arguments; `locate_options` turns them into a LocateOptions."""
     options = [
         click.option("--vs", multiple=True, metavar="TEXT", help="A reference concept to contrast with (repeatable)."),
         click.option("--vocab", default=None, metavar="NAME|FILE",
@@ -79,13 +76,22 @@ method_option = click.option("--method", type=click.Choice(METHODS), default="fi
                              help="finer = Finer-CAM; gradcam = plain Grad-CAM on the concept's logit.")
 
 
-def contrast_kwargs(vs, vocab, contrast, category, parts, part_vocab, alpha, objective, templates,
-                    method: str = "finer") -> dict:
-    """Localizer.locate_many keyword arguments from contrast_options' values."""
-    if alpha is not None and not (alpha >= 0 and alpha != float("inf")):
-        raise click.BadParameter(f"must be a finite number >= 0, got {alpha}", param_hint="--alpha")
+FLAGS = {"parts": "--part-vocab"}  # LocateOptions fields whose flag is not --<field>
+
+
+def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, objective, templates,
+                   method: str = "finer") -> LocateOptions:
+    """The LocateOptions of contrast_options' (and method_option's) values.
+
+    Raises:
+        click.BadParameter: a value LocateOptions refuses, named by its flag (exit status 2).
+    """
     if part_vocab != "cub_parts" and not parts:
         warnings.warn("--part-vocab is used only with --parts; ignored", stacklevel=2)
-    return dict(vs=list(vs) or None, vocab=vocab, contrast=contrast, category=category,
-                parts=part_vocab if parts else None, alpha=alpha, method=method, objective=objective,
-                templates=templates)
+    try:
+        return LocateOptions(vs=vs, vocab=vocab, contrast=contrast, category=category,
+                             parts=part_vocab if parts else None, alpha=alpha, method=method,
+                             objective=objective, templates=templates)
+    except OptionError as err:
+        raise click.BadParameter(str(err), param_hint=FLAGS.get(err.field, f"--{err.field.replace('_', '-')}")) \
+            from None

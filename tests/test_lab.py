@@ -1,0 +1,289 @@
+"""The prompt lab: its plain functions, the launched app through gradio_client, notebook display."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zsfinercam.errors import UsageError
+from zsfinercam.lab import session
+
+BIRD = Path(__file__).resolve().parents[1] / "examples" / "bird.png"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def loc():
+    from zsfinercam.localizer import Localizer
+
+    return Localizer.from_pretrained("toy", cache_dir=None)
+
+
+@pytest.fixture(scope="module")
+def gradio_env(tmp_path_factory):
+    """Analytics off and a private upload folder, for this module's app."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        mp.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("gradio")))
+        yield
+
+
+# plain functions -------------------------------------------------------------
+def test_parse_lines_keeps_order_and_drops_blanks_and_repeats():
+    assert session.parse_lines(" red tail \n\n  blue head\nred tail\n") == ["red tail", "blue head"]
+    assert session.parse_lines(None) == []
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(concepts=" \n "), "no concepts given"),
+    (dict(concepts="bird", vocab="/etc/passwd"), "unknown vocabulary '/etc/passwd'"),
+    (dict(concepts="bird", templates="../x.txt"), "unknown template set"),
+    (dict(concepts="bird", contrast="closest"), "unknown contrast 'closest'; choose one of"),
+    (dict(concepts="bird", alpha=float("nan")), "alpha must be a finite number"),
+    (dict(concepts="bird", method="score-cam"), "unknown method 'score-cam'"),
+    (dict(concepts="bird", objective="max"), "unknown objective 'max'"),
+])
+def test_parse_request_refuses_bad_input_with_one_line(kwargs, message):
+    with pytest.raises(UsageError, match=message) as err:
+        session.parse_request(**kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_locate_options_maps_every_field():
+    from zsfinercam.options import LocateOptions
+
+    req = session.parse_request("a\nb", "c", "parts", "cub200", 0.5, "short", "finer", "mean")
+    assert session.locate_options(req) == LocateOptions(vs=("c",), vocab="cub200", contrast="parts",
+                                                        parts="cub_parts", alpha=0.5, objective="mean",
+                                                        templates="short")
+    assert session.locate_options(session.parse_request("a", method="gradcam")).alpha == 0.0
+    assert session.locate_options(session.parse_request("a")) == LocateOptions()
+
+
+@pytest.mark.parametrize("references, objective", [("", "weighted"), ("blue head\ngreen tail", "mean")])
+def test_run_request_gives_locates_maps(loc, references, objective):
+    cache = session.FeatureCache()
+    req = session.parse_request("red tail\nbird", references, objective=objective)
+    result = session.run_request(loc, cache, BIRD, req)
+    finer = loc.locate_many(str(BIRD), ["red tail", "bird"], vs=references.split("\n") if references else None,
+                            objective=objective)
+    grad = loc.locate_many(str(BIRD), list(req.concepts), method="gradcam")
+    for mine, theirs in [(result.comparison.finer, finer), (result.comparison.gradcam, grad)]:
+        for a, b in zip(mine, theirs):
+            assert (a.concept, a.references) == (b.concept, b.references)
+            np.testing.assert_allclose(a.token_map, b.token_map, rtol=1e-4, atol=1e-5)
+            assert a.peak == b.peak
+    assert not result.cached and session.run_request(loc, cache, BIRD, req).cached
+
+
+def test_cache_is_keyed_by_content_and_bounded(loc, tmp_path):
+    copy = tmp_path / "copy.png"
+    shutil.copyfile(BIRD, copy)
+    cache = session.FeatureCache(max_items=2)
+    first, hit = session.features_for(loc, cache, BIRD)
+    assert not hit and session.features_for(loc, cache, copy) == (first, True)  # same bytes, other path
+    others = []
+    for i in range(3):
+        path = tmp_path / f"other{i}.png"
+        from PIL import Image
+
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(path)
+        others.append(path)
+        session.features_for(loc, cache, path)
+    assert len(cache) == 2 and not session.features_for(loc, cache, BIRD)[1]  # least recently used went
+    one = session.features_nbytes(first)
+    small = session.FeatureCache(max_items=10, max_bytes=one + 1)
+    for path in others:
+        session.features_for(loc, small, path)
+    assert len(small) == 1 and small.nbytes <= one + 1
+
+
+def test_bad_image_file_names_only_the_file(loc, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    with pytest.raises(Exception, match="^notes.txt is not an image PIL can read") as err:
+        session.features_for(loc, session.FeatureCache(), text)
+    assert str(tmp_path) not in str(err.value)
+
+
+def test_layout_scores_references_neighbours_and_downloads(loc, tmp_path):
+    req = session.parse_request("red tail\nbird", "blue head\ngreen tail")
+    result = session.run_request(loc, session.FeatureCache(), BIRD, req)
+    rows = session.score_rows(result)
+    assert [r[:3] for r in rows[:3]] == [["red tail", "red tail", "concept"], ["red tail", "blue head", "reference"],
+                                         ["red tail", "green tail", "reference"]]
+    z = [result.comparison.finer[0].scores[n] for n in ("red tail", "blue head", "green tail")]
+    expected = np.exp(z) / np.exp(z).sum()
+    np.testing.assert_allclose([r[4] for r in rows[:3]], expected, atol=1e-4)
+    assert "**red tail** vs blue head, green tail; rule *vs*" in session.references_text(result)
+    near = loc.neighbors("red tail", None, session.NEIGHBOURS)
+    assert result.neighbours["red tail"] == near
+    assert len(session.gallery(result)) == 6 and session.gallery(result)[1][1] == "red tail · Finer-CAM"
+    files = session.write_downloads(result, tmp_path / "dl")
+    names = sorted(Path(f).name for f in files)
+    assert names[-2:] == ["red-tail-ba9bb7d2_overlay.png", "results.json"]
+    assert any(n.endswith("_heatmap.npy") for n in names) and "compare_grid.png" in names
+    record = json.loads((tmp_path / "dl" / "results.json").read_text())
+    assert record["results"][0]["peak"] == list(result.comparison.finer[0].peak)
+    assert "token_map" not in record["results"][0]
+
+
+# notebook display ----------------------------------------------------------------
+def test_results_display_themselves_in_notebooks(loc):
+    feats = loc.encode_image(str(BIRD))
+    res = loc.locate(feats, "red tail", vs=["blue head"])
+    comp = loc.compare(feats, ["red tail", "bird"], vs=["blue head"])
+    for obj in (res, comp):
+        png = obj._repr_png_()
+        assert png.startswith(PNG_MAGIC)
+    for obj in (res, comp, loc, feats):
+        text = repr(obj)
+        assert "\n" not in text and "array" not in text and len(text) < 400, text
+    assert repr(res) == (f"LocateResult('red tail', score {res.scores['red tail']:.3f}, vs [blue head], "
+                         f"peak {res.peak}, bbox {res.bbox()}, finer)")
+    assert res.overlay(size=300).size == (300, 300)
+    from PIL import Image
+    import io
+
+    assert Image.open(io.BytesIO(res._repr_png_())).size == (384, 384)  # a 128 px image shown larger
+
+
+# the launched app ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served(loc, gradio_env):
+    from gradio_client import Client
+
+    from zsfinercam.lab.app import build_app
+
+    demo = build_app(loc, [BIRD])
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    assert url.startswith("http://127.0.0.1:")
+    try:
+        yield Client(url, verbose=False)
+    finally:
+        demo.close()
+
+
+def _locate(client, image, concepts, **kwargs):
+    from gradio_client import handle_file
+
+    return client.predict(image=handle_file(str(image)), concepts=concepts, api_name="/locate", **kwargs)
+
+
+def test_api_locate_gives_the_clis_peak(served, tmp_path, capsys):
+    from zsfinercam.cli import main
+
+    main(["locate", str(BIRD), "bird", "--out", str(tmp_path), "--json"])
+    cli = json.loads(capsys.readouterr().out)
+    out = _locate(served, BIRD, "bird")
+    record = out[4]["results"][0]
+    assert record["peak"] == cli["peak"] and record["references"] == cli["references"]
+    assert record["scores"] == cli["scores"] and "token_map" not in record
+
+
+def test_new_concepts_on_a_cached_image_skip_the_trunk(served, loc, tmp_path):
+    calls = []
+    trunk = loc.backend.trunk
+
+    def counted(pixels):
+        calls.append(len(pixels))
+        return trunk(pixels)
+
+    loc.backend.trunk = counted
+    try:
+        _locate(served, BIRD, "bird")
+        before = len(calls)
+        out = _locate(served, BIRD, "red tail\nblue head", references="green tail")
+        assert len(calls) == before and out[4]["cached"] and "the trunk did not run" in out[6]
+        assert [r["concept"] for r in out[4]["results"]] == ["red tail", "blue head"]
+        other = tmp_path / "flipped.png"
+        from PIL import Image
+
+        Image.open(BIRD).transpose(Image.FLIP_LEFT_RIGHT).save(other)
+        out = _locate(served, other, "bird")
+        assert len(calls) == before + 1 and not out[4]["cached"] and "the trunk ran" in out[6]
+    finally:
+        del loc.backend.trunk
+
+
+def test_bad_input_gives_one_line_and_the_server_keeps_serving(served, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(AppError, match=r"^notes.png is not an image PIL can read .*check the file$"):
+        _locate(served, text, "bird")
+    with pytest.raises(AppError, match="^no concepts given"):
+        _locate(served, BIRD, "  \n")
+    with pytest.raises(AppError, match="^unknown vocabulary 'nope'"):
+        _locate(served, BIRD, "bird", vocab="nope")
+    assert _locate(served, BIRD, "bird")[4]["results"][0]["concept"] == "bird"
+
+
+def test_a_server_path_named_by_the_browser_is_never_read(served, loc, tmp_path):
+    import httpx
+
+    secret = tmp_path / "secret.png"
+    shutil.copyfile(BIRD, secret)
+    base = served.src.rstrip("/")
+    payload = {"path": str(secret), "meta": {"_type": "gradio.FileData"}}
+    event = httpx.post(f"{base}/gradio_api/call/locate",
+                       json={"data": [payload, "bird", "", "default", "model classes", None, None, "finer",
+                                      "weighted"]}).json()["event_id"]
+    answer = httpx.get(f"{base}/gradio_api/call/locate/{event}", timeout=120).text
+    assert answer.startswith("event: error") and "secret" not in answer and "peak" not in answer
+
+
+def test_image_over_max_pixels_is_refused_in_the_page(loc, gradio_env, tmp_path):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from zsfinercam.lab.app import build_app
+    from zsfinercam.localizer import Localizer
+
+    small = Localizer(loc.backend, max_pixels=100)
+    demo = build_app(small)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        with pytest.raises(AppError, match=r"^bird.png has 128 x 128 = 16,384 pixels, over the limit of 100"):
+            _locate(Client(url, verbose=False), BIRD, "bird")
+    finally:
+        demo.close()
+
+
+# the command ------------------------------------------------------------------------
+def test_lab_without_gradio_says_how_to_install(monkeypatch, capsys):
+    from zsfinercam.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio now fails
+    with pytest.raises(SystemExit) as done:
+        main(["lab"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err == ('zsfinercam: error: the prompt lab needs gradio; install it with: '
+                                       'pip install "zsfinercam[lab]"\n')
+
+
+def test_lab_help_lists_the_safety_options(capsys):
+    from zsfinercam.cli import main
+
+    main(["lab", "--help"])
+    text = capsys.readouterr().out
+    assert "--host" in text and "127.0.0.1" in text and "--share" in text
+
+
+def test_lab_binds_loopback_and_shares_only_when_asked(monkeypatch):
+    from zsfinercam.cli import main
+    from zsfinercam.lab import app
+
+    calls = []
+    monkeypatch.setattr(app, "launch", lambda loc, examples, **kw: calls.append((loc, examples, kw)))
+    main(["lab", str(BIRD)])
+    main(["lab", "--host", "0.0.0.0", "--port", "9000", "--share"])
+    (loc, examples, first), (_, _, second) = calls
+    assert first == dict(host="127.0.0.1", port=7860, share=False) and loc.config.name == "toy"
+    assert second == dict(host="0.0.0.0", port=9000, share=True)
+    assert examples[0] == BIRD and all(Path(p).is_file() for p in examples)

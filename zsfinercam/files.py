@@ -1,0 +1,111 @@
+"""Output files: atomic writes, JSON bytes, file-name stems, and the guard against overwriting an input.
+
+Every file zsfinercam writes (results, the compare grid, batch manifests and settings, the text
+cache, `eval --json`) goes through `atomic_write`, so a reader sees the old file or the new one,
+never a part, and the new file gets the permissions a plain `open(path, "w")` would give it.
+Imports only the standard library.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import stat
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable
+
+from .errors import UsageError
+
+TMP_PREFIX = ".tmp-"  # names of atomic_write's temporary files (a killed run may leave some)
+RESULT_SUFFIXES = {"overlay": "_overlay.png", "heatmap": "_heatmap.npy", "json": ".json"}  # one result's files
+IMAGE_STEM_LEN = 40  # readable part of an image's stem
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """`write(file)` into a temporary file next to `path` (named TMP_PREFIX...), then rename it over `path`.
+
+    Readers see the old file or the new one, never a part. The file is created with mode 0o666
+    less the process umask (as `open(path, "w")` creates it: 0o644 under umask 022, 0o600 under
+    077); a file it replaces keeps its own mode, as `open(path, "w")` would keep it.
+    """
+    path = Path(path)
+    while True:
+        tmp = path.parent / f"{TMP_PREFIX}{secrets.token_hex(6)}{path.suffix}"
+        try:  # the kernel applies the umask (and any default ACL) to 0o666, as for open(path, "w")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        try:
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        except FileNotFoundError:
+            pass  # a new file: the mode the umask gave it stays
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def json_bytes(obj, **kwargs) -> bytes:
+    """`obj` as UTF-8 JSON, unicode kept readable.
+
+    When a str holds lone surrogates (a file name that is not UTF-8), everything non-ASCII is
+    escaped instead (\\udce9), so the file is still valid UTF-8 and `json.loads` gives back the
+    very same str (and path). `kwargs` go to `json.dumps`.
+    """
+    try:
+        return json.dumps(obj, ensure_ascii=False, **kwargs).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True, **kwargs).encode("ascii")
+
+
+def safe_stem(text: str, max_len: int = 48, key: str | None = None) -> str:
+    """A file-name stem for any text: `<slug>-<8 hex digits>`, or the digits alone.
+
+    The slug keeps letters and digits (unicode too), lower-cased, with every other run of
+    characters made one '-', and is cut to `max_len`; so a stem never holds a path separator,
+    '.', NUL or a leading '-'. The digits are a hash of the full text, so different texts get
+    different stems. `key`, when given, is hashed instead of `text` (e.g. a file's full path,
+    so that a.jpg in two folders gets two stems).
+    """
+    slug = re.sub(r"[^\w]+", "-", text.strip().lower(), flags=re.UNICODE).strip("-_")[:max_len].strip("-_")
+    digest = hashlib.sha1(_utf8(text if key is None else key)).hexdigest()[:8]
+    return f"{slug}-{digest}" if slug else digest
+
+
+def image_stem(path: str | os.PathLike) -> str:
+    """The stem of an image's output files: its name (slugged, cut to IMAGE_STEM_LEN) and a hash
+    of its resolved path, so bird.png in two folders never shares a name."""
+    path = Path(path)
+    return safe_stem(path.stem, IMAGE_STEM_LEN, key=str(path.resolve()))
+
+
+def result_paths(directory: str | os.PathLike, stem: str) -> dict[str, Path]:
+    """Where one result's files go: {"overlay": <stem>_overlay.png, "heatmap": ..., "json": ...}."""
+    return {kind: Path(directory) / f"{stem}{suffix}" for kind, suffix in RESULT_SUFFIXES.items()}
+
+
+def refuse_overwriting_inputs(planned: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> None:
+    """Raise UsageError when one of the `planned` output paths is one of the `inputs` (compared resolved).
+
+    Call it before writing anything, so a refused run leaves every file as it was.
+    """
+    sources = {Path(p).resolve() for p in inputs}
+    clashes = sorted(p for p in (Path(q).resolve() for q in planned) if p in sources)
+    if clashes:
+        raise UsageError(f"an output would overwrite the input {clashes[0]}; choose another --out")
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 bytes of any str: a file name that is not UTF-8 (bytes Python decoded to lone
+    surrogates, e.g. b'caf\\xe9' -> 'caf\\udce9') gives its original bytes, as `os.fsencode` does;
+    any other lone surrogate is passed through."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
