@@ -18,14 +18,13 @@ from pytorch_grad_cam import FinerCAM, HiResCAM, LayerCAM
 
 from conftest import random_image
 from test_backends import built, vocab
+from test_engine import MeanPatchBackend
 from test_equivalence import ZeroShotHead as OpenClipHead
 from test_hf import ZeroShotHead as HFHead
 from test_probe import MeanPatchProbe
 from tiny_models import TINY_BUILDERS
 from zsfinercam import bases, engine
-from zsfinercam.backends.base import Backend
 from zsfinercam.backends.shift import TokenRequest, shifted_attention
-from zsfinercam.config import ModelConfig
 from zsfinercam.engine import ImageFeatures
 from zsfinercam.images import to_pixels
 from zsfinercam.objectives import Objective
@@ -34,37 +33,20 @@ ELEMENT = {"hirescam": HiResCAM, "layercam": LayerCAM}
 
 
 # --------------------------------------------------------------------------- hand-set case
-class HandPool(Backend):
+class HandPool(MeanPatchBackend):
     """One head over [CLS, A_1, A_2] (D = 2): q = (1, 0) from the query bias, W_k = W_v = I,
     no other biases; e = o, the attention output; a linear head z = e T^T (no normalisation)."""
 
     name = "test-hand-pool"
 
     def __init__(self):
-        self.config = ModelConfig("hand", self.name, None, (2, 2), (2, 2), (1, 1), 1, 2, 2, 1.0,
-                                  (0, 0, 0), (1, 1, 1), "identity", "cls", 8)
-        self.device = torch.device("cpu")
+        super().__init__()
         eye = torch.eye(2)
         self.proj = ((torch.zeros(2, 2), torch.tensor([1.0, 0.0])), (eye, None), (eye, None))
 
     @property
     def logit_scale(self):
         return None
-
-    def from_pretrained(cls, *a, **k):  # pragma: no cover - not loadable
-        raise NotImplementedError
-
-    def tokenize(self, texts):  # pragma: no cover
-        raise NotImplementedError
-
-    def encode_text(self, tokens):  # pragma: no cover
-        raise NotImplementedError
-
-    def trunk(self, pixels):  # pragma: no cover
-        raise NotImplementedError
-
-    def target(self, stream):
-        return stream
 
     def embed(self, stream, target, shift, cache=None):
         return shifted_attention(target[:, :1], target, self.proj, 1, 1.0, shift, 1, cache)[:, :, 0]
