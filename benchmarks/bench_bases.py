@@ -5,7 +5,8 @@
 Random weights (speed does not depend on them). Rows, each the fastest over rounds of one
 call, divided by the fastest floor measured in the same rounds (methods interleaved,
 so a busy machine slows all of them alike); wall time and this process's CPU time (the
-steadier of the two on a shared, oversubscribed machine):
+steadier of the two on a shared, oversubscribed machine), and the ratio of matrix-product
+FLOPs (torch's FlopCounterMode; independent of the load, blind to elementwise work):
 
 - floor: the model's own `encode_image` on the preprocessed pixels, no grad;
 - fresh <base>: trunk (`engine.encode`) + `engine.maps` for K objectives, a fresh image;
@@ -96,16 +97,26 @@ def run(args) -> dict[str, str]:
             if round_:
                 wall[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
-    out = {"": "wall ratio (fastest, ms)        CPU-time ratio (fastest, ms)"}
+    flops = {name: _flops(call) for name, call in calls.items()}
+    out = {"": "wall ratio (fastest, ms)        CPU-time ratio (fastest, ms)    matmul-FLOP ratio (GFLOP)"}
     for name in calls:
-        cells = [f"{min(t[name]) / min(t['floor']):7.3f}x "
-                 f"({min(t[name]) * 1e3:8.1f} ms)" for t in (wall, cpu)]
+        cells = [f"{min(t[name]) / min(t['floor']):7.3f}x ({min(t[name]) * 1e3:8.1f} ms)" for t in (wall, cpu)]
+        cells.append(f"{flops[name] / flops['floor']:7.3f}x ({flops[name] / 1e9:6.2f})")
         out[name] = "     ".join(cells)
     out["setup"] = (f"{args.model} random weights, {args.size}px, K={k}, {REFERENCES} references, "
                     f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     out["load average"] = (f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after "
                            f"({os.cpu_count()} CPUs)")
     return out
+
+
+def _flops(call) -> int:
+    """Floating-point operations of one call, as torch's FlopCounterMode counts them (matrix products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        call()
+    return counter.get_total_flops()
 
 
 def _floor(backend, pixels):

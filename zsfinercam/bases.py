@@ -49,10 +49,10 @@ def element_maps(record: AttentionRecord | None, grad: torch.Tensor, patches: to
         patches = patches.float()
         if record is not None and base == "hirescam":
             return _hirescam(record, grad, patches)
-        dA = grad if record is None else token_gradients(record, grad)
+        dA = grad if record is None else token_gradients(record, grad)  # ours to change in place
         if base == "layercam":
-            dA = dA.clamp_min(0)
-        return torch.einsum("bmnc,bnc->bmn", dA, patches)
+            dA.clamp_(min=0)
+        return dA.mul_(patches[:, None]).sum(dim=-1)
 
 
 def token_gradients(record: AttentionRecord, grad: torch.Tensor) -> torch.Tensor:
