@@ -12,6 +12,13 @@ Two ways to get w, equal up to float rounding:
 - Jacobian: G = (1/N) d normalize(e) / dshift, built once per image (E backward rows),
   then w = (dO/d e_n) G for any new prompts: text encoding plus small matrix products
   ("The per-image Jacobian").
+
+Element-wise bases (HiResCAM, Layer-CAM: `bases.py`) need dO/dA per token. `embed` gets a
+`TokenRequest` instead of the shift: the gradient at the pooling attention's output o comes
+from one backward for all objectives, and the attention backward is done in closed form.
+Their Jacobian J_o = d normalize(e) / do (B, E, L * H * hd) is kept beside G, so new
+prompts on cached features cost u J_o and the closed form. Towers without the attention
+shortcut (timm's full path) give dO/dA directly and always take the direct path.
 """
 from __future__ import annotations
 
@@ -23,10 +30,15 @@ import torch
 import torch.nn.functional as F
 
 from .backends import Backend
+from .backends.shift import AttentionRecord, TokenRequest
+from .bases import element_maps
+from .kernels import minmax
 from .objectives import Objective, objective_scores
+from .options import BASES
 
 JACOBIAN_CHUNK = 256  # shift rows per backward when building G; bounds memory
-BASES = ("gradcam",)  # CAM bases `maps` computes: how the gradient becomes a map
+
+_ATTENTION_KEY = "reaches_attention"  # feats.cache: whether embed serves a TokenRequest at the attention
 
 
 @dataclass(eq=False)
@@ -47,6 +59,8 @@ class ImageFeatures:
     jacobian: torch.Tensor | None = field(default=None, repr=False)  # (B, E, D), built on demand
     cache: dict = field(default_factory=dict, repr=False)  # the backend's shift-independent work
     from_list: bool = False  # made from a list of images: locate_many then returns a list per image
+    # J_o (B, E, L * H * hd) and the attention it belongs to, for element-wise bases; on demand
+    output_jacobian: tuple[torch.Tensor, AttentionRecord] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return self.stream.shape[0]
@@ -60,8 +74,11 @@ class ImageFeatures:
         """Features of image i alone (a view, sharing memory)."""
         sl = slice(i, i + 1)
         jac = None if self.jacobian is None else self.jacobian[sl]
+        out_jac = None if self.output_jacobian is None else (self.output_jacobian[0][sl],
+                                                             self.output_jacobian[1].select(sl))
         return ImageFeatures(self.stream[sl], self.target[sl], self.embedding[sl], self.grid,
-                             self.num_prefix_tokens, self.images[sl], self.sources[sl], self.model_key, jac)
+                             self.num_prefix_tokens, self.images[sl], self.sources[sl], self.model_key, jac,
+                             output_jacobian=out_jac)
 
     @property
     def patch_tokens(self) -> torch.Tensor:
@@ -108,11 +125,55 @@ def maps(
     use_jacobian: bool = False,
     impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw ReLU'd maps and their min-max normalisation (B, M, h, w) of every objective, for a CAM `base`."""
+    """Raw ReLU'd maps and their min-max normalisation (B, M, h, w) of every objective, for a CAM `base`.
+
+    "gradcam" weighs A's channels by the token-mean gradient (`channel_weights`, `token_maps`);
+    "hirescam" and "layercam" weigh every token's channels by its own gradient (`bases.py`).
+    `use_jacobian` reuses (or builds) the per-image Jacobian of the base; `impl` picks the
+    Grad-CAM kernel.
+    """
     if base not in BASES:
         raise ValueError(f"unknown CAM base {base!r}; choose one of: {', '.join(BASES)}")
-    weights = channel_weights(backend, feats, text, objectives, use_jacobian=use_jacobian)
-    return token_maps(feats, weights, impl=impl)
+    if base == "gradcam":
+        weights = channel_weights(backend, feats, text, objectives, use_jacobian=use_jacobian)
+        return token_maps(feats, weights, impl=impl)
+    raw = element_wise(backend, feats, text, objectives, base, use_jacobian=use_jacobian).clamp_min(0)
+    shape = (*raw.shape[:2], *feats.grid)
+    return raw.reshape(shape), minmax(raw).reshape(shape)
+
+
+def element_wise(backend: Backend, feats: ImageFeatures, text: torch.Tensor,
+                 objectives: Sequence[Sequence[Objective]], base: str, *, use_jacobian: bool = False) -> torch.Tensor:
+    """Signed token maps (B, M, N) of an element-wise base ("hirescam", "layercam"), before the ReLU."""
+    if use_jacobian and _reaches_attention(backend, feats):
+        matrix, record = output_jacobian(backend, feats)
+        u = head_gradient(feats.embedding, text, backend.logit_scale, objectives)
+        grad = torch.einsum("bme,bef->bmf", u, matrix).unflatten(-1, (record.q.shape[1], -1))
+        return element_maps(record, grad, feats.patch_tokens, base)
+    request = TokenRequest(len(objectives[0]))
+    with torch.enable_grad():
+        z = logits(_embed(backend, feats, request), text, backend.logit_scale)
+        (grad,) = torch.autograd.grad(objective_scores(z, objectives).sum(), request.leaf)
+    return element_maps(request.record, grad, feats.patch_tokens, base)
+
+
+def _embed(backend: Backend, feats: ImageFeatures, request: TokenRequest) -> torch.Tensor:
+    """embed with a TokenRequest, refused when the backend never served it."""
+    e = backend.embed(feats.stream, feats.target, request, feats.cache)
+    if request.leaf is None:
+        raise ValueError(f"backend {backend.name!r} cannot give per-token gradients: its embed neither "
+                         "pools through shift.shifted_attention nor asks the request for a token leaf")
+    return e
+
+
+def _reaches_attention(backend: Backend, feats: ImageFeatures) -> bool:
+    """Whether embed serves a TokenRequest at the pooling attention (else: on A's tokens, full path)."""
+    if _ATTENTION_KEY not in feats.cache:
+        request = TokenRequest(1)
+        with torch.no_grad():
+            _embed(backend, feats[0], request)
+        feats.cache[_ATTENTION_KEY] = request.record is not None
+    return feats.cache[_ATTENTION_KEY]
 
 
 def channel_weights(
@@ -155,20 +216,52 @@ def jacobian(backend: Backend, feats: ImageFeatures) -> torch.Tensor:
     """
     if feats.jacobian is None:
         batch, _, width = feats.target.shape
-        dim = feats.embedding.shape[-1]
-        chunk = backend.jacobian_chunk or JACOBIAN_CHUNK
-        rows = []
-        for start in range(0, dim, chunk):
-            idx = torch.arange(start, min(start + chunk, dim), device=feats.target.device)
-            shift = feats.target.new_zeros(batch, len(idx), width, requires_grad=True)
-            with torch.enable_grad():
-                e_n = _head_features(backend.embed(feats.stream, feats.target, shift, feats.cache),
-                                     backend.logit_scale)
-                picked = e_n.gather(-1, idx.view(1, -1, 1).expand(batch, -1, 1))  # row j keeps component j
-                (grad,) = torch.autograd.grad(picked.sum(), shift)
-            rows.append(grad)
-        feats.jacobian = torch.cat(rows, dim=1) / _num_patches(feats)
+
+        def shifts(rows: int):
+            shift = feats.target.new_zeros(batch, rows, width, requires_grad=True)
+            return shift, lambda: shift
+
+        feats.jacobian = _embedding_jacobian(backend, feats, shifts) / _num_patches(feats)
     return feats.jacobian
+
+
+def output_jacobian(backend: Backend, feats: ImageFeatures) -> tuple[torch.Tensor, AttentionRecord]:
+    """(J_o (B, E, L * H * hd), the attention's record): d normalize(e) / do at the pooling attention's
+    output o (de / do for a linear probe), for element-wise bases. Built once and kept on feats.
+
+    Only for backends whose embed serves a `TokenRequest` at the attention (`_reaches_attention`).
+    """
+    if feats.output_jacobian is None:
+        requests = []
+
+        def requested(rows: int):
+            requests.append(TokenRequest(rows))
+            return requests[-1], lambda: requests[-1].leaf
+
+        matrix = _embedding_jacobian(backend, feats, requested).flatten(2)
+        feats.output_jacobian = (matrix, requests[0].record)
+    return feats.output_jacobian
+
+
+def _embedding_jacobian(backend: Backend, feats: ImageFeatures, leaf_rows) -> torch.Tensor:
+    """d normalize(e) / d leaf (B, E, *leaf's shape after its rows), E backward rows in chunks.
+
+    `leaf_rows(rows)` gives (what embed takes as the shift, a function returning the leaf to
+    differentiate against once embed has run). A backend may bound the rows per backward with
+    its `jacobian_chunk` (towers whose embed runs a whole block per row).
+    """
+    batch, dim = feats.embedding.shape
+    chunk = backend.jacobian_chunk or JACOBIAN_CHUNK
+    rows = []
+    for start in range(0, dim, chunk):
+        idx = torch.arange(start, min(start + chunk, dim), device=feats.target.device)
+        shift, leaf = leaf_rows(len(idx))
+        with torch.enable_grad():
+            e_n = _head_features(backend.embed(feats.stream, feats.target, shift, feats.cache), backend.logit_scale)
+            picked = e_n.gather(-1, idx.view(1, -1, 1).expand(batch, -1, 1))  # row j keeps component j
+            (grad,) = torch.autograd.grad(picked.sum(), leaf())
+        rows.append(grad)
+    return torch.cat(rows, dim=1)
 
 
 def _num_patches(feats: ImageFeatures) -> int:

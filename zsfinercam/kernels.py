@@ -53,7 +53,7 @@ import torch
 if TYPE_CHECKING:  # names used inside the kernel sources; bound lazily, see _kernel
     import triton.language as tl
 
-__all__ = ["TritonUnavailableError", "token_maps", "token_maps_torch", "triton_available"]
+__all__ = ["TritonUnavailableError", "minmax", "token_maps", "token_maps_torch", "triton_available"]
 
 IMPLS = ("auto", "torch", "triton")
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -115,12 +115,17 @@ def token_maps_torch(A: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, to
     _check_inputs(A, w)
     with torch.no_grad():
         raw = torch.relu(torch.bmm(w.float(), A.float().transpose(1, 2)))
+    return raw, minmax(raw)
+
+
+def minmax(raw: torch.Tensor) -> torch.Tensor:
+    """Per-map min-max over the last axis of ``raw`` (..., N); a constant map gives zeros, never NaN."""
+    with torch.no_grad():
         if raw.numel() == 0:
-            return raw, raw.clone()
+            return raw.clone()
         lo = raw.amin(dim=-1, keepdim=True)
         span = raw.amax(dim=-1, keepdim=True) - lo
-        norm = (raw - lo) / torch.where(span > 0, span, torch.ones_like(span))
-    return raw, norm
+        return (raw - lo) / torch.where(span > 0, span, torch.ones_like(span))
 
 
 def triton_available() -> bool:

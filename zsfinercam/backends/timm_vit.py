@@ -32,7 +32,7 @@ from torch import nn
 from ..config import run_size
 from ..errors import UsageError
 from .base import autocast, resample_pos
-from .shift import shifted_attention, split_projection
+from .shift import TokenRequest, shifted_attention, split_projection
 
 FULL_PATH_JACOBIAN_CHUNK = 32  # shift rows per backward when every row runs the last block
 
@@ -145,8 +145,12 @@ class TimmViT:
         """Exact for any pooling: the whole last block (or pooling head) on B x M shifted copies."""
         v = self.vit
         batch, tokens, width = a.shape
-        m = shift.shape[1]
-        pad = F.pad(shift[:, :, None].expand(-1, -1, tokens - self.prefix, -1), (0, 0, self.prefix, 0))
+        if isinstance(shift, TokenRequest):  # element-wise bases: one shift per token, dO/dA itself
+            delta = shift.token_leaf(a[:, self.prefix:])
+        else:
+            delta = shift[:, :, None].expand(-1, -1, tokens - self.prefix, -1)
+        m = delta.shape[1]
+        pad = F.pad(delta, (0, 0, self.prefix, 0))
         x = (a[:, None] + pad).reshape(batch * m, tokens, width)
         if not self.pooled_by_head:
             block = v.blocks[-1]
