@@ -6,8 +6,19 @@ from pathlib import Path
 
 import click
 
+from ..result import HEATMAP_FORMATS, SAVE_KINDS
 from .options import (contrast_kwargs, contrast_options, load_localizer, max_pixels_option, method_option,
                       model_options)
+
+
+def _save_kinds(ctx, param, value: str) -> tuple[str, ...]:
+    """--save's comma list, checked before anything loads."""
+    kinds = [k.strip() for k in value.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in SAVE_KINDS]
+    if unknown or not kinds:
+        raise click.BadParameter(f"expected a comma list of {', '.join(SAVE_KINDS)}, got {value!r}")
+    return tuple(k for k in SAVE_KINDS if k in kinds)
+
 
 @click.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -18,9 +29,15 @@ from .options import (contrast_kwargs, contrast_options, load_localizer, max_pix
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("zsfinercam_out"),
               show_default=True, help="Folder for overlays, heatmaps (.npy) and JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per concept on stdout.")
+@click.option("--save", "save", default=",".join(SAVE_KINDS), show_default=True, callback=_save_kinds,
+              metavar="LIST", help="Which files to write per concept, a comma list of: " + ", ".join(SAVE_KINDS) + ".")
+@click.option("--heatmap-format", type=click.Choice(HEATMAP_FORMATS), default="npy", show_default=True,
+              help="npy: float32, lossless; npy16: float16 .npy; png16: 16-bit greyscale PNG (value x 65535). "
+                   "The compact ones are within 1e-3 of the map.")
+@click.option("--caption", is_flag=True, help="Caption the overlay (concept, scores, references) with a colour bar.")
 @max_pixels_option
 def locate(image, concepts, model, pretrained, model_config, backend, device, image_size, out, as_json,
-           max_pixels, **contrast):
+           save, heatmap_format, caption, max_pixels, **contrast):
     """Show where IMAGE holds the evidence for each CONCEPT, against similar concepts.
 
     Examples:
@@ -42,7 +59,11 @@ def locate(image, concepts, model, pretrained, model_config, backend, device, im
     results = loc.locate_many(str(image), names, **kwargs)
     image_stem = re.sub(r"[^\w.-]+", "-", image.stem)[:40] or "image"
     for res in results:
-        files = _save(res, out, image_stem, image)
+        files = _save(res, out, image_stem, image, save, heatmap_format, caption)
+        if res.empty:
+            click.echo(f"zsfinercam: hint: the map of {res.concept!r} is empty (its references outscore it "
+                       f"everywhere); try fewer or other references (--vs), --objective mean, or a lower --alpha",
+                       err=True)
         if as_json:
             record = {k: v for k, v in res.to_dict().items() if k != "token_map"}
             click.echo(json_bytes({**record, "files": files}).decode())
@@ -50,18 +71,20 @@ def locate(image, concepts, model, pretrained, model_config, backend, device, im
             click.echo(_summary(res, files))
 
 
-def _save(res, out: Path, image_stem: str, image: Path) -> dict[str, str]:
-    from ..result import safe_stem
+def _save(res, out: Path, image_stem: str, image: Path, kinds, heatmap_format: str, caption: bool) -> dict[str, str]:
+    from ..result import planned_files, safe_stem
 
     stem = f"{image_stem}_{safe_stem(res.concept)}"
-    planned = [out / f"{stem}{suffix}" for suffix in ("_overlay.png", "_heatmap.npy", ".json")]
-    if any(p.resolve() == image.resolve() for p in planned):
+    if any(p.resolve() == image.resolve() for p in planned_files(out, stem, kinds, heatmap_format).values()):
         raise click.UsageError(f"an output would overwrite the input {image}; choose another --out")
-    return res.save(out, stem)
+    return res.save(out, stem, files=kinds, heatmap_format=heatmap_format, caption=caption)
 
 
 def _summary(res, files: dict[str, str]) -> str:
+    """One line: the concept's logit and probability, its references and their logits, peak, box, files."""
+    p = res.probability
     refs = ", ".join(res.references) or "-"
+    ref_scores = f" (scores {', '.join(f'{res.scores[r]:.3f}' for r in res.references)})" if res.references else ""
     box = res.bbox()
-    return (f"{res.concept}: score {res.scores[res.concept]:.3f} vs [{refs}] peak {res.peak} "
-            f"bbox {box if box else '-'} -> {files['overlay']}")
+    return (f"{res.concept}: score {res.scores[res.concept]:.3f}{f', p {p:.3f}' if p is not None else ''} "
+            f"vs [{refs}]{ref_scores} peak {res.peak or '-'} bbox {box or '-'} -> {', '.join(files.values())}")
