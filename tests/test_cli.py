@@ -170,3 +170,24 @@ def test_batch_help_lists_its_options():
     for flag in ("--concepts", "--out", "--resume", "--recursive", "--batch-size", "--max-pixels", "--vs", "--alpha",
                  "--model", "--image-size"):
         assert flag in res.out
+
+
+def test_the_command_exits_early_but_loses_nothing(tiny_files, image, tmp_path):
+    """`main()` as the command skips the interpreter's teardown: stdout redirected to a file is
+    complete and synced, the files are whole, atexit handlers still run, the exit code is kept."""
+    stdout, marker = tmp_path / "stdout.jsonl", tmp_path / "atexit-ran"
+    script = ("import atexit, sys; from zsfinercam.cli import main; "
+              f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran')); main()")
+    args = ["locate", image, "hawk", "barn owl", "--vs", "owl", *tiny_args(tiny_files), "--out", tmp_path / "o", "--json"]
+    with open(stdout, "w", encoding="utf-8") as out:
+        proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], stdout=out, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in stdout.read_text(encoding="utf-8").splitlines()]
+    assert [r["concept"] for r in records] == ["hawk", "barn owl"] and marker.read_text() == "ran"
+    for r in records:
+        assert json.loads(open(r["files"]["json"], encoding="utf-8").read())["concept"] == r["concept"]
+        assert np.load(r["files"]["heatmap"]).shape == (45, 60)
+    bad = subprocess.run([sys.executable, "-c", script, "locate", str(tmp_path / "nope.png"), "hawk"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr

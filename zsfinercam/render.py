@@ -22,8 +22,8 @@ def upsample(norm_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def colorize(heatmap: np.ndarray) -> np.ndarray:
     """JET colours (blue = low, red = high) for a [0, 1] map, as RGB uint8 (H, W, 3)."""
-    scaled = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0) * 255.0
-    bgr = cv2.applyColorMap(np.round(scaled).astype(np.uint8), cv2.COLORMAP_JET)
+    unit = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    bgr = cv2.applyColorMap(cv2.convertScaleAbs(unit, alpha=255.0), cv2.COLORMAP_JET)  # x 255, rounded to uint8
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -38,9 +38,9 @@ def overlay(image: Img, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA) -> Im
     rgb = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else np.asarray(image)
     if rgb.shape[:2] != heatmap.shape:
         raise ValueError(f"expected a heatmap of the image's size {rgb.shape[:2]}, got {heatmap.shape}")
-    weight = alpha * np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)[..., None]
-    blend = rgb.astype(np.float32) + weight * (colorize(heatmap).astype(np.float32) - rgb)
-    out = np.clip(np.round(blend), 0, 255).astype(np.uint8)
+    weight = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0) * np.float32(alpha)
+    # (1 - w) * image + w * colour per pixel, rounded to uint8, in one C pass (a 12-MP image in well under a second)
+    out = cv2.blendLinear(np.ascontiguousarray(rgb, dtype=np.uint8), colorize(heatmap), 1.0 - weight, weight)
     return Image.fromarray(out) if isinstance(image, Image.Image) else out
 
 
