@@ -125,7 +125,7 @@ class LocateResult:
         p = self.probability
         head = f"{self.concept}   z {self.scores[self.concept]:.2f}" + (f"   p {p:.2f}" if p is not None else "")
         refs = ", ".join(f"{r} ({self.scores[r]:.2f})" for r in self.references) or "-"
-        where = "  (empty map: the references outscore it everywhere)" if self.empty else ""
+        where = "  (empty map: no peak)" if self.empty else ""
         return [head + where, f"vs {refs}   [{self.method}, {self.objective}, alpha {self.alpha:g}]"]
 
     def to_dict(self) -> dict:

@@ -61,9 +61,7 @@ def locate(image, concepts, model, pretrained, model_config, backend, device, im
     for res in results:
         files = _save(res, out, image_stem, image, save, heatmap_format, caption)
         if res.empty:
-            click.echo(f"zsfinercam: hint: the map of {res.concept!r} is empty (its references outscore it "
-                       f"everywhere); try fewer or other references (--vs), --objective mean, or a lower --alpha",
-                       err=True)
+            click.echo(f"zsfinercam: hint: {_empty_hint(res)}", err=True)
         if as_json:
             record = {k: v for k, v in res.to_dict().items() if k != "token_map"}
             click.echo(json_bytes({**record, "files": files}).decode())
@@ -88,3 +86,11 @@ def _summary(res, files: dict[str, str]) -> str:
     box = res.bbox()
     return (f"{res.concept}: score {res.scores[res.concept]:.3f}{f', p {p:.3f}' if p is not None else ''} "
             f"vs [{refs}]{ref_scores} peak {res.peak or '-'} bbox {box or '-'} -> {', '.join(files.values())}")
+
+
+def _empty_hint(res) -> str:
+    """Why a map has no peak, and what to change."""
+    if not (res.token_map > 0).any():
+        return (f"the map of {res.concept!r} is empty (its references outscore it everywhere); try fewer or "
+                f"other references (--vs), --objective mean, or a lower --alpha")
+    return f"the map of {res.concept!r} is flat (no place in the image stands out), so it has no peak or box"
