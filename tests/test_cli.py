@@ -45,14 +45,59 @@ def test_locate_json_and_files(tiny_files, image, tmp_path):
         assert 0 <= x < 60 and 0 <= y < 45
         for path in r["files"].values():
             assert os.path.isfile(path) and os.path.dirname(path) == str(out)
-        assert Image.open(r["files"]["overlay"]).size == (60, 45)
-        assert np.load(r["files"]["heatmap"]).shape == (45, 60)
+        assert Image.open(r["files"]["overlay"]).size == (512, 384)  # small images are drawn large
+        assert np.load(r["files"]["heatmap"]).shape == (45, 60)  # the map keeps the image's size
+        z = np.array([r["scores"][r["concept"]], *(r["scores"][ref] for ref in r["references"])], np.float64)
+        assert r["probability"] == pytest.approx(np.exp(z[0]) / np.exp(z).sum(), abs=2e-6)
 
 
 def test_locate_with_explicit_references_prints_a_summary(tiny_files, image, tmp_path):
     proc = run("locate", image, "hawk", "--vs", "owl", "--vs", "eagle", *tiny_args(tiny_files), "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("hawk: score") and "vs [owl, eagle]" in proc.stdout
+    assert ", p 0." in proc.stdout and "(scores " in proc.stdout and "peak (" in proc.stdout
+
+
+def test_locate_saves_only_the_files_asked_for_in_the_format_asked_for(tiny_files, image, tmp_path):
+    from zsfinercam.result import load_heatmap
+
+    out = tmp_path / "out"
+    proc = run("locate", image, "hawk", "--vs", "owl", *tiny_args(tiny_files), "--out", out, "--json",
+               "--save", "heatmap,json", "--heatmap-format", "png16")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert set(record["files"]) == {"heatmap", "json"} and record["files"]["heatmap"].endswith("_heatmap.png")
+    assert sorted(p.name for p in out.iterdir()) == sorted(os.path.basename(p) for p in record["files"].values())
+    assert Image.open(record["files"]["heatmap"]).size == (60, 45)
+    heat = load_heatmap(record["files"]["heatmap"])
+    assert heat.shape == (45, 60) and heat.max() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_bad_save_list_fails_before_loading_the_model(image, tmp_path):
+    from test_inputs import cli
+
+    res = cli(["locate", image, "hawk", "--vs", "owl", "--save", "overlay,pdf", "--model", "no-such-model",
+               "--out", tmp_path])
+    assert res.code == 2 and len(res.err) == 1 and "--save" in res.err[0] and "pdf" in res.err[0], res.err
+    assert not list(tmp_path.iterdir())
+
+
+def test_empty_maps_have_null_peak_and_box_and_a_hint(tiny_files, image, tmp_path, monkeypatch):
+    """The references outscore the concept everywhere (forced: all-zero maps from the engine)."""
+    from test_inputs import cli
+
+    from zsfinercam import engine
+
+    maps = engine.maps
+    monkeypatch.setattr(engine, "maps", lambda *a, **k: tuple(m * 0 for m in maps(*a, **k)))
+    res = cli(["locate", image, "hawk", "--vs", "owl", *tiny_args(tiny_files), "--out", tmp_path, "--json"])
+    assert res.code == 0, res.err
+    record = json.loads(res.out)
+    assert record["peak"] is None and record["bbox"] is None
+    assert json.loads(open(record["files"]["json"], encoding="utf-8").read())["peak"] is None
+    assert len(res.err) == 1 and "hint" in res.err[0] and "--objective mean" in res.err[0]
+    terminal = cli(["locate", image, "hawk", "--vs", "owl", *tiny_args(tiny_files), "--out", tmp_path])
+    assert "peak - bbox -" in terminal.out
 
 
 def test_models_lists_the_embedded_model():
@@ -126,3 +171,24 @@ def test_batch_help_lists_its_options():
                  "--model", "--image-size", "--engine", "--ray-address", "--workers", "--gpus-per-worker",
                  "--cpus-per-worker"):
         assert flag in res.out
+
+
+def test_the_command_exits_early_but_loses_nothing(tiny_files, image, tmp_path):
+    """`main()` as the command skips the interpreter's teardown: stdout redirected to a file is
+    complete and synced, the files are whole, atexit handlers still run, the exit code is kept."""
+    stdout, marker = tmp_path / "stdout.jsonl", tmp_path / "atexit-ran"
+    script = ("import atexit, sys; from zsfinercam.cli import main; "
+              f"atexit.register(lambda: open({str(marker)!r}, 'w').write('ran')); main()")
+    args = ["locate", image, "hawk", "barn owl", "--vs", "owl", *tiny_args(tiny_files), "--out", tmp_path / "o", "--json"]
+    with open(stdout, "w", encoding="utf-8") as out:
+        proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], stdout=out, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in stdout.read_text(encoding="utf-8").splitlines()]
+    assert [r["concept"] for r in records] == ["hawk", "barn owl"] and marker.read_text() == "ran"
+    for r in records:
+        assert json.loads(open(r["files"]["json"], encoding="utf-8").read())["concept"] == r["concept"]
+        assert np.load(r["files"]["heatmap"]).shape == (45, 60)
+    bad = subprocess.run([sys.executable, "-c", script, "locate", str(tmp_path / "nope.png"), "hawk"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import random_image
 from zsfinercam import render
-from zsfinercam.compare import CAPTION_HEIGHT, LABEL_WIDTH, Comparison, diverging
+from zsfinercam.compare import LEGEND, Comparison, diverging
 from zsfinercam.errors import UsageError
 
 CONCEPTS = ["cat", "dog", "barn owl"]
@@ -26,23 +26,47 @@ def comparison(tiny):
 
 def test_layout_and_cells(tiny, comparison):
     grid = np.asarray(comparison.grid(cell=60))
-    assert LABEL_WIDTH == 96 and CAPTION_HEIGHT == 62  # the sizes asserted below
-    assert grid.shape == (62 + 3 * 40, 96 + 3 * 60, 3)  # 40 x 60 image: cells 60 x 40
+    lay = comparison.layout(60)
+    assert (lay.cell_width, lay.cell_height) == (60, 40)  # 40 x 60 image: cells 60 x 40
+    assert lay.size(3) == (lay.label_width + 3 * 60, lay.caption_height + 3 * 40 + lay.legend_height)
+    assert grid.shape == (lay.size(3)[1], lay.size(3)[0], 3)
     small = np.asarray(Image.fromarray(comparison.finer[0].image).resize((60, 40), Image.BILINEAR))
+    top = lay.caption_height
     for i in range(3):
-        x = 96 + 60 * i
+        x = lay.label_width + 60 * i
         grad, finer = (cv2.resize(r.norm_map, (60, 40), interpolation=cv2.INTER_LINEAR).clip(0, 1)
                        for r in (comparison.gradcam[i], comparison.finer[i]))
         cells = [render.overlay(small, grad), render.overlay(small, finer), diverging(small, finer - grad)]
         for r, want in enumerate(cells):
-            assert (grid[62 + 40 * r:62 + 40 * (r + 1), x:x + 60] == want).all()
+            assert (grid[top + 40 * r:top + 40 * (r + 1), x:x + 60] == want).all()
+    legend = grid[top + 3 * 40:]
+    assert legend.shape[0] == lay.legend_height and (legend != 255).any()
+
+
+def test_captions_hold_the_references_in_full_and_scale_with_the_cell(tiny):
+    from PIL import ImageDraw
+
+    comp = tiny.compare(random_image(5, h=40, w=60), ["a small brown bird with a long striped tail", "cat"],
+                        vs=["a very long reference concept that cannot fit one line", "dog"])
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = comp.caption(0, draw, render.font(11), 54)
+    assert len(lines) > 4 and all(draw.textlength(ln, font=render.font(11)) <= 54 for ln in lines)
+    text = " ".join(lines)
+    assert "a small brown bird with a long striped tail" in text
+    for ref in comp.finer[0].references:
+        assert ref in text.replace("- ", "-")
+    p = comp.finer[0].probability
+    assert f"p {p:.2f}" in text and comp.to_dict()["concepts"][0]["probability"] == round(p, 6)
+    small, large = comp.layout(96), comp.layout(384)
+    assert large.font_size > small.font_size and large.pitch > small.pitch
+    assert "red" in LEGEND[1] and "blue" in LEGEND[1]
 
 
 def test_cells_keep_within_four_to_one(tiny):
     tall = tiny.compare(random_image(2, h=400, w=2), CONCEPTS[:2])
-    assert tall.grid(cell=30).size == (96 + 2 * 30, 62 + 3 * 120)
+    assert tall.layout(30).cell_height == 120 and tall.grid(cell=30).size == tall.layout(30).size(2)
     wide = tiny.compare(random_image(2, h=3, w=900), CONCEPTS[:2])
-    assert wide.grid(cell=40).size == (96 + 2 * 40, 62 + 3 * 10)
+    assert wide.layout(40).cell_height == 10 and wide.grid(cell=40).size == wide.layout(40).size(2)
 
 
 def test_rows_are_what_they_say(tiny, comparison):
@@ -89,7 +113,8 @@ def test_compare_through_the_cli(tiny_files, tmp_path):
     assert [c["concept"] for c in record["concepts"]] == concepts
     assert all(c["contrast"] == "text" and len(c["references"]) == 3 for c in record["concepts"])
     with Image.open(record["files"]["grid"]) as grid:
-        assert grid.size == (96 + 4 * 90, 62 + 3 * 60) == tuple(record["grid_size"])
+        assert grid.size == tuple(record["grid_size"])
+        assert grid.size[0] > 4 * 90 and grid.size[1] > 3 * 60  # labels, captions and legend around the cells
     assert json.loads(open(record["files"]["json"], encoding="utf-8").read())["concepts"] == record["concepts"]
     assert path.read_bytes() == before
 

@@ -1,27 +1,42 @@
 """Several concepts side by side: the grid a person looks at while iterating on prompts.
 
 A column per concept; rows Grad-CAM, Finer-CAM and their difference (red: evidence
-Finer-CAM adds, blue: shared evidence it removes). Captions give each concept's logit
-and its references. Rendering only: the results come from `Localizer.compare`.
+Finer-CAM adds, blue: shared evidence it removes). Captions give each concept's logit,
+its probability against its references and the references' logits; a legend explains the colours. Rendering only: the results come from `Localizer.compare`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from . import render
 from .result import LocateResult
 
 ROWS = ("Grad-CAM", "Finer-CAM", "Finer - Grad")
-LABEL_WIDTH = 96  # left margin holding the row labels, pixels
-LINE_HEIGHT = 14  # caption line pitch, pixels
-CAPTION_LINES = 4  # concept (two lines), score, references
-CAPTION_HEIGHT = CAPTION_LINES * LINE_HEIGHT + 6
-FONT_SIZE = 11
 DEFAULT_CELL = 192  # cell width, pixels
 MAX_ASPECT = 4.0  # cells are at most this many times taller than wide, or wider than tall
+LEGEND = ("Grad-CAM, Finer-CAM: each map scaled to its own maximum, colour from low to high",
+          "Finer - Grad: red = evidence Finer-CAM adds, blue = shared evidence it removes")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Pixel sizes of a grid (see `Comparison.layout`)."""
+
+    font_size: int
+    pitch: int  # text line pitch
+    label_width: int  # left margin holding the row labels
+    caption_height: int  # band above the cells holding each column's caption
+    cell_width: int
+    cell_height: int
+    legend_height: int  # band below the cells holding the colour legends
+
+    def size(self, columns: int) -> tuple[int, int]:
+        """(width, height) of a grid with `columns` concepts."""
+        return (self.label_width + columns * self.cell_width,
+                self.caption_height + len(ROWS) * self.cell_height + self.legend_height)
 
 
 @dataclass
@@ -68,32 +83,72 @@ class Comparison:
         grad, finer = (render.upsample(r.norm_map, size) for r in (self.gradcam[i], self.finer[i]))
         return [render.overlay(image, grad), render.overlay(image, finer), diverging(image, finer - grad)]
 
-    def grid(self, cell: int = DEFAULT_CELL) -> Image.Image:
-        """The grid as one RGB image: (LABEL_WIDTH + K * cell) wide and CAPTION_HEIGHT + 3 cell
-        heights tall (see `cell_height`)."""
+    def layout(self, cell: int = DEFAULT_CELL) -> Layout:
+        """The grid's sizes for cells `cell` pixels wide: the font grows with the cell, captions
+        are as tall as the longest one (concept and references in full, wrapped)."""
         if not isinstance(cell, int) or isinstance(cell, bool) or cell < 16:
             raise ValueError(f"cell must be an integer >= 16 pixels, got {cell!r}")
-        ch = self.cell_height(cell)
-        canvas = Image.new("RGB", (LABEL_WIDTH + len(self.finer) * cell, CAPTION_HEIGHT + len(ROWS) * ch), "white")
-        draw, font = ImageDraw.Draw(canvas), _font()
+        size = max(11, cell // 16)
+        face, pitch = render.font(size), round(size * 1.25)
+        draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        label_width = max(round(draw.textlength(r, font=face)) for r in ROWS) + 12
+        lines = max(len(self.caption(i, draw, face, cell - 6)) for i in range(len(self.finer)))
+        width = label_width + len(self.finer) * cell
+        legend = sum(len(render.wrap(draw, text, face, width - 12)) for text in LEGEND)
+        return Layout(size, pitch, label_width, lines * pitch + 6, cell, self.cell_height(cell),
+                      legend * pitch + 2 * (pitch // 2 + 2) + 2 * max(6, size // 2) + 8)
+
+    def caption(self, i: int, draw: ImageDraw.ImageDraw, face, width: int) -> list[str]:
+        """Caption lines of concept i, wrapped to `width` pixels: the concept, its logit and its
+        probability against its references (contrast rule), then each reference with its logit."""
+        res = self.finer[i]
+        p = res.probability
+        score = f"z {res.scores[res.concept]:.2f}" + (f"  p {p:.2f}" if p is not None else "") + f"  ({res.contrast})"
+        refs = ", ".join(f"{r} {res.scores[r]:.2f}" for r in res.references) or "-"
+        return [line for text in (res.concept, score, f"vs {refs}") for line in render.wrap(draw, text, face, width)]
+
+    def grid(self, cell: int = DEFAULT_CELL) -> Image.Image:
+        """The grid as one RGB image, of `layout(cell).size(number of concepts)`: captions on top,
+        a row per method, the colour legends below."""
+        lay = self.layout(cell)
+        ch, top = lay.cell_height, lay.caption_height
+        canvas = Image.new("RGB", lay.size(len(self.finer)), "white")
+        draw, face = ImageDraw.Draw(canvas), render.font(lay.font_size)
         for r, label in enumerate(ROWS):
-            draw.text((4, CAPTION_HEIGHT + r * ch + ch // 2), label, fill="black", font=font, anchor="lm")
-        for i, finer in enumerate(self.finer):
-            x = LABEL_WIDTH + i * cell
+            draw.text((4, top + r * ch + ch // 2), label, fill="black", font=face, anchor="lm")
+        for i in range(len(self.finer)):
+            x = lay.label_width + i * cell
             for r, im in enumerate(self.cells(i, cell)):
-                canvas.paste(Image.fromarray(im), (x, CAPTION_HEIGHT + r * ch))
-            for line, text in enumerate(_caption(draw, finer, font, cell - 6)):
-                draw.text((x + 3, 3 + line * LINE_HEIGHT), text, fill="black", font=font)
+                canvas.paste(Image.fromarray(im), (x, top + r * ch))
+            for line, text in enumerate(self.caption(i, draw, face, cell - 6)):
+                draw.text((x + 3, 3 + line * lay.pitch), text, fill="black", font=face)
+        self._legend(canvas, draw, face, lay, top + len(ROWS) * ch + 4)
         return canvas
+
+    @staticmethod
+    def _legend(canvas: Image.Image, draw: ImageDraw.ImageDraw, face, lay: Layout, y: int) -> None:
+        """Two colour bars, each under its wrapped explanation: JET for the maps, red/blue for the difference."""
+        bar_h, width = max(6, lay.font_size // 2), canvas.width - 12
+        ramp = np.linspace(-1.0, 1.0, width, dtype=np.float32)[None].repeat(bar_h, axis=0)
+        bars = (render.colorbar(width, bar_h),
+                diverging(np.full((bar_h, width, 3), 255, np.uint8), ramp))
+        for text, bar in zip(LEGEND, bars):
+            for line in render.wrap(draw, text, face, width):
+                draw.text((6, y), line, fill="black", font=face)
+                y += lay.pitch
+            y += 2
+            canvas.paste(Image.fromarray(bar), (6, y))
+            y += bar_h + lay.pitch // 2 + 2
 
     def to_dict(self) -> dict:
         """JSON-ready summary: per concept its score, references, and both maps' peak and box."""
         def where(res: LocateResult) -> dict:
             box = res.bbox()
-            return {"peak": list(res.peak), "bbox": list(box) if box else None}
+            return {"peak": list(res.peak) if res.peak else None, "bbox": list(box) if box else None}
 
         return {"source": self.finer[0].source, "rows": list(ROWS), "concepts": [
-            {"concept": f.concept, "score": round(float(f.scores[f.concept]), 6), "contrast": f.contrast,
+            {"concept": f.concept, "score": round(float(f.scores[f.concept]), 6),
+             "probability": None if f.probability is None else round(f.probability, 6), "contrast": f.contrast,
              "references": list(f.references), "gradcam": where(g), "finer": where(f)}
             for g, f in zip(self.gradcam, self.finer)]}
 
@@ -107,30 +162,3 @@ def diverging(image: np.ndarray, diff: np.ndarray) -> np.ndarray:
     colour = np.where(d >= 0, np.array([220.0, 30.0, 30.0]), np.array([30.0, 60.0, 220.0]))
     out = (1.0 - np.abs(d)) * base + np.abs(d) * colour
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-
-def _caption(draw: ImageDraw.ImageDraw, res: LocateResult, font, width: int) -> list[str]:
-    """Concept on up to two lines, then its logit and contrast, then its references."""
-    words, first = res.concept.split(), ""
-    while words and draw.textlength(f"{first} {words[0]}".strip(), font=font) <= width:
-        first = f"{first} {words.pop(0)}".strip()
-    name = [first, " ".join(words)] if first else [_fit(draw, res.concept, font, width), ""]
-    refs = ", ".join(res.references) or "-"
-    lines = [*name, f"z {res.scores[res.concept]:.2f}  ({res.contrast})", f"vs {refs}"]
-    return [_fit(draw, line, font, width) for line in lines]
-
-
-def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
-    """`text` cut with '...' so it fits `width` pixels."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "...", font=font) > width:
-        text = text[:-1]
-    return text + "..."
-
-
-def _font():
-    try:
-        return ImageFont.load_default(size=FONT_SIZE)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()

@@ -37,7 +37,6 @@ from .objectives import Objective, objective_scores
 from .options import BASES
 
 JACOBIAN_CHUNK = 256  # shift rows per backward when building G; bounds memory
-
 _ATTENTION_KEY = "reaches_attention"  # feats.cache: whether embed serves a TokenRequest at the attention
 
 

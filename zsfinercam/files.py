@@ -20,6 +20,8 @@ from .errors import UsageError
 
 TMP_PREFIX = ".tmp-"  # names of atomic_write's temporary files (a killed run may leave some)
 RESULT_SUFFIXES = {"overlay": "_overlay.png", "heatmap": "_heatmap.npy", "json": ".json"}  # one result's files
+SAVE_KINDS = tuple(RESULT_SUFFIXES)  # the files `LocateResult.save` can write
+HEATMAP_FORMATS = ("npy", "npy16", "png16")  # float32 .npy, float16 .npy, 16-bit PNG
 IMAGE_STEM_LEN = 40  # readable part of an image's stem
 
 
@@ -85,9 +87,12 @@ def image_stem(path: str | os.PathLike) -> str:
     return safe_stem(path.stem, IMAGE_STEM_LEN, key=str(path.resolve()))
 
 
-def result_paths(directory: str | os.PathLike, stem: str) -> dict[str, Path]:
-    """Where one result's files go: {"overlay": <stem>_overlay.png, "heatmap": ..., "json": ...}."""
-    return {kind: Path(directory) / f"{stem}{suffix}" for kind, suffix in RESULT_SUFFIXES.items()}
+def result_paths(directory: str | os.PathLike, stem: str, kinds: Iterable[str] = SAVE_KINDS,
+                 heatmap_format: str = "npy") -> dict[str, Path]:
+    """Where one result's files go: {"overlay": <stem>_overlay.png, "heatmap": ..., "json": ...},
+    for the `kinds` written; a "png16" heatmap is <stem>_heatmap.png."""
+    suffixes = dict(RESULT_SUFFIXES, heatmap="_heatmap.png" if heatmap_format == "png16" else "_heatmap.npy")
+    return {kind: Path(directory) / f"{stem}{suffixes[kind]}" for kind in SAVE_KINDS if kind in kinds}
 
 
 def refuse_overwriting_inputs(planned: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> None:

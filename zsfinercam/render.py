@@ -13,9 +13,11 @@ from typing import TypeVar
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 DEFAULT_THRESHOLD = 0.5  # fraction of the map's range that counts as "on" for boxes
+DEFAULT_ALPHA = 0.6  # opacity of the colour where the map is hottest (it falls to 0 with the map)
+MIN_OVERLAY_SIDE = 512  # overlays of smaller images are drawn this large on the long side
 Img = TypeVar("Img", Image.Image, np.ndarray)
 
 
@@ -56,22 +58,84 @@ def upsample(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def colorize(heatmap: np.ndarray) -> np.ndarray:
     """JET colours (blue = low, red = high) for a [0, 1] map, as RGB uint8 (H, W, 3)."""
-    scaled = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0) * 255.0
-    bgr = cv2.applyColorMap(np.round(scaled).astype(np.uint8), cv2.COLORMAP_JET)
+    unit = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    bgr = cv2.applyColorMap(cv2.convertScaleAbs(unit, alpha=255.0), cv2.COLORMAP_JET)  # x 255, rounded to uint8
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def overlay(image: Img, heatmap: np.ndarray, alpha: float = 0.5) -> Img:
-    """The heatmap blended over the image; PIL in gives PIL out, array in gives array out.
+def overlay(image: Img, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA) -> Img:
+    """The heatmap blended over the image in proportion to its value; PIL in gives PIL out,
+    array in gives array out.
 
-    The caller's image is never modified.
+    Each pixel's opacity is `alpha * heatmap`: where the map is 0 the image's pixels are
+    kept exactly, so its true colours stay judgeable where there is no evidence; the
+    hottest pixels get `alpha` of the JET colour. The caller's image is never modified.
     """
     rgb = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else np.asarray(image)
     if rgb.shape[:2] != heatmap.shape:
         raise ValueError(f"expected a heatmap of the image's size {rgb.shape[:2]}, got {heatmap.shape}")
-    blend = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colorize(heatmap).astype(np.float32)
-    out = np.clip(np.round(blend), 0, 255).astype(np.uint8)
+    weight = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0) * np.float32(alpha)
+    # (1 - w) * image + w * colour per pixel, rounded to uint8, in one C pass (a 12-MP image in well under a second)
+    out = cv2.blendLinear(np.ascontiguousarray(rgb, dtype=np.uint8), colorize(heatmap), 1.0 - weight, weight)
     return Image.fromarray(out) if isinstance(image, Image.Image) else out
+
+
+def colorbar(width: int, height: int) -> np.ndarray:
+    """A horizontal JET colour bar, low (left) to high (right), RGB uint8 (height, width, 3)."""
+    ramp = np.linspace(0.0, 1.0, max(width, 1), dtype=np.float32)[None, :].repeat(max(height, 1), axis=0)
+    return colorize(ramp)
+
+
+def font(size: int):
+    """Pillow's default font at `size` pixels (the fixed bitmap font where FreeType is missing)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    """`text` broken at spaces into lines of at most `width` pixels (a word wider than that is cut)."""
+    lines, line = [], ""
+    for word in text.split():
+        candidate = f"{line} {word}".strip()
+        if line and draw.textlength(candidate, font=font) > width:
+            lines.append(line)
+            candidate = word
+        while draw.textlength(candidate, font=font) > width and len(candidate) > 1:
+            cut = len(candidate) - 1
+            while cut > 1 and draw.textlength(candidate[:cut], font=font) > width:
+                cut -= 1
+            lines.append(candidate[:cut])
+            candidate = candidate[cut:]
+        line = candidate
+    return [*lines, line] if line else lines or [""]
+
+
+def captioned(image: Image.Image, lines: list[str], bar: bool = True) -> Image.Image:
+    """`image` with a white band below: `lines` of text (wrapped to the width) and, with `bar`,
+    the JET colour bar labelled low ... high. Font and bar scale with the image's width."""
+    width = image.width
+    size = max(12, width // 40)
+    face = font(size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text = [part for line in lines for part in wrap(probe, line, face, width - 2 * size)]
+    pitch, bar_h = round(size * 1.3), max(8, size)
+    height = size // 2 + pitch * len(text) + (bar_h + pitch + size // 2 if bar else 0)
+    canvas = Image.new("RGB", (width, image.height + height), "white")
+    canvas.paste(image.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    y = image.height + size // 2
+    for line in text:
+        draw.text((size, y), line, fill="black", font=face)
+        y += pitch
+    if bar:
+        x0, x1 = size + round(draw.textlength("low ", font=face)), width - size - round(draw.textlength(" high", font=face))
+        if x1 - x0 >= 16:
+            canvas.paste(Image.fromarray(colorbar(x1 - x0, bar_h)), (x0, y))
+            draw.text((size, y + bar_h // 2), "low", fill="black", font=face, anchor="lm")
+            draw.text((width - size, y + bar_h // 2), "high", fill="black", font=face, anchor="rm")
+    return canvas
 
 
 def peak(heatmap: np.ndarray) -> tuple[int, int]:

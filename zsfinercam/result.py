@@ -6,12 +6,13 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from . import render
-from .files import atomic_write, json_bytes, result_paths, safe_stem
+from .files import HEATMAP_FORMATS, SAVE_KINDS, atomic_write, json_bytes, result_paths, safe_stem
 
 DISPLAY_SIZE = 384  # pixels on the longer side of an overlay shown in a notebook, at least
 MAX_DISPLAY_SIZE = 768
@@ -60,10 +61,26 @@ class LocateResult:
         """float32 (H, W) in [0, 1] at the image's size: the normalised map, upsampled bilinearly."""
         return render.upsample(self.norm_map, self.image.shape[:2])
 
+    @property
+    def empty(self) -> bool:
+        """True when no token stands out: the raw map is 0 everywhere after the ReLU (the
+        references outscore the concept everywhere) or flat. Such a map has no peak and no box."""
+        return not np.any(self.norm_map > 0)
+
+    @property
+    def probability(self) -> float | None:
+        """The concept's probability against its references: softmax of the logits of the
+        concept and its references, at the concept. None without references."""
+        if not self.references:
+            return None
+        z = np.array([self.scores[self.concept], *(self.scores[r] for r in self.references)], dtype=np.float64)
+        e = np.exp(z - z.max())
+        return float(e[0] / e.sum())
+
     @functools.cached_property
-    def peak(self) -> tuple[int, int]:
-        """(x, y) in image pixels of the heatmap's maximum."""
-        return render.peak(self.heatmap)
+    def peak(self) -> tuple[int, int] | None:
+        """(x, y) in image pixels of the heatmap's maximum; None for an empty map (see `empty`)."""
+        return None if self.empty else render.peak(self.heatmap)
 
     def bbox(self, threshold: float = render.DEFAULT_THRESHOLD) -> tuple[int, int, int, int] | None:
         """(x0, y0, x1, y1), exclusive ends, around the hot region holding the peak; None for an empty map.
@@ -79,11 +96,30 @@ class LocateResult:
     def _default_bbox(self) -> tuple[int, int, int, int] | None:
         return render.bbox(self.heatmap, render.DEFAULT_THRESHOLD)
 
-    def overlay(self, alpha: float = 0.5, size: int | None = None) -> Image.Image:
-        """The heatmap in JET colours over the image; `size` scales it so its longer side has
-        that many pixels (small images become readable)."""
-        image = render.overlay(Image.fromarray(self.image), self.heatmap, alpha)
-        return image if size is None else scaled(image, size)
+    def overlay(self, alpha: float = render.DEFAULT_ALPHA, caption: bool = False,
+                min_side: int = render.MIN_OVERLAY_SIDE, size: int | None = None) -> Image.Image:
+        """The heatmap in JET colours over the image, blended in proportion to the map (see
+        `render.overlay`).
+
+        Args:
+            alpha: opacity of the colour where the map is hottest.
+            caption: add a band below with the concept, its logit and probability, the
+                references' logits, and a colour bar.
+            min_side: images smaller than this on their long side are enlarged to it (the
+                map is upsampled straight to the drawn size); `heatmap` keeps the image's size.
+            size: when given, the result is scaled so its longer side has that many pixels.
+        """
+        h, w = self.image.shape[:2]
+        scale = max(1.0, min_side / max(h, w))
+        if scale == 1.0:
+            image, heat = Image.fromarray(self.image), self.heatmap
+        else:
+            drawn = (round(h * scale), round(w * scale))
+            image = Image.fromarray(self.image).resize(drawn[::-1], Image.BICUBIC)
+            heat = render.upsample(self.norm_map, drawn)
+        out = render.overlay(image, heat, alpha)
+        out = render.captioned(out, self.caption_lines()) if caption else out
+        return out if size is None else scaled(out, size)
 
     def show(self, size: int = DISPLAY_SIZE) -> None:
         """Display the overlay (in a notebook, else in the system's image viewer)."""
@@ -97,42 +133,102 @@ class LocateResult:
         return (f"LocateResult({self.concept!r}, score {self.scores[self.concept]:.3f}, vs [{refs}], "
                 f"peak {self.peak}, bbox {self.bbox()}, {self.method})")
 
+    def caption_lines(self) -> list[str]:
+        """Concept with its logit and probability; then each reference with its logit."""
+        p = self.probability
+        head = f"{self.concept}   z {self.scores[self.concept]:.2f}" + (f"   p {p:.2f}" if p is not None else "")
+        refs = ", ".join(f"{r} ({self.scores[r]:.2f})" for r in self.references) or "-"
+        where = "  (empty map: no peak)" if self.empty else ""
+        return [head + where, f"vs {refs}   [{self.method}, {self.objective}, alpha {self.alpha:g}]"]
+
     def to_dict(self) -> dict:
         """JSON-ready summary (no image pixels; the token map as nested lists)."""
         return {
             "concept": self.concept,
             "references": list(self.references),
             "scores": {k: round(float(v), 6) for k, v in self.scores.items()},
+            "probability": None if (p := self.probability) is None else round(p, 6),
             "method": self.method,
             "objective": self.objective,
             "alpha": self.alpha,
             "contrast": self.contrast,
             "source": self.source,
             "image_size": [int(self.image.shape[1]), int(self.image.shape[0])],
-            "peak": list(self.peak),
+            "peak": list(self.peak) if self.peak else None,
             "bbox": list(b) if (b := self.bbox()) else None,
             "token_map": np.round(self.token_map, 6).tolist(),
         }
 
-    def save(self, directory: str | os.PathLike, stem: str | None = None) -> dict[str, str]:
-        """Write <stem>_overlay.png, <stem>_heatmap.npy and <stem>.json; returns their paths.
+    def save(self, directory: str | os.PathLike, stem: str | None = None, files: Sequence[str] = SAVE_KINDS,
+             heatmap_format: str = "npy", caption: bool = False) -> dict[str, str]:
+        """Write <stem>_overlay.png, <stem>_heatmap.npy (or .png) and <stem>.json; returns their paths.
+
+        Args:
+            files: which of SAVE_KINDS ("overlay", "heatmap", "json") to write.
+            heatmap_format: one of HEATMAP_FORMATS: "npy" float32 (lossless), "npy16" float16
+                .npy, "png16" 16-bit greyscale PNG (value * 65535); the compact ones are
+                within 1e-3 of the map. Read any of them back with `load_heatmap`.
+            caption: caption and colour bar on the overlay (see `overlay`).
 
         Files are written atomically (temporary file, then rename), with the umask's permissions.
         `stem` defaults to `safe_stem(concept)`.
         """
+        kinds = check_save_kinds(files)
+        if heatmap_format not in HEATMAP_FORMATS:
+            raise ValueError(f"unknown heatmap format {heatmap_format!r}; choose one of {', '.join(HEATMAP_FORMATS)}")
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        paths = result_paths(out, stem or safe_stem(self.concept))
-        atomic_write(paths["overlay"], lambda f: self.overlay().save(f, format="PNG"))
-        atomic_write(paths["heatmap"], lambda f: np.save(f, self.heatmap))
-        record = {**self.to_dict(), "files": {k: str(v) for k, v in paths.items()}}
-        atomic_write(paths["json"], lambda f: f.write(json_bytes(record, indent=1)))
+        paths = result_paths(out, stem or safe_stem(self.concept), kinds, heatmap_format)
+        if "overlay" in paths:
+            atomic_write(paths["overlay"],
+                         lambda f: self.overlay(caption=caption).save(f, format="PNG", compress_level=1))
+        if "heatmap" in paths:
+            atomic_write(paths["heatmap"], lambda f: f.write(heatmap_bytes(self.heatmap, heatmap_format)))
+        if "json" in paths:
+            record = {**self.to_dict(), "files": {k: str(v) for k, v in paths.items()}}
+            atomic_write(paths["json"], lambda f: f.write(json_bytes(record, indent=1)))
         return {k: str(v) for k, v in paths.items()}
 
 
 def display_size(shape: tuple[int, int]) -> int:
     """Longer side for notebook display: the image's own, kept within DISPLAY_SIZE..MAX_DISPLAY_SIZE."""
     return min(max(max(shape), DISPLAY_SIZE), MAX_DISPLAY_SIZE)
+
+
+def check_save_kinds(files: Sequence[str]) -> tuple[str, ...]:
+    """The kinds of file to write, validated and in SAVE_KINDS order."""
+    unknown = [f for f in files if f not in SAVE_KINDS]
+    if unknown or not files:
+        raise ValueError(f"expected some of {', '.join(SAVE_KINDS)} to save, got {', '.join(files) or 'nothing'}")
+    return tuple(k for k in SAVE_KINDS if k in files)
+
+
+def heatmap_bytes(heatmap: np.ndarray, heatmap_format: str = "npy") -> bytes:
+    """A [0, 1] heatmap as the bytes of a file in `heatmap_format` (see `LocateResult.save`)."""
+    if heatmap_format == "png16":
+        import cv2
+
+        ok, data = cv2.imencode(".png", np.round(np.clip(heatmap, 0, 1) * 65535).astype(np.uint16),
+                                [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise OSError("could not encode the heatmap as a 16-bit PNG")
+        return data.tobytes()
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(heatmap, dtype=np.float16 if heatmap_format == "npy16" else np.float32))
+    return buffer.getvalue()
+
+
+def load_heatmap(path: str | os.PathLike) -> np.ndarray:
+    """A heatmap file written by `LocateResult.save`, in any format, as float32 (H, W) in [0, 1]."""
+    path = Path(path)
+    if path.suffix.lower() == ".png":
+        import cv2
+
+        data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if data is None or data.dtype != np.uint16 or data.ndim != 2:
+            raise ValueError(f"{path} is not a 16-bit greyscale heatmap PNG")
+        return data.astype(np.float32) / 65535.0
+    return np.load(path).astype(np.float32)
 
 
 def scaled(image: Image.Image, size: int) -> Image.Image:

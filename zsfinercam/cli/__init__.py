@@ -5,8 +5,11 @@ something invalid, exit 1 when valid work failed. Set ZSFINERCAM_DEBUG=1 for tra
 """
 from __future__ import annotations
 
+import atexit
 import os
+import stat
 import sys
+import threading
 import warnings
 
 import click
@@ -50,7 +53,51 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point."""
+    """Console entry point.
+
+    Run as the command (`argv` None), the process leaves by `_exit_now` once every output is
+    written, skipping the interpreter's teardown; called with `argv` (tests, embedding), it
+    returns or raises SystemExit as a library should.
+    """
+    try:
+        _main(argv)
+    except SystemExit as done:
+        if argv is None:
+            _exit_now(done.code)
+        raise
+    if argv is None:
+        _exit_now(0)
+
+
+def _exit_now(code) -> None:
+    """Exit at once with `code` (SystemExit's), skipping the interpreter's teardown.
+
+    That teardown is the ~2.6 s after the last line of `locate`: clearing ~2,900 modules and
+    collecting ~400,000 objects that `import open_clip` pulls in (torchvision, torch._dynamo,
+    sympy, transformers, timm); no thread or atexit handler of note is involved. Nothing is
+    lost: our files are closed (and renamed) when written, atexit handlers still run, stdout
+    and stderr are flushed (and synced when they are files). Returns without exiting (the
+    normal exit then runs) while threads other than daemons are alive or Ray is loaded, whose
+    teardown stops worker processes.
+    """
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if others or "ray" in sys.modules:
+        return
+    if code is not None and not isinstance(code, int):  # sys.exit("message") prints it
+        click.echo(str(code), err=True)
+        code = 1
+    atexit._run_exitfuncs()  # logging.shutdown and the libraries' own clean-up, as a normal exit would
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+            if stat.S_ISREG(os.fstat(stream.fileno()).st_mode):  # pipes and terminals cannot be synced
+                os.fsync(stream.fileno())
+        except (OSError, ValueError):  # closed or broken stream (e.g. `| head`): nothing more can reach it
+            code = code or 1
+    os._exit(code or 0)
+
+
+def _main(argv: list[str] | None) -> None:
     debug = os.environ.get("ZSFINERCAM_DEBUG", "") not in ("", "0")
     warnings.showwarning = _one_line_warning
     try:

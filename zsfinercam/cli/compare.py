@@ -44,6 +44,12 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
         click.echo(json_bytes(record).decode())
     else:
         for c in record["concepts"]:
-            click.echo(f"{c['concept']}: score {c['score']:.3f} vs [{', '.join(c['references']) or '-'}] "
-                       f"peak Grad-CAM {tuple(c['gradcam']['peak'])} Finer-CAM {tuple(c['finer']['peak'])}")
+            p = f", p {c['probability']:.3f}" if c["probability"] is not None else ""
+            click.echo(f"{c['concept']}: score {c['score']:.3f}{p} vs [{', '.join(c['references']) or '-'}] "
+                       f"peak Grad-CAM {_point(c['gradcam']['peak'])} Finer-CAM {_point(c['finer']['peak'])}")
         click.echo(f"grid {grid.size[0]}x{grid.size[1]} -> {paths['grid']}")
+
+
+def _point(peak: list[int] | None) -> str:
+    """(x, y), or '-' for an empty map's missing peak."""
+    return str(tuple(peak)) if peak else "-"
