@@ -86,7 +86,7 @@ def phases(out: str, repeat: int) -> dict[str, float]:
         found: dict[str, float] = {}
         r = run(argv)
         if r["code"] != 0:
-            raise SystemExit(f"the phase driver failed:\n" + "\n".join(t for _, t in r["lines"]))
+            raise SystemExit("the phase driver failed:\n" + "\n".join(t for _, t in r["lines"]))
         marks = [("spawn", r["start"])]
         marks += [(m.group(1), float(m.group(2))) for _, t in r["lines"] if (m := re.match(r"@phase (.+) ([\d.]+)$", t))]
         last_output = max(t for t, text in r["lines"] if not text.startswith("@phase"))

@@ -25,7 +25,8 @@ from PIL import Image
 from conftest import random_image
 from test_batch import CONCEPTS, model_args, python, records
 from test_inputs import cli
-from zsfinercam.batch import MANIFEST_NAME, SETTINGS_NAME, TMP_PREFIX
+from zsfinercam.batch import MANIFEST_NAME, SETTINGS_NAME
+from zsfinercam.files import TMP_PREFIX
 
 HERE = Path(__file__).resolve()
 IN_NAMESPACE = "ZSFINERCAM_RAY_NETNS"  # set in the inner pytest, which runs inside the namespace

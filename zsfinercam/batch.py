@@ -6,7 +6,7 @@ each) and writes, per image, the saved maps under `out/<image key>/` and one JSO
 appended to `out/manifest.jsonl`, flushed and fsynced, so a killed run loses at most the
 chunk in flight. A chunk is always the same images (those that load), so a resumed run
 writes the same bytes as an uninterrupted one. `engine="ray"` maps the same chunks on a Ray
-cluster (zsfinercam.batch_ray) with `ChunkJob`, the same per-chunk work as here.
+cluster (zsfinercam.batch_ray); both run `batch_job.ChunkJob`, the same per-chunk work.
 """
 from __future__ import annotations
 
@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from .batch_job import ChunkJob, remove_leftovers
 from .errors import UsageError, WorkError
-from .images import load_image
-from .files import (TMP_PREFIX, atomic_write, image_stem, json_bytes, refuse_overwriting_inputs, result_paths,
-                    safe_stem)
+from .files import atomic_write, json_bytes
 from .options import LocateOptions
 from .text import unique_concepts
 
@@ -229,109 +228,6 @@ def _settings(loc, concepts: list[str], options: LocateOptions) -> dict:
     return {"concepts": concepts, "locate": options.to_json(), "model": model}
 
 
-class ChunkJob:
-    """Maps for one chunk of images -> one manifest record per image not yet done.
-
-    Both engines use it: the local one calls `run`; a Ray worker gets the chunk decoded
-    by `decode_chunk` on a CPU task and calls `map_chunk`, so the names and bytes agree.
-    """
-
-    def __init__(self, loc, out: Path, concepts: list[str], inputs: set[Path], options: LocateOptions):
-        self.loc, self.out, self.concepts = loc, out, concepts
-        self.inputs, self.options = inputs, options
-
-    def run(self, chunk: list[Path], done: dict[str, dict]) -> Iterator[dict]:
-        """Records, in chunk order, for the images of `chunk` that are not in `done`; each
-        image's files are saved just before its record is yielded."""
-        todo = [p for p in chunk if str(p) not in done]
-        yield from self.map_chunk(chunk, todo, *decode_chunk(chunk, todo, self.loc.max_pixels))
-
-    def map_chunk(self, chunk: list[Path], todo: list[Path], arrays: dict, errors: dict) -> Iterator[dict]:
-        """Records for `todo` (the images of `chunk` not done yet), given the chunk decoded
-        by `decode_chunk`: one trunk pass over every image of `arrays`, files saved per image."""
-        if not arrays:
-            yield from (_error(p, errors[p]) for p in todo)
-            return
-        order = [p for p in chunk if p in arrays]
-        try:
-            results = self.loc.locate_many([arrays[p] for p in order], self.concepts, self.options)
-        except (WorkError, RuntimeError, MemoryError) as err:
-            errors.update((p, f"{p}: mapping failed ({type(err).__name__}: {err})") for p in arrays)
-            results = []
-        by_path = dict(zip(order, results))
-        for p in todo:
-            yield _error(p, errors[p]) if p in errors else self._save_or_error(p, by_path[p])
-
-    def _save_or_error(self, path: Path, results) -> dict:
-        try:
-            return self._save(path, results)
-        except (OSError, UnicodeError) as err:  # disk full, name too long, permissions, ...
-            return _error(path, f"{path}: could not save the maps ({type(err).__name__}: {err}); "
-                                f"check the space and permissions of --out")
-
-    def _save(self, path: Path, results) -> dict:
-        folder = self.out / image_stem(path)
-        stems = [safe_stem(res.concept) for res in results]
-        try:
-            refuse_overwriting_inputs((p for s in stems for p in result_paths(folder, s).values()), self.inputs)
-        except UsageError as err:
-            return _error(path, f"{path}: {err}")
-        outputs = []
-        for res, stem in zip(results, stems):
-            res.source = str(path)
-            files = res.save(folder, stem)
-            _fsync(files.values())
-            record = {k: v for k, v in res.to_dict().items() if k not in ("token_map", "source", "image_size")}
-            record["files"] = {k: Path(v).relative_to(self.out).as_posix() for k, v in files.items()}
-            outputs.append(record)
-        _fsync([folder])
-        h, w = results[0].image.shape[:2]
-        return {"input": str(path), "status": "ok", "error": None, "image_size": [w, h], "outputs": outputs}
-
-
-def decode_chunk(chunk: list[Path], todo: list[Path], max_pixels: int | None) -> tuple[dict, dict]:
-    """The images of `chunk` as arrays, and the errors of those of `todo` that cannot be read.
-
-    Images already done (in `chunk`, not in `todo`) are still decoded and mapped when others
-    of the chunk are, so that every image always shares its trunk pass with the same images
-    (identical bytes); a chunk whose `todo` images all fail is not decoded further.
-    """
-    arrays, errors = _load(todo, max_pixels)
-    if arrays:
-        pending = set(todo)
-        arrays.update(_load([p for p in chunk if p not in pending], max_pixels)[0])
-    return arrays, errors
-
-
-def _load(paths: list[Path], max_pixels: int | None) -> tuple[dict, dict]:
-    arrays, errors = {}, {}
-    for p in paths:
-        try:
-            arrays[p] = load_image(p, max_pixels=max_pixels)[0]
-        except (UsageError, WorkError, OSError) as err:
-            errors[p] = str(err)
-    return arrays, errors
-
-
-def _error(path: Path, message: str) -> dict:
-    return {"input": str(path), "status": "error", "error": message, "image_size": None, "outputs": []}
-
-
-def _fsync(paths: Iterable[str | os.PathLike]) -> None:
-    """Flush files (and folders: their renames) to disk before the manifest says they exist."""
-    for p in paths:
-        try:
-            fd = os.open(p, os.O_RDONLY)
-        except OSError:
-            continue  # folders cannot be opened on some systems; the files were synced
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass  # not supported for folders here; the data itself is synced
-        finally:
-            os.close(fd)
-
-
 class _Manifest:
     """out/manifest.jsonl: appended one record a line, each flushed and fsynced."""
 
@@ -385,12 +281,6 @@ class _Manifest:
     def _files_exist(self, record: dict) -> bool:
         files = [self.out / f for o in record.get("outputs", []) for f in o.get("files", {}).values()]
         return bool(files) and all(f.is_file() and f.stat().st_size > 0 for f in files)
-
-
-def remove_leftovers(out: Path) -> None:
-    """Delete the temporary files of writes that a killed process (a run, a worker) left in `out`."""
-    for tmp in out.rglob(f"{TMP_PREFIX}*"):
-        tmp.unlink(missing_ok=True)
 
 
 def _non_empty(path: Path) -> bool:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .batch import ChunkJob, decode_chunk, remove_leftovers
+from .batch_job import ChunkJob, decode_chunk, remove_leftovers
 from .errors import UsageError, WorkError, first_line
 from .options import LocateOptions
 
