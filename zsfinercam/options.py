@@ -165,9 +165,12 @@ class LocateOptions:
         """
         from . import vocab as vocabs
 
-        choose_strategy(self.contrast, self.vs, self.parts, self.alpha == 0)
+        strategy = choose_strategy(self.contrast, self.vs, self.parts, self.alpha == 0)
         if isinstance(self.vocab, str):
             vocabs.load_vocab(self.vocab)
+        if strategy == "generic" and self.category is None and (
+                not isinstance(self.vocab, str) or vocabs.load_category(self.vocab) is None):
+            raise UsageError("contrast 'generic' needs the concepts' category: category='bird' (--category bird)")
         if isinstance(self.templates, str):
             vocabs.load_templates(self.templates)
         elif self.templates is not None:

@@ -52,11 +52,11 @@ def batch(inputs, concepts, out, recursive, resume, batch_size, engine, ray_addr
     from ..options import unique_concepts
     from ..progress import talking
 
+    ray = _ray_options(engine, ray_address, workers, gpus_per_worker, cpus_per_worker)
     options = locate_options(**contrast)
     names = unique_concepts(concepts)
     check_out_dir(out, resume)
     images = find_images(inputs, recursive=recursive, exclude=out)
-    ray = _ray_options(engine, ray_address, workers, gpus_per_worker, cpus_per_worker)
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
     summary = run_batch(loc, images, out, names, resume=resume, batch_size=batch_size, engine=engine, ray=ray,
                         options=options, progress=None if talking() else False)
