@@ -87,7 +87,8 @@ def _cached(cfg: dict) -> bool:
     if hub := cfg.get("hf_hub"):
         repo, filename = os.path.split(hub)
         snapshots = hub_cache() / ("models--" + repo.replace("/", "--")) / "snapshots"
-        return any((s / n).is_file() for s in snapshots.glob("*") for n in ((filename,) if filename else CHECKPOINT_NAMES))
+        names = (filename,) if filename else CHECKPOINT_NAMES
+        return any((s / n).is_file() for s in snapshots.glob("*") for n in names)
     url = cfg.get("url") or ""
     return bool(url) and (clip_cache() / os.path.basename(urlparse(url).path)).is_file()
 
@@ -120,7 +121,8 @@ def _pretrained_tables(path: Path) -> dict[str, dict[str, dict]]:
                     index[key.value] = tables.get(ref.id, {}) if isinstance(ref, ast.Name) else _table(ref)
         elif (table := _table(value)) is not None:
             tables[target] = table
-    quick = {f"{name}-quickgelu": {t: c for t, c in tags.items() if c.get("quick_gelu")} for name, tags in index.items()}
+    quick = {f"{name}-quickgelu": {t: c for t, c in tags.items() if c.get("quick_gelu")}
+             for name, tags in index.items()}
     return {**index, **{name: tags for name, tags in quick.items() if tags}}
 
 

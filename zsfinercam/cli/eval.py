@@ -45,10 +45,9 @@ def eval_command(manifest, synthetic, split, seed, methods, perturbation, top_pe
     as_json, report = report_path(as_json, report)
     if (manifest is None) == (synthetic is None):
         raise click.UsageError("give either a MANIFEST or --synthetic N")
+    items = read_manifest(manifest) if manifest is not None else None  # its mistakes before the model loads
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size)
-    if manifest is not None:
-        items = read_manifest(manifest)
-    else:
+    if items is None:
         items = synthetic_items(synthetic, seed, split, size=loc.config.image_size[0])
         if write_manifest is not None:
             click.echo(f"# synthetic set written to {save_set(items, write_manifest)}", err=True)
