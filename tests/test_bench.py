@@ -178,7 +178,7 @@ def test_command_runs_on_the_hf_backend(tmp_path):
     folder = save_tiny_hf(tmp_path / "siglip", "siglip")
     path = tmp_path / "out.json"
     args = ["--model", str(folder), "--backend", "hf", "--sizes", "32", "--ks", "1", "--batches", "1",
-            "--rounds", "1", "--device", "cpu", "--no-memory", "--threads", "1", "--quiet", "--json", str(path)]
+            "--rounds", "1", "--device", "cpu", "--no-memory", "--threads", "1", "--quiet", "--report", str(path)]
     result = CliRunner().invoke(bench, args)
     assert result.exit_code == 0, result.output
     (row,) = json.loads(path.read_text())["rows"]

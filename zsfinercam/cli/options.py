@@ -4,6 +4,7 @@ Imports neither torch nor numpy: a verb's --help and its usage errors answer at 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import warnings
@@ -66,12 +67,20 @@ class _Echo(logging.Handler):
         click.echo(f"zsfinercam: {record.getMessage()}", err=True)
 
 
-def say(quiet: bool) -> None:
-    """Notes and progress bars on stderr (zsfinercam.progress), or none of them with `quiet`."""
-    if not any(isinstance(h, _Echo) for h in LOGGER.handlers):
-        LOGGER.addHandler(_Echo())
-        LOGGER.propagate = False
+@contextlib.contextmanager
+def saying(quiet: bool):
+    """While a verb runs: notes and progress bars on stderr (zsfinercam.progress), or none with
+    `quiet`; the logger is restored afterwards, so a caller of `main(argv)` keeps its own set-up."""
+    handler, saved = _Echo(), (LOGGER.level, LOGGER.propagate)
+    LOGGER.addHandler(handler)
     LOGGER.setLevel(logging.WARNING if quiet else logging.INFO)
+    LOGGER.propagate = False
+    try:
+        yield
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(saved[0])
+        LOGGER.propagate = saved[1]
 
 
 def quiet_option(func):
@@ -80,8 +89,8 @@ def quiet_option(func):
     @click.option("--quiet", "-q", is_flag=True, help="No notes, hints or progress bars on stderr.")
     @functools.wraps(func)
     def wrapper(*args, quiet, **kwargs):
-        say(quiet)
-        return func(*args, **kwargs)
+        with saying(quiet):
+            return func(*args, **kwargs)
 
     return wrapper
 
