@@ -54,10 +54,20 @@ def load_localizer(model, pretrained, model_config, backend, device, image_size,
     threads = ctx.meta.get(THREADS) if ctx is not None else None
     if threads:
         torch.set_num_threads(threads)
-    weights = "embedded" if model == "toy" and pretrained is None else (pretrained or "random weights")
-    note(f"loading {model} ({weights}) on {resolve_device(device)} ...")
+    note(f"loading {model} ({_weights(model, pretrained, backend)}) on {resolve_device(device)} ...")
     return Localizer.from_pretrained(model, pretrained, model_config=model_config, backend=backend,
                                      device=device, image_size=image_size, max_pixels=max_pixels)
+
+
+def _weights(model: str, pretrained: str | None, backend: str) -> str:
+    """What the loading note says about the weights."""
+    if pretrained:
+        return pretrained
+    if model == "toy":
+        return "embedded"
+    if backend != "open_clip" or model.startswith(("hf-hub:", "local-dir:")):
+        return "weights of the repo or folder"
+    return "random weights"
 
 
 class _Echo(logging.Handler):
