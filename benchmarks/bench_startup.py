@@ -55,6 +55,7 @@ def commands(out: str) -> list[tuple[str, list[str]]]:
         ("locate --help", [*z, "locate", "--help"]),
         ("prompts", [*z, "prompts"]),
         ("usage error (missing image)", [*z, "locate", "no-such-image.png", "bird"]),
+        ("usage error (misspelt --vocab)", [*z, "locate", str(IMAGE), CONCEPT, "--vocab", "cub2000", "--out", out]),
         ("models", [*z, "models"]),
         ("locate (toy)", [*z, "locate", str(IMAGE), CONCEPT, "--out", out]),
     ]

@@ -147,9 +147,9 @@ def folder(tmp_path) -> Path:
 
 def outputs(out: Path) -> dict:
     """Every file a run wrote but run.json, by relative path -> digest (the saved JSON names its files
-    by absolute path: `out` is replaced there); the manifest's latest record per input (later
-    records supersede earlier ones), sorted by input."""
-    files = {p.relative_to(out).as_posix(): hashlib.sha1(p.read_bytes().replace(str(out).encode(), b"OUT")).hexdigest()
+    relative to itself, so folders compare byte for byte); the manifest's latest record per input
+    (later records supersede earlier ones), sorted by input."""
+    files = {p.relative_to(out).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
              for p in out.rglob("*") if p.is_file() and p.name not in (MANIFEST_NAME, SETTINGS_NAME, ".lock")}
     latest = {json.loads(line)["input"]: line for line in (out / MANIFEST_NAME).read_bytes().splitlines()}
     return {"files": files, "manifest": [latest[k] for k in sorted(latest)]}

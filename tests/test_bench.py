@@ -156,7 +156,7 @@ def test_command_prints_the_table_and_writes_json(tiny_files, tmp_path):
     path = tmp_path / "out.json"
     args = ["--model", "tiny", "--pretrained", str(weights), "--model-config", str(cfg), "--sizes", "32",
             "--ks", "1,3", "--batches", "1", "--rounds", "1", "--device", "cpu", "--no-memory", "--no-gradcam",
-            "--threads", "1", "--quiet", "--json", str(path)]
+            "--threads", "1", "--quiet", "--report", str(path)]
     result = CliRunner().invoke(bench, args)
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0].split()[:3] == ["size", "B", "K"]
@@ -178,7 +178,7 @@ def test_command_runs_on_the_hf_backend(tmp_path):
     folder = save_tiny_hf(tmp_path / "siglip", "siglip")
     path = tmp_path / "out.json"
     args = ["--model", str(folder), "--backend", "hf", "--sizes", "32", "--ks", "1", "--batches", "1",
-            "--rounds", "1", "--device", "cpu", "--no-memory", "--threads", "1", "--quiet", "--json", str(path)]
+            "--rounds", "1", "--device", "cpu", "--no-memory", "--threads", "1", "--quiet", "--report", str(path)]
     result = CliRunner().invoke(bench, args)
     assert result.exit_code == 0, result.output
     (row,) = json.loads(path.read_text())["rows"]

@@ -65,11 +65,15 @@ def test_manifest_round_trip_through_the_cli(tmp_path):
         assert proc.returncode == 0, proc.stderr
         return proc
 
-    first = run("--synthetic", 6, "--write-manifest", tmp_path / "set", "--json", tmp_path / "a.json")
+    first = run("--synthetic", 6, "--write-manifest", tmp_path / "set", "--report", tmp_path / "a.json")
+    # the old `--json FILE` still writes FILE, with a deprecation warning
     second = run(tmp_path / "set" / "manifest.jsonl", "--json", tmp_path / "b.json")
+    assert "--json FILE is now --report FILE" in second.stderr
     assert first.stdout == second.stdout and first.stdout.splitlines()[0].split()[:3] == ["method", "n", "pointing"]
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
     assert a["summary"] == b["summary"]
+    printed = run(tmp_path / "set" / "manifest.jsonl", "--json")  # --json alone: JSON on stdout, as in every verb
+    assert json.loads(printed.stdout)["summary"] == a["summary"]
 
 
 @pytest.mark.parametrize("line, message", [

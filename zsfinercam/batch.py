@@ -23,13 +23,11 @@ from typing import Iterable, Iterator, Sequence
 
 from .batch_job import ChunkJob, remove_leftovers
 from .errors import UsageError, WorkError
-from .files import atomic_write, json_bytes
-from .options import LocateOptions
-from .text import unique_concepts
+from .files import MANIFEST_NAME, atomic_write, check_out_dir, json_bytes
+from .options import LocateOptions, unique_concepts
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
                             ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"})  # what a folder scan picks up
-MANIFEST_NAME = "manifest.jsonl"  # one JSON record per image, in input order
 SETTINGS_NAME = "run.json"  # what the maps mean (concepts, contrast, model); --resume must match it
 _STEM = r"(?:[\w-]+-)?[0-9a-f]{8}"  # what `safe_stem` makes: slug-digest, or the digest alone
 OUTPUT_FOLDER = re.compile(_STEM)  # out/<image key>/, one per image
@@ -117,17 +115,6 @@ class BatchSummary:
     def line(self) -> str:
         return (f"batch: {self.ok} ok, {self.failed} failed, {self.skipped} skipped in {self.seconds:.1f} s; "
                 f"manifest: {self.manifest}")
-
-
-def check_out_dir(out: str | os.PathLike, resume: bool) -> None:
-    """Refuse to start over a run already in `out` unless resuming (nothing is ever overwritten)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder")
-    manifest = out / MANIFEST_NAME
-    if not resume and _non_empty(manifest):
-        raise UsageError(f"{out} already holds a run ({MANIFEST_NAME}); pass --resume to continue it "
-                         f"or choose another --out")
 
 
 def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, concepts: Sequence[str], *,

@@ -12,7 +12,6 @@ from typing import Iterable, Iterator
 
 from .errors import UsageError, WorkError
 from .files import TMP_PREFIX, image_stem, refuse_overwriting_inputs, result_paths, safe_stem
-from .images import load_image
 from .options import LocateOptions
 
 
@@ -91,6 +90,8 @@ def decode_chunk(chunk: list[Path], todo: list[Path], max_pixels: int | None) ->
 
 
 def _load(paths: list[Path], max_pixels: int | None) -> tuple[dict, dict]:
+    from .images import load_image  # numpy, PIL and torch: not needed to plan or check a run
+
     arrays, errors = {}, {}
     for p in paths:
         try:

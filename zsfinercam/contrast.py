@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from .errors import UsageError
-from .options import DEFAULT_NUM_REFERENCES, STRATEGIES
+from .options import DEFAULT_NUM_REFERENCES, STRATEGIES, choose_strategy  # noqa: F401  (re-exported)
 from .text import check_concepts
 
 Embed = Callable[[Sequence[str]], torch.Tensor]  # concepts -> normalised embeddings (K, E)
@@ -167,22 +167,6 @@ def part_of(concept: str, parts: Mapping[str, Sequence[str]], embed: Embed) -> s
         scores.append(float(mean @ emb[0]) / float(mean.norm().clamp_min(1e-12)))
         start += n
     return list(parts)[max(range(len(scores)), key=scores.__getitem__)]
-
-
-def choose_strategy(contrast: str | None, vs, parts, plain: bool) -> str:
-    """The strategy named (one of STRATEGIES, checked by LocateOptions), or implied by `vs` /
-    `parts`; "none" for plain Grad-CAM (`plain`)."""
-    implied = "vs" if vs is not None else ("parts" if parts is not None else None)
-    if vs is not None and parts is not None:
-        raise UsageError("vs (--vs) and parts (--parts) choose references in different ways; give one of them")
-    if contrast is not None and implied is not None and contrast != implied:
-        raise UsageError(f"contrast {contrast!r} (--contrast {contrast}) conflicts with {implied} (--{implied}); "
-                         "drop one of them")
-    if contrast in ("vs", "parts") and implied is None:
-        raise UsageError(f"contrast {contrast!r} needs {contrast}= (--{contrast})")
-    if plain:
-        return "none"
-    return contrast or implied or "logits"
 
 
 def part_table_of(parts) -> dict[str, list[str]]:

@@ -29,9 +29,8 @@ from . import metrics
 from .errors import UsageError, WorkError
 from .files import atomic_write
 from .images import load_image
-from .options import LocateOptions
+from .options import EVAL_METHODS, LocateOptions
 
-EVAL_METHODS = ("finer", "gradcam", "random", "randomized")  # the map METHODS and two sanity baselines
 MASK_METRICS = ("pointing", "energy", "iou")
 PERTURBATION_METRICS = ("deletion", "insertion", "rd")
 

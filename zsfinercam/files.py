@@ -14,7 +14,7 @@ import re
 import secrets
 import stat
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
 from .errors import UsageError
 
@@ -23,6 +23,7 @@ RESULT_SUFFIXES = {"overlay": "_overlay.png", "heatmap": "_heatmap.npy", "json":
 SAVE_KINDS = tuple(RESULT_SUFFIXES)  # the files `LocateResult.save` can write
 HEATMAP_FORMATS = ("npy", "npy16", "png16")  # float32 .npy, float16 .npy, 16-bit PNG
 IMAGE_STEM_LEN = 40  # readable part of an image's stem
+MANIFEST_NAME = "manifest.jsonl"  # a batch run's record per image, in its --out folder
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
@@ -85,6 +86,42 @@ def image_stem(path: str | os.PathLike) -> str:
     of its resolved path, so bird.png in two folders never shares a name."""
     path = Path(path)
     return safe_stem(path.stem, IMAGE_STEM_LEN, key=str(path.resolve()))
+
+
+def source_stem(source: str) -> str:
+    """`image_stem` of an image file; for any other label ("array", "image"), its `safe_stem`."""
+    return image_stem(source) if os.path.isfile(source) else safe_stem(source, IMAGE_STEM_LEN)
+
+
+def result_stem(prefix: str, concept: str, settings: Mapping[str, Any], references: Iterable[str]) -> str:
+    """The stem of one result's files: `<prefix>_<concept>_<settings>`.
+
+    <concept> is `safe_stem(concept)`; <settings> names the method (and, for Finer-CAM, the
+    objective and alpha; the base when it is not Grad-CAM's) and ends in 8 hex digits of a
+    hash of every setting (e.g. `LocateOptions.to_json()`) and of the references, e.g.
+    `bird-1a2b3c4d_red-tail-5e6f7a8b_finer-weighted-a1-0c1d2e3f`. So maps made with other
+    settings get other names, and the same command writes the same names again.
+    """
+    method = str(settings.get("method", "finer"))
+    label = [method] if method == "gradcam" else [method, str(settings.get("objective", "weighted")),
+                                                    f"a{float(settings.get('alpha') or 0):g}"]
+    if settings.get("base", "gradcam") != "gradcam":
+        label.append(str(settings["base"]))
+    key = json.dumps({"settings": dict(settings), "references": list(references)}, sort_keys=True,
+                     ensure_ascii=False)
+    digest = hashlib.sha1(_utf8(key)).hexdigest()[:8]
+    return f"{prefix}_{safe_stem(concept)}_{'-'.join(label)}-{digest}"
+
+
+def check_out_dir(out: str | os.PathLike, resume: bool) -> None:
+    """Refuse to start a batch run over one already in `out` unless resuming (nothing is ever overwritten)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+    manifest = out / MANIFEST_NAME
+    if not resume and manifest.is_file() and manifest.stat().st_size > 0:
+        raise UsageError(f"{out} already holds a run ({MANIFEST_NAME}); pass --resume to continue it "
+                         f"or choose another --out")
 
 
 def result_paths(directory: str | os.PathLike, stem: str, kinds: Iterable[str] = SAVE_KINDS,

@@ -13,10 +13,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UsageError, WorkError
+from .options import DEFAULT_MAX_PIXELS
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
-DEFAULT_MAX_PIXELS = 89_478_485  # width x height refused above this: PIL's own default warning level
 _PIL_LIMIT = threading.Lock()  # held while _pil_limit has raised PIL's global limit (the rare case only)
 _PIL_SAVED: list[int | None] = []  # PIL's own limit while _pil_limit has raised it, else empty
 

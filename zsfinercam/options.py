@@ -16,17 +16,20 @@ import dataclasses
 import math
 import numbers
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .errors import UsageError
 
 METHODS = ("finer", "gradcam")  # how a map is computed: Finer-CAM, or plain Grad-CAM on the concept's logit
+EVAL_METHODS = (*METHODS, "random", "randomized")  # what `zsfinercam eval` scores: METHODS and two sanity baselines
 OBJECTIVES = ("weighted", "mean", "compare")  # Finer-CAM objectives (see zsfinercam.objectives)
 DEFAULT_ALPHA = {"weighted": 1.0, "mean": 0.6, "compare": 1.0}  # contrast strength when none is given
 STRATEGIES = ("logits", "text", "vs", "generic", "parts")  # how references are chosen (see zsfinercam.contrast)
 BASES = ("gradcam", "hirescam", "layercam")  # how a gradient becomes a map (engine.maps' `base`)
 DEFAULT_NUM_REFERENCES = 3  # references per pool ("logits", "parts") and neighbours ("text")
+DEFAULT_MAX_PIXELS = 89_478_485  # image files with more pixels (w x h) are refused: PIL's own warning level
 
 Texts = tuple[str, ...]
 Parts = tuple[tuple[str, Texts], ...]  # ((part, (attribute, ...)), ...): a part vocabulary, in order
@@ -153,6 +156,33 @@ class LocateOptions:
             out["parts"] = {part: list(entries) for part, entries in self.parts}
         return out
 
+    def preflight(self) -> None:
+        """Check now what would otherwise fail only when maps are made, after the model loads:
+        the reference strategy's consistency (e.g. vs with contrast "text") and that the
+        vocabulary, templates and part vocabulary given by name or file exist and parse.
+
+        Reads those files (zsfinercam.vocab; imports neither torch nor numpy). Raises UsageError.
+        """
+        from . import vocab as vocabs
+
+        strategy = choose_strategy(self.contrast, self.vs, self.parts, self.alpha == 0)
+        if isinstance(self.vocab, str):
+            vocabs.load_vocab(self.vocab)
+        if strategy == "generic" and self.category is None and (
+                not isinstance(self.vocab, str) or vocabs.load_category(self.vocab) is None):
+            raise UsageError("contrast 'generic' needs the concepts' category: category='bird' (--category bird)")
+        if isinstance(self.templates, str):
+            vocabs.load_templates(self.templates)
+        elif self.templates is not None:
+            for template in self.templates:
+                vocabs.check_template(template)
+        if isinstance(self.parts, str) and self.alpha != 0:
+            vocabs.load_parts(self.parts)
+        if self.vs is not None:
+            check_concepts(list(self.vs))
+        if self.category is not None:
+            check_concepts([self.category])
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "LocateOptions":
         """Options from `to_json`'s dict (e.g. a batch's run.json); unknown keys are a UsageError."""
@@ -194,3 +224,47 @@ def _parts(value) -> str | Parts | None:
     if table is None or not all(isinstance(part, str) for part, _ in table):
         raise OptionError("parts", "parts must be a part vocabulary name or file, or a dict {part: [attributes]}")
     return table
+
+
+def choose_strategy(contrast: str | None, vs, parts, plain: bool) -> str:
+    """The strategy named (one of STRATEGIES, checked by LocateOptions), or implied by `vs` /
+    `parts`; "none" for plain Grad-CAM (`plain`)."""
+    implied = "vs" if vs is not None else ("parts" if parts is not None else None)
+    if vs is not None and parts is not None:
+        raise UsageError("vs (--vs) and parts (--parts) choose references in different ways; give one of them")
+    if contrast is not None and implied is not None and contrast != implied:
+        raise UsageError(f"contrast {contrast!r} (--contrast {contrast}) conflicts with {implied} (--{implied}); "
+                         "drop one of them")
+    if contrast in ("vs", "parts") and implied is None:
+        raise UsageError(f"contrast {contrast!r} needs {contrast}= (--{contrast})")
+    if plain:
+        return "none"
+    return contrast or implied or "logits"
+
+
+def check_concepts(concepts: Sequence[str]) -> list[str]:
+    """Concepts as a list of non-blank strings (surrounding space stripped)."""
+    if isinstance(concepts, str) or not isinstance(concepts, Sequence):
+        raise UsageError(f"expected a list of concept strings, got {type(concepts).__name__}")
+    out = []
+    for c in concepts:
+        if not isinstance(c, str):
+            raise UsageError(f"expected concept strings, got {type(c).__name__}: {c!r}")
+        if not c.strip():
+            raise UsageError("a concept is empty or blank; give some text, e.g. \"red-tailed hawk\"")
+        out.append(c.strip())
+    return out
+
+
+def unique_concepts(concepts: Sequence[str]) -> list[str]:
+    """Concepts stripped and checked, each kept once in first-seen order (with a warning
+    naming the duplicates): one map, one set of files per concept."""
+    names = check_concepts(list(concepts))
+    if not names:
+        raise UsageError("no concepts given; pass at least one, e.g. --concepts \"red-tailed hawk\"")
+    kept = list(dict.fromkeys(names))
+    if len(kept) < len(names):
+        dups = [n for n in kept if names.count(n) > 1]
+        warnings.warn(f"concept(s) given more than once, each mapped once: {', '.join(map(repr, dups))}",
+                      stacklevel=2)
+    return kept

@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 
 from . import render
-from .files import HEATMAP_FORMATS, SAVE_KINDS, atomic_write, json_bytes, result_paths, safe_stem
+from .files import (HEATMAP_FORMATS, SAVE_KINDS, atomic_write, json_bytes, result_paths, result_stem,
+                    source_stem)
 
 DISPLAY_SIZE = 384  # pixels on the longer side of an overlay shown in a notebook, at least
 MAX_DISPLAY_SIZE = 768
@@ -159,6 +160,13 @@ class LocateResult:
             "token_map": np.round(self.token_map, 6).tolist(),
         }
 
+    def default_stem(self) -> str:
+        """`files.result_stem` of the image's name (`source`), the concept, the settings the
+        result records (method, objective, alpha, contrast, base) and its references."""
+        settings = {"method": self.method, "objective": self.objective, "alpha": self.alpha,
+                    "contrast": self.contrast, "base": getattr(self, "base", "gradcam")}
+        return result_stem(source_stem(self.source), self.concept, settings, self.references)
+
     def save(self, directory: str | os.PathLike, stem: str | None = None, files: Sequence[str] = SAVE_KINDS,
              heatmap_format: str = "npy", caption: bool = False) -> dict[str, str]:
         """Write <stem>_overlay.png, <stem>_heatmap.npy (or .png) and <stem>.json; returns their paths.
@@ -171,21 +179,22 @@ class LocateResult:
             caption: caption and colour bar on the overlay (see `overlay`).
 
         Files are written atomically (temporary file, then rename), with the umask's permissions.
-        `stem` defaults to `safe_stem(concept)`.
+        `stem` defaults to `default_stem()`. The JSON names its files relative to its own folder
+        (they lie beside it), so the folder can be moved.
         """
         kinds = check_save_kinds(files)
         if heatmap_format not in HEATMAP_FORMATS:
             raise ValueError(f"unknown heatmap format {heatmap_format!r}; choose one of {', '.join(HEATMAP_FORMATS)}")
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        paths = result_paths(out, stem or safe_stem(self.concept), kinds, heatmap_format)
+        paths = result_paths(out, stem or self.default_stem(), kinds, heatmap_format)
         if "overlay" in paths:
             atomic_write(paths["overlay"],
                          lambda f: self.overlay(caption=caption).save(f, format="PNG", compress_level=1))
         if "heatmap" in paths:
             atomic_write(paths["heatmap"], lambda f: f.write(heatmap_bytes(self.heatmap, heatmap_format)))
         if "json" in paths:
-            record = {**self.to_dict(), "files": {k: str(v) for k, v in paths.items()}}
+            record = {**self.to_dict(), "files": {k: v.name for k, v in paths.items()}}  # beside the JSON
             atomic_write(paths["json"], lambda f: f.write(json_bytes(record, indent=1)))
         return {k: str(v) for k, v in paths.items()}
 

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from .backends import Backend
 from .errors import UsageError
+from .options import check_concepts, unique_concepts  # noqa: F401  (re-exported: their old home)
+from .progress import MANY_PROMPTS, bar, note
 
 TEXT_BATCH = 64  # prompts per text-tower call (each call is cut to its longest prompt)
 
@@ -26,34 +28,6 @@ TEXT_BATCH = 64  # prompts per text-tower call (each call is cut to its longest 
 def default_cache_dir() -> Path:
     """$ZSFINERCAM_CACHE, else ~/.cache/zsfinercam (read when called, not at import)."""
     return Path(os.environ.get("ZSFINERCAM_CACHE") or Path.home() / ".cache" / "zsfinercam")
-
-
-def check_concepts(concepts: Sequence[str]) -> list[str]:
-    """Concepts as a list of non-blank strings (surrounding space stripped)."""
-    if isinstance(concepts, str) or not isinstance(concepts, Sequence):
-        raise UsageError(f"expected a list of concept strings, got {type(concepts).__name__}")
-    out = []
-    for c in concepts:
-        if not isinstance(c, str):
-            raise UsageError(f"expected concept strings, got {type(c).__name__}: {c!r}")
-        if not c.strip():
-            raise UsageError("a concept is empty or blank; give some text, e.g. \"red-tailed hawk\"")
-        out.append(c.strip())
-    return out
-
-
-def unique_concepts(concepts: Sequence[str]) -> list[str]:
-    """Concepts stripped and checked, each kept once in first-seen order (with a warning
-    naming the duplicates): one map, one set of files per concept."""
-    names = check_concepts(list(concepts))
-    if not names:
-        raise UsageError("no concepts given; pass at least one, e.g. --concepts \"red-tailed hawk\"")
-    kept = list(dict.fromkeys(names))
-    if len(kept) < len(names):
-        dups = [n for n in kept if names.count(n) > 1]
-        warnings.warn(f"concept(s) given more than once, each mapped once: {', '.join(map(repr, dups))}",
-                      stacklevel=2)
-    return kept
 
 
 class ConceptEncoder:
@@ -86,8 +60,10 @@ class ConceptEncoder:
         self._warn_truncated(concepts, max(templates, key=len))
         prompts = [t.replace("{}", c) for c in concepts for t in templates]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
+        if len(prompts) > MANY_PROMPTS:
+            note(f"encoding {len(prompts):,} prompts ({len(concepts):,} concepts x {len(templates):,} templates) ...")
         rows = []
-        for start in range(0, len(order), TEXT_BATCH):
+        for start in bar(range(0, len(order), TEXT_BATCH), desc="text", unit="batch"):
             tokens = self.backend.tokenize([prompts[i] for i in order[start:start + TEXT_BATCH]])
             rows.append(F.normalize(self.backend.encode_text(tokens), dim=-1))
         encoded = torch.empty_like(torch.cat(rows))

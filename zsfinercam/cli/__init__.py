@@ -6,6 +6,7 @@ something invalid, exit 1 when valid work failed. Set ZSFINERCAM_DEBUG=1 for tra
 from __future__ import annotations
 
 import atexit
+import importlib
 import os
 import stat
 import sys
@@ -16,31 +17,32 @@ import click
 
 from .._version import __version__
 from ..errors import UsageError, WorkError
-from .batch import batch
-from .bench import bench
-from .compare import compare
-from .eval import eval_command
-from .lab import lab
-from .locate import locate
-from .models import models
-from .prompts import neighbors, prompts_command
+
+VERBS = {  # verb -> "module:command" under zsfinercam.cli, imported when the verb runs or shows its help
+    "locate": "locate:locate", "batch": "batch:batch", "compare": "compare:compare", "models": "models:models",
+    "eval": "eval:eval_command", "bench": "bench:bench", "neighbors": "prompts:neighbors",
+    "prompts": "prompts:prompts_command", "lab": "lab:lab",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A click group whose verbs are imported on first use, so `zsfinercam --version` or a
+    verb's `--help` pays only for click and the verb's own module (none imports torch at import)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(VERBS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in VERBS:
+            return None
+        module, _, attr = VERBS[name].partition(":")
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="zsfinercam")
 def cli() -> None:
     """Zero-shot concept localisation: where in the image is the evidence for a concept?"""
-
-
-cli.add_command(locate)
-cli.add_command(batch)
-cli.add_command(compare)
-cli.add_command(models)
-cli.add_command(eval_command)
-cli.add_command(bench)
-cli.add_command(neighbors)
-cli.add_command(prompts_command)
-cli.add_command(lab)
 
 
 def _fail(message: str, code: int) -> None:

@@ -8,7 +8,7 @@ import click
 from ..batch import DEFAULT_BATCH_SIZE, ENGINES, MANIFEST_NAME
 from ..errors import UsageError, WorkError
 from .options import (contrast_options, load_localizer, locate_options, max_pixels_option, method_option,
-                      model_options)
+                      model_options, run_options)
 
 
 @click.command()
@@ -37,6 +37,7 @@ from .options import (contrast_options, load_localizer, locate_options, max_pixe
 @contrast_options
 @method_option
 @model_options
+@run_options
 def batch(inputs, concepts, out, recursive, resume, batch_size, engine, ray_address, workers, gpus_per_worker,
           cpus_per_worker, max_pixels, model, pretrained, model_config, backend, device, image_size, **contrast):
     """Map CONCEPTS in every image of INPUT (files, folders, glob patterns) into --out.
@@ -47,16 +48,18 @@ def batch(inputs, concepts, out, recursive, resume, batch_size, engine, ray_addr
 
     Example: zsfinercam batch photos/ --concepts "red-tailed hawk" --vs "red-shouldered hawk" --out maps
     """
-    from ..batch import find_images, run_batch
-    from ..text import unique_concepts
+    from ..batch import check_out_dir, find_images, run_batch
+    from ..options import unique_concepts
+    from ..progress import talking
 
     ray = _ray_options(engine, ray_address, workers, gpus_per_worker, cpus_per_worker)
     options = locate_options(**contrast)
     names = unique_concepts(concepts)
+    check_out_dir(out, resume)
     images = find_images(inputs, recursive=recursive, exclude=out)
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
     summary = run_batch(loc, images, out, names, resume=resume, batch_size=batch_size, engine=engine, ray=ray,
-                        options=options)
+                        options=options, progress=None if talking() else False)
     click.echo(summary.line())
     if summary.failed:
         raise WorkError(f"{summary.failed} of {len(images)} images failed; their errors are in {summary.manifest}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..backends import list_backends
+from .options import json_option, report_path
 
 
 def _int_list(ctx, param, value):
@@ -44,11 +45,12 @@ def _int_list(ctx, param, value):
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads (default: torch's).")
 @click.option("--references", type=click.IntRange(min=1), default=3, show_default=True,
               help="Explicit references per concept.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, metavar="PATH",
-              help="Also write every figure and raw sample to PATH.")
+@json_option("every figure and raw sample")
+@click.option("--report", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Also write every figure and raw sample to FILE (JSON).")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 def bench(model, pretrained, model_config, backend, sizes, ks, batches, rounds, device, gradcam_calls, gradcam_full,
-          no_gradcam, no_memory, threads, references, json_path, quiet):
+          no_gradcam, no_memory, threads, references, as_json, report, quiet):
     """Time maps for K concepts against one plain forward and pytorch-grad-cam, interleaved.
 
     ViT-B-16 with random weights by default. Methods: the plain image tower (the floor), ours
@@ -60,17 +62,20 @@ def bench(model, pretrained, model_config, backend, sizes, ks, batches, rounds, 
     """
     from ..bench import BenchConfig, run_benchmark
     from ..bench_report import format_table, write_json
+    from ..files import json_bytes
     from ..errors import UsageError
+
+    as_json, path = report_path(as_json, report)
 
     cfg = BenchConfig(model=model, pretrained=pretrained, model_config=model_config, backend=backend, sizes=sizes,
                       ks=ks, batches=batches, rounds=rounds, device=device, gradcam=not no_gradcam,
                       gradcam_calls=gradcam_calls, gradcam_full=gradcam_full, memory=not no_memory,
                       threads=threads, references=references)
     try:
-        report = run_benchmark(cfg, log=None if quiet else (lambda message: click.echo(message, err=True)))
+        result = run_benchmark(cfg, log=None if quiet else (lambda message: click.echo(message, err=True)))
     except UsageError as err:  # e.g. --device cuda without CUDA; also when run as a script
         raise click.UsageError(str(err)) from None
-    click.echo(format_table(report))
-    if json_path:
-        write_json(report, json_path)
-        click.echo(f"wrote {json_path}")
+    click.echo(json_bytes(result).decode() if as_json else format_table(result))
+    if path:
+        write_json(result, path)
+        click.echo(f"wrote {path}", err=True)

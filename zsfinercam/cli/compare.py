@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import contrast_options, load_localizer, locate_options, max_pixels_option, model_options
+from .options import contrast_options, load_localizer, locate_options, max_pixels_option, model_options, run_options
 
 
 @click.command()
@@ -19,29 +19,32 @@ from .options import contrast_options, load_localizer, locate_options, max_pixel
               show_default=True, help="Folder for the grid PNG and its JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the grid's JSON summary on stdout.")
 @max_pixels_option
+@run_options
 def compare(image, concepts, model, pretrained, model_config, backend, device, image_size, cell, out, as_json,
             max_pixels, **contrast):
     """Grad-CAM, Finer-CAM and their difference for each CONCEPT in IMAGE, side by side.
 
     Example: zsfinercam compare bird.jpg "red-tailed hawk" "red-shouldered hawk" "cooper's hawk"
     """
-    from ..text import unique_concepts
-    from ..files import atomic_write, image_stem, json_bytes, refuse_overwriting_inputs, safe_stem
+    from ..files import atomic_write, image_stem, json_bytes, refuse_overwriting_inputs, result_stem
+    from ..options import unique_concepts
 
     options = locate_options(**contrast)
     names = unique_concepts(concepts)
+    settings = {**options.to_json(), "cell": cell, "concepts": names}  # the grid's name: readable + their hash
+    stem = result_stem(image_stem(image), "compare " + " ".join(names), settings, ())
+    paths = {"grid": out / f"{stem}.png", "json": out / f"{stem}.json"}
+    refuse_overwriting_inputs(paths.values(), [image])
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
     comparison = loc.compare(str(image), names, options)
     grid = comparison.grid(cell)
-    stem = f"{image_stem(image)}_compare-{safe_stem(chr(0).join(names), 0)}"
-    paths = {"grid": out / f"{stem}.png", "json": out / f"{stem}.json"}
-    refuse_overwriting_inputs(paths.values(), [image])
     out.mkdir(parents=True, exist_ok=True)
-    record = {**comparison.to_dict(), "grid_size": list(grid.size), "files": {k: str(v) for k, v in paths.items()}}
+    files = {k: v.name for k, v in paths.items()}  # beside the JSON, so the folder can be moved
+    record = {**comparison.to_dict(), "grid_size": list(grid.size), "files": files}
     atomic_write(paths["grid"], lambda f: grid.save(f, format="PNG"))
     atomic_write(paths["json"], lambda f: f.write(json_bytes(record, indent=1)))
     if as_json:
-        click.echo(json_bytes(record).decode())
+        click.echo(json_bytes({**record, "files": {k: str(v) for k, v in paths.items()}}).decode())
     else:
         for c in record["concepts"]:
             p = f", p {c['probability']:.3f}" if c["probability"] is not None else ""

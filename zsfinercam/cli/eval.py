@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from ..evaluate import EVAL_METHODS
-from .options import load_localizer, model_options
+from ..options import EVAL_METHODS
+from .options import json_option, load_localizer, model_options, report_path, run_options
 
 
 def _methods(ctx, param, value: str) -> tuple[str, ...]:
@@ -30,28 +30,30 @@ def _methods(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--top-percent", type=click.FloatRange(0, 100, min_open=True), default=5.0, show_default=True,
               help="k of RD@k: percent of pixels hidden.")
 @model_options
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the summary and every per-item row here.")
+@json_option("the summary and every per-item row")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Also write the summary and every per-item row to FILE (JSON).")
 @click.option("--write-manifest", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --synthetic: also save the generated set (PNGs + manifest.jsonl) here.")
+@run_options
 def eval_command(manifest, synthetic, split, seed, methods, perturbation, top_percent, model, pretrained,
-                 model_config, backend, device, image_size, json_path, write_manifest):
+                 model_config, backend, device, image_size, as_json, report, write_manifest):
     """Score maps against masks/boxes from MANIFEST (JSONL), or on a synthetic set with --synthetic N."""
     from ..evaluate import evaluate, read_manifest, synthetic_items, write_manifest as save_set
     from ..files import atomic_write, json_bytes
 
+    as_json, report = report_path(as_json, report)
     if (manifest is None) == (synthetic is None):
         raise click.UsageError("give either a MANIFEST or --synthetic N")
+    items = read_manifest(manifest) if manifest is not None else None  # its mistakes before the model loads
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size)
-    if manifest is not None:
-        items = read_manifest(manifest)
-    else:
+    if items is None:
         items = synthetic_items(synthetic, seed, split, size=loc.config.image_size[0])
         if write_manifest is not None:
             click.echo(f"# synthetic set written to {save_set(items, write_manifest)}", err=True)
-    report = evaluate(loc, items, methods, perturbation=perturbation, top_percent=top_percent)
-    click.echo(report.table())
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"summary": report.summary(), "rows": report.rows}
-        atomic_write(json_path, lambda f: f.write(json_bytes(record, indent=1)))
+    result = evaluate(loc, items, methods, perturbation=perturbation, top_percent=top_percent)
+    record = {"summary": result.summary(), "rows": result.rows}
+    click.echo(json_bytes(record).decode() if as_json else result.table())
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(report, lambda f: f.write(json_bytes(record, indent=1)))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import load_localizer, max_pixels_option, model_options
+from .options import load_localizer, max_pixels_option, model_options, run_options
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # the source tree's examples, when present
 EXAMPLE_IMAGES = ("bird.png",)  # inputs, not the figures that live next to them
@@ -20,6 +20,7 @@ EXAMPLE_IMAGES = ("bird.png",)  # inputs, not the figures that live next to them
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
 @click.option("--share", is_flag=True, help="Also publish a temporary public gradio.live link.")
 @max_pixels_option
+@run_options
 def lab(images, model, pretrained, model_config, backend, device, image_size, host, port, share, max_pixels):
     """Open a page where new prompts on an already seen image answer in milliseconds.
 

@@ -1,13 +1,15 @@
-"""`zsfinercam locate IMAGE CONCEPT...`: maps for concepts in one image."""
+"""`zsfinercam locate IMAGE CONCEPT...`: maps for concepts in one image (or, with --interactive, from stdin)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
+from ..errors import UsageError
 from ..files import HEATMAP_FORMATS, SAVE_KINDS
+from ..progress import note
 from .options import (contrast_options, load_localizer, locate_options, max_pixels_option, method_option,
-                      model_options)
+                      model_options, run_options)
 
 
 def _save_kinds(ctx, param, value: str) -> tuple[str, ...]:
@@ -21,7 +23,7 @@ def _save_kinds(ctx, param, value: str) -> tuple[str, ...]:
 
 @click.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("concepts", nargs=-1, required=True)
+@click.argument("concepts", nargs=-1)
 @contrast_options
 @method_option
 @model_options
@@ -34,49 +36,92 @@ def _save_kinds(ctx, param, value: str) -> tuple[str, ...]:
               help="npy: float32, lossless; npy16: float16 .npy; png16: 16-bit greyscale PNG (value x 65535). "
                    "The compact ones are within 1e-3 of the map.")
 @click.option("--caption", is_flag=True, help="Caption the overlay (concept, scores, references) with a colour bar.")
+@click.option("--interactive", "-i", is_flag=True,
+              help="Encode IMAGE once, then map each concept read from stdin (one a line; settings lines such "
+                   "as 'vs: a; b', 'alpha: 0.5', 'reset'; 'quit' or end of input stops).")
 @max_pixels_option
+@run_options
 def locate(image, concepts, model, pretrained, model_config, backend, device, image_size, out, as_json,
-           save, heatmap_format, caption, max_pixels, **contrast):
+           save, heatmap_format, caption, interactive, max_pixels, **contrast):
     """Show where IMAGE holds the evidence for each CONCEPT, against similar concepts.
+
+    Each concept's files are named after the image, the concept and the settings (with a
+    hash of them), so other settings never overwrite them and a rerun rewrites its own.
 
     Examples:
 
-      zsfinercam locate bird.jpg "red-tailed hawk" --vs "red-shouldered hawk"
+      zsfinercam locate examples/bird.png "red-tailed hawk" --vs "red-shouldered hawk"
 
-      zsfinercam locate bird.jpg "red-tailed hawk" --vocab cub200 --contrast text
+      zsfinercam locate examples/bird.png "red-tailed hawk" --vocab cub200 --contrast text
 
-      zsfinercam locate bird.jpg "red tail" --parts
+      zsfinercam locate examples/bird.png "red tail" --parts
+
+      zsfinercam locate examples/bird.png --interactive
 
     A concept given twice is mapped once (with a warning).
     """
-    from ..files import image_stem, json_bytes
-    from ..text import unique_concepts
+    from ..options import unique_concepts
 
     options = locate_options(**contrast)
-    names = unique_concepts(concepts)
+    if not concepts and not interactive:
+        raise UsageError("no concepts given; pass at least one after IMAGE, e.g. \"red-tailed hawk\", "
+                         "or --interactive to type them")
+    names = unique_concepts(concepts) if concepts else []
+    writer = Writer(image, out, save, heatmap_format, caption, as_json)
+    writer.check(names, options)
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
-    results = loc.locate_many(str(image), names, options)
-    prefix = image_stem(image)
-    for res in results:
-        files = _save(res, out, prefix, image, save, heatmap_format, caption)
+    if interactive:
+        from .interactive import session
+
+        session(loc, image, options, writer, names, alpha_given=contrast["alpha"] is not None)
+        return
+    for res in loc.locate_many(str(image), names, options):
+        writer.emit(res, options)
+
+
+class Writer:
+    """Saves one result's files and prints its line (or JSON), for `locate` and `--interactive`."""
+
+    def __init__(self, image: Path, out: Path, kinds, heatmap_format: str, caption: bool, as_json: bool):
+        from ..files import image_stem
+
+        self.image, self.out, self.kinds = image, out, kinds
+        self.heatmap_format, self.caption, self.as_json = heatmap_format, caption, as_json
+        self.prefix = image_stem(image)
+
+    def check(self, concepts, options) -> None:
+        """Refuse, before anything loads, an --out whose files would overwrite the image."""
+        from ..files import refuse_overwriting_inputs, result_paths
+
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"--out {self.out} is a file; give a folder")
+        for concept in concepts:  # the references are not known yet: their hash is left out
+            refuse_overwriting_inputs(result_paths(self.out, self._stem(concept, options, ()), self.kinds,
+                                                   self.heatmap_format).values(), [self.image])
+
+    def emit(self, res, options) -> dict[str, str]:
+        """Write `res`'s files (named by `files.result_stem`), print its line; returns the paths."""
+        from ..files import json_bytes, refuse_overwriting_inputs, result_paths
+
+        stem = self._stem(res.concept, options, res.references)
+        refuse_overwriting_inputs(result_paths(self.out, stem, self.kinds, self.heatmap_format).values(), [self.image])
+        files = res.save(self.out, stem, files=self.kinds, heatmap_format=self.heatmap_format, caption=self.caption)
         if res.empty:
-            click.echo(f"zsfinercam: hint: {_empty_hint(res)}", err=True)
-        if as_json:
+            note(f"hint: {_empty_hint(res)}")
+        if self.as_json:
             record = {k: v for k, v in res.to_dict().items() if k != "token_map"}
             click.echo(json_bytes({**record, "files": files}).decode())
         else:
-            click.echo(_summary(res, files))
+            click.echo(summary(res, files))
+        return files
+
+    def _stem(self, concept: str, options, references) -> str:
+        from ..files import result_stem
+
+        return result_stem(self.prefix, concept, options.to_json(), references)
 
 
-def _save(res, out: Path, prefix: str, image: Path, kinds, heatmap_format: str, caption: bool) -> dict[str, str]:
-    from ..files import refuse_overwriting_inputs, result_paths, safe_stem
-
-    stem = f"{prefix}_{safe_stem(res.concept)}"
-    refuse_overwriting_inputs(result_paths(out, stem, kinds, heatmap_format).values(), [image])
-    return res.save(out, stem, files=kinds, heatmap_format=heatmap_format, caption=caption)
-
-
-def _summary(res, files: dict[str, str]) -> str:
+def summary(res, files: dict[str, str]) -> str:
     """One line: the concept's logit and probability, its references and their logits, peak, box, files."""
     p = res.probability
     refs = ", ".join(res.references) or "-"

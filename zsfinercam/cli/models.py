@@ -1,42 +1,41 @@
-"""`zsfinercam models`: what can be loaded, and which weights are already cached."""
+"""`zsfinercam models`: what can be loaded, and which weights are already here (torch is not imported)."""
 from __future__ import annotations
 
 import fnmatch
-import os
 
 import click
+
+from .options import quiet_option
+
+BACKENDS = ("open_clip", "hf")
 
 
 @click.command()
 @click.argument("pattern", default="*")
 @click.option("--cached", is_flag=True, help="Only weights already in the local cache.")
-def models(pattern, cached):
-    """List loadable models (open_clip name and weights tag) matching PATTERN, e.g. 'ViT-B*'."""
-    import open_clip
+@click.option("--backend", type=click.Choice(BACKENDS), default="open_clip", show_default=True,
+              help="open_clip: its architectures and weight tags (CLS-pooled ViTs, timm ViT towers such as "
+                   "SigLIP); hf: the CLIP and SigLIP repos in the local Hugging Face cache.")
+@quiet_option
+def models(pattern, cached, backend):
+    """List loadable models matching PATTERN (e.g. 'ViT-B*'), their weights, and whether those are
+    already here; the others download on first use."""
+    from ..backends.catalog import Entry, clip_cache, hub_cache, hf_entries, open_clip_entries
+    from ..backends.open_clip_weights import TOY_DIR
+    from ..progress import note
 
-    from ..backends.open_clip_weights import CHECKPOINT_NAMES, TOY_DIR, hub_cache_dir, is_cached
-
-    rows = [("toy", "embedded", "yes" if (TOY_DIR / "toy.safetensors").is_file() else "no")]
-    for name, tag in open_clip.list_pretrained():
-        if not fnmatch.fnmatch(name, pattern) or not _supported(name):
-            continue
-        cfg = open_clip.get_pretrained_cfg(name, tag)
-        rows.append((name, tag, "yes" if is_cached(cfg) else "no"))
-    rows = [r for r in rows if fnmatch.fnmatch(r[0], pattern) and (not cached or r[2] == "yes")]
-    width = max(len(r[0]) for r in rows) if rows else 0
-    tag_width = max(len(r[1]) for r in rows) if rows else 0
-    click.echo(f"{'model':<{width}}  {'weights':<{tag_width}}  cached")
-    for name, tag, hit in rows:
-        click.echo(f"{name:<{width}}  {tag:<{tag_width}}  {hit}")
-    click.echo(f"# cache: {hub_cache_dir()} and {os.path.expanduser('~/.cache/clip')}; "
-               f"load one with --model NAME --pretrained TAG, or --pretrained /path/to/"
-               f"{CHECKPOINT_NAMES[1]}", err=True)
-
-
-def _supported(name: str) -> bool:
-    """CLS-pooled open_clip ViTs: what the open_clip backend handles today."""
-    import open_clip
-
-    vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
-    return ("timm_model_name" not in vision and not vision.get("attentional_pool")
-            and vision.get("pool_type", "tok") == "tok" and isinstance(vision.get("layers"), int))
+    if backend == "hf":
+        rows = hf_entries()
+    else:
+        rows = [Entry("toy", "embedded", (TOY_DIR / "toy.safetensors").is_file()), *open_clip_entries()]
+    rows = [r for r in rows if fnmatch.fnmatch(r.name, pattern) and (r.cached or not cached)]
+    table = [("model", "weights", "cached", "")] + [
+        (r.name, r.tag or "-", "yes" if r.cached else "no: downloads on first use", r.note) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        click.echo(("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + f"  {row[3]}").rstrip())
+    if backend == "hf":
+        note(f"cache: {hub_cache()}; load one with --backend hf --model ORG/REPO (or hf-hub:ORG/REPO, local-dir:PATH)")
+    else:
+        note(f"cache: {hub_cache()} and {clip_cache()}; load one with --model NAME --pretrained TAG, or "
+             f"--pretrained /path/to/weights.safetensors; `models --backend hf` lists the hf backend's")

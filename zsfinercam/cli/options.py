@@ -1,13 +1,22 @@
-"""Options shared by the verbs that load a model; choices come from the registries."""
+"""Options shared by the verbs; choices come from the registries.
+
+Imports neither torch nor numpy: a verb's --help and its usage errors answer at once.
+"""
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import warnings
+from pathlib import Path
 
 import click
 
 from ..backends import list_backends
-from ..images import DEFAULT_MAX_PIXELS
-from ..options import METHODS, OBJECTIVES, STRATEGIES, LocateOptions, OptionError
+from ..options import DEFAULT_MAX_PIXELS, METHODS, OBJECTIVES, STRATEGIES, LocateOptions, OptionError
+from ..progress import LOGGER, note
+
+THREADS = "zsfinercam.threads"  # click context meta key: --threads, applied by load_localizer
 
 
 def model_options(func):
@@ -36,10 +45,78 @@ max_pixels_option = click.option(
 
 
 def load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels=DEFAULT_MAX_PIXELS):
-    from ..localizer import Localizer
+    """Localizer.from_pretrained, announced on stderr, with --threads applied first."""
+    import torch
 
+    from ..localizer import Localizer, resolve_device
+
+    ctx = click.get_current_context(silent=True)
+    threads = ctx.meta.get(THREADS) if ctx is not None else None
+    if threads:
+        torch.set_num_threads(threads)
+    note(f"loading {model} ({_weights(model, pretrained, backend)}) on {resolve_device(device)} ...")
     return Localizer.from_pretrained(model, pretrained, model_config=model_config, backend=backend,
                                      device=device, image_size=image_size, max_pixels=max_pixels)
+
+
+def _weights(model: str, pretrained: str | None, backend: str) -> str:
+    """What the loading note says about the weights."""
+    if pretrained:
+        return pretrained
+    if model == "toy":
+        return "embedded"
+    if backend != "open_clip" or model.startswith(("hf-hub:", "local-dir:")):
+        return "weights of the repo or folder"
+    return "random weights"
+
+
+class _Echo(logging.Handler):
+    """Log records as `zsfinercam: message` lines on the current stderr (click's, so tests capture it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"zsfinercam: {record.getMessage()}", err=True)
+
+
+@contextlib.contextmanager
+def saying(quiet: bool):
+    """While a verb runs: notes and progress bars on stderr (zsfinercam.progress), or none with
+    `quiet`; the logger is restored afterwards, so a caller of `main(argv)` keeps its own set-up."""
+    handler, saved = _Echo(), (LOGGER.level, LOGGER.propagate)
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.WARNING if quiet else logging.INFO)
+    LOGGER.propagate = False
+    try:
+        yield
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(saved[0])
+        LOGGER.propagate = saved[1]
+
+
+def quiet_option(func):
+    """--quiet/-q: no notes, hints or progress bars on stderr (warnings and errors still show)."""
+
+    @click.option("--quiet", "-q", is_flag=True, help="No notes, hints or progress bars on stderr.")
+    @functools.wraps(func)
+    def wrapper(*args, quiet, **kwargs):
+        with saying(quiet):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def run_options(func):
+    """--quiet and --threads N (torch's CPU threads, set before the model loads)."""
+
+    @click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+                  help="CPU threads for torch (torch.set_num_threads) [default: torch's].")
+    @quiet_option
+    @functools.wraps(func)
+    def wrapper(*args, threads, **kwargs):
+        click.get_current_context().meta[THREADS] = threads
+        return func(*args, **kwargs)
+
+    return wrapper
 
 
 def contrast_options(func):
@@ -85,13 +162,36 @@ def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, obje
 
     Raises:
         click.BadParameter: a value LocateOptions refuses, named by its flag (exit status 2).
+        UsageError: what `LocateOptions.preflight` refuses (exit status 2).
     """
     if part_vocab != "cub_parts" and not parts:
         warnings.warn("--part-vocab is used only with --parts; ignored", stacklevel=2)
     try:
-        return LocateOptions(vs=vs, vocab=vocab, contrast=contrast, category=category,
-                             parts=part_vocab if parts else None, alpha=alpha, method=method,
-                             objective=objective, templates=templates)
+        options = LocateOptions(vs=vs, vocab=vocab, contrast=contrast, category=category,
+                                parts=part_vocab if parts else None, alpha=alpha, method=method,
+                                objective=objective, templates=templates)
+        options.preflight()  # a misspelt --vocab or a conflict fails here, before the model loads
+        return options
     except OptionError as err:
         raise click.BadParameter(str(err), param_hint=FLAGS.get(err.field, f"--{err.field.replace('_', '-')}")) \
             from None
+
+
+def json_option(what: str):
+    """--json: print `what` as JSON on stdout, as in every verb. The old `--json FILE` still
+    works, with a warning (see `report_path`)."""
+    return click.option("--json", "as_json", is_flag=False, flag_value="-", default=None, metavar="",
+                        help=f"Print {what} as JSON on stdout (a file: --report FILE).")
+
+
+def report_path(as_json: str | None, report):
+    """(whether to print JSON, the --report file) from --json's value: `--json FILE`, the old
+    form, is taken as `--report FILE` with a deprecation warning."""
+    if as_json in (None, "-"):
+        return as_json == "-", report
+    if report is not None:
+        raise click.UsageError(f"--json {as_json} (the old form of --report) and --report {report} both "
+                               "name a file; give --report only")
+    warnings.warn(f"--json FILE is now --report FILE (--json alone prints JSON on stdout); "
+                  f"writing {as_json} as --report", FutureWarning, stacklevel=2)
+    return False, Path(as_json)

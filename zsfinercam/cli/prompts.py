@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import click
 
-from .options import load_localizer, model_options
+from .options import load_localizer, model_options, quiet_option, run_options
 
 
 @click.command("prompts")
+@quiet_option
 def prompts_command():
     """List the shipped vocabularies and template sets with their sizes."""
     from ..vocab import vocab_info
@@ -25,8 +26,12 @@ def prompts_command():
 @click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="How many neighbours.")
 @click.option("--templates", default=None, metavar="NAME|FILE", help="Prompt template set or file.")
 @model_options
+@run_options
 def neighbors(concept, vocab, k, templates, model, pretrained, model_config, backend, device, image_size):
     """The K entries of a vocabulary nearest to CONCEPT by text-embedding cosine similarity."""
+    from ..options import LocateOptions
+
+    LocateOptions(vocab=vocab, templates=templates).preflight()  # a misspelt name fails before the model loads
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size)
     for name, score in loc.neighbors(concept, vocab, k, templates=templates):
         click.echo(f"{score:.4f}\t{name}")

@@ -1,0 +1,106 @@
+"""`zsfinercam locate IMAGE --interactive`: the image encoded once, concepts and settings read from stdin.
+
+A line is a concept (mapped against the current settings: its line printed, its files
+written, as `locate` does), a setting `NAME: VALUE`, `reset`, `help`, or `quit`. Settings
+are LocateOptions fields: `vs: a; b` (references separated by ';', empty to clear),
+`alpha: 0.5`, `objective: mean`, `method: gradcam`, `base: hirescam`, `contrast: text`,
+`vocab: cub200`, `templates: NAME`, `category: bird` (an empty value clears the last four).
+A bad line prints the usual one-line error and the session goes on.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import UsageError, WorkError
+from ..progress import note
+
+TEXT_SETTINGS = ("vocab", "templates", "category", "contrast")  # an empty value clears them (None)
+CHOICE_SETTINGS = ("objective", "method", "base")
+SETTINGS = ("vs", "alpha", *CHOICE_SETTINGS, *TEXT_SETTINGS)
+QUIT = ("quit", "exit", "q")
+HELP = ("one concept a line; settings as NAME: VALUE with NAME one of " + ", ".join(SETTINGS)
+        + " (vs: a; b); reset; quit")
+
+
+def session(loc, image: Path, options, writer, first=(), *, alpha_given: bool = False, lines=None) -> None:
+    """Encode `image` once, map `first` concepts, then every concept line of `lines` (default stdin).
+
+    Args:
+        options: the LocateOptions the session starts from (`reset` returns to them).
+        writer: `locate.Writer`: saves each result and prints its line.
+        alpha_given: whether the command line set --alpha; if not, changing the objective or
+            the method takes that objective's default alpha.
+    """
+    feats = loc.encode_image(str(image))
+    start, given = options, {"alpha"} if alpha_given else set()
+    note(f"{image.name} encoded; {HELP}")
+    for concept in first:
+        _locate(loc, feats, concept, options, writer)
+    for raw in sys.stdin if lines is None else lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.lower() in QUIT:
+            break
+        try:
+            if line.lower() == "reset":
+                options, given = start, {"alpha"} if alpha_given else set()
+                note("settings reset")
+            elif line.lower() == "help":
+                note(HELP)
+            elif (setting := _setting(line)) is not None:
+                options = _apply(options, *setting, given)
+                note(f"settings: {_describe(options)}")
+            else:
+                _locate(loc, feats, line, options, writer)
+        except (UsageError, WorkError, OSError) as err:
+            click.echo(f"zsfinercam: error: {' '.join(str(err).split())}", err=True)
+
+
+def _locate(loc, feats, concept: str, options, writer) -> None:
+    for res in loc.locate_many(feats, [concept], options):
+        writer.emit(res, options)
+
+
+def _setting(line: str) -> tuple[str, str] | None:
+    """(name, value) when `line` is `NAME: VALUE` with a known NAME; None for a concept."""
+    name, sep, value = line.partition(":")
+    name = name.strip().lower().replace("-", "_")
+    return (name, value.strip()) if sep and name in SETTINGS else None
+
+
+def _apply(options, name: str, value: str, given: set[str]):
+    """`options` with one setting changed, checked as the command line checks it (preflight)."""
+    from ..options import OptionError
+
+    if name == "vs":
+        change = {"vs": tuple(v.strip() for v in value.split(";") if v.strip()) or None}
+    elif name == "alpha":
+        try:
+            change = {"alpha": float(value) if value else None}
+        except ValueError:
+            raise UsageError(f"alpha must be a number, got {value!r}") from None
+    else:
+        change = {name: value or None} if name in TEXT_SETTINGS else {name: value}
+    if name in ("objective", "method") and "alpha" not in given:
+        change["alpha"] = None  # the objective's own default, as on the command line
+    try:
+        new = options.replace(**change)
+        new.preflight()
+    except OptionError as err:
+        raise UsageError(f"{name}: {err}") from None
+    if name == "alpha" and value:
+        given.add("alpha")
+    elif name == "alpha":
+        given.discard("alpha")
+    return new
+
+
+def _describe(options) -> str:
+    data = options.to_json()
+    shown = {k: data[k] for k in ("method", "objective", "alpha", "base", "vs", "contrast", "vocab", "templates",
+                                  "category") if k in data and data[k] is not None}
+    return ", ".join(f"{k} {'; '.join(v) if isinstance(v, list) else v}" for k, v in shown.items())
