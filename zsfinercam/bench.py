@@ -194,7 +194,7 @@ def _round(cfg: BenchConfig, setups, batches, samples, device) -> None:
         calls = 0 if not cfg.gradcam else 1 if samples is None else 0 if cfg.gradcam_full else cfg.gradcam_calls
         for i in range(calls):  # warm-up: one call; full: timed per K below
             timed((s.size, b, 0, "gradcam1"), lambda: _gradcam(s, b, s.warm[i % len(s.warm)]))
-        feats = dataclasses.replace(s.feats[b], jacobian=None)
+        feats = dataclasses.replace(s.feats[b], jacobian=None, output_jacobian=None)
         timed((s.size, b, 0, "jacobian"), lambda: s.loc.locate_many(feats, s.warm[:1], vs=s.refs))
         for k in cfg.ks:
             timed((s.size, b, k, "ours"), lambda: _ours(s, b, k))

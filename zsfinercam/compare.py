@@ -1,7 +1,7 @@
 """Several concepts side by side: the grid a person looks at while iterating on prompts.
 
-A column per concept; rows Grad-CAM, Finer-CAM and their difference (red: evidence
-Finer-CAM adds, blue: shared evidence it removes). Captions give each concept's logit
+A column per concept; rows the CAM base alone (Grad-CAM by default), Finer-CAM on that
+base and their difference (red: evidence Finer-CAM adds, blue: shared evidence it removes). Captions give each concept's logit
 and its references. Rendering only: the results come from `Localizer.compare`.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw, ImageFont
 from . import render
 from .result import LocateResult
 
-ROWS = ("Grad-CAM", "Finer-CAM", "Finer - Grad")
+ROWS = ("Grad-CAM", "Finer-CAM", "Finer - Grad")  # the row labels with the Grad-CAM base
+BASE_NAMES = {"gradcam": ("Grad-CAM", "Grad"), "hirescam": ("HiResCAM", "HiRes"), "layercam": ("Layer-CAM", "Layer")}
 LABEL_WIDTH = 96  # left margin holding the row labels, pixels
 LINE_HEIGHT = 14  # caption line pitch, pixels
 CAPTION_LINES = 4  # concept (two lines), score, references
@@ -26,7 +27,7 @@ MAX_ASPECT = 4.0  # cells are at most this many times taller than wide, or wider
 
 @dataclass
 class Comparison:
-    """Grad-CAM and Finer-CAM results of the same concepts on one image."""
+    """Base-alone ("gradcam", whatever the base) and Finer-CAM results of the same concepts on one image."""
 
     gradcam: list[LocateResult]
     finer: list[LocateResult]
@@ -45,6 +46,17 @@ class Comparison:
         from .result import png_bytes
 
         return png_bytes(self.grid())
+
+    @property
+    def base(self) -> str:
+        """The CAM base of both rows (options.BASES)."""
+        return self.finer[0].base
+
+    @property
+    def rows(self) -> tuple[str, str, str]:
+        """Row labels: the base alone, Finer-CAM, their difference (ROWS for the Grad-CAM base)."""
+        name, short = BASE_NAMES.get(self.base, (self.base, self.base))
+        return name, "Finer-CAM", f"Finer - {short}"
 
     @property
     def concepts(self) -> list[str]:
@@ -76,7 +88,7 @@ class Comparison:
         ch = self.cell_height(cell)
         canvas = Image.new("RGB", (LABEL_WIDTH + len(self.finer) * cell, CAPTION_HEIGHT + len(ROWS) * ch), "white")
         draw, font = ImageDraw.Draw(canvas), _font()
-        for r, label in enumerate(ROWS):
+        for r, label in enumerate(self.rows):
             draw.text((4, CAPTION_HEIGHT + r * ch + ch // 2), label, fill="black", font=font, anchor="lm")
         for i, finer in enumerate(self.finer):
             x = LABEL_WIDTH + i * cell
@@ -92,7 +104,7 @@ class Comparison:
             box = res.bbox()
             return {"peak": list(res.peak), "bbox": list(box) if box else None}
 
-        return {"source": self.finer[0].source, "rows": list(ROWS), "concepts": [
+        return {"source": self.finer[0].source, "base": self.base, "rows": list(self.rows), "concepts": [
             {"concept": f.concept, "score": round(float(f.scores[f.concept]), 6), "contrast": f.contrast,
              "references": list(f.references), "gradcam": where(g), "finer": where(f)}
             for g, f in zip(self.gradcam, self.finer)]}

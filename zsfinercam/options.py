@@ -26,6 +26,7 @@ OBJECTIVES = ("weighted", "mean", "compare")  # Finer-CAM objectives (see zsfine
 DEFAULT_ALPHA = {"weighted": 1.0, "mean": 0.6, "compare": 1.0}  # contrast strength when none is given
 STRATEGIES = ("logits", "text", "vs", "generic", "parts")  # how references are chosen (see zsfinercam.contrast)
 BASES = ("gradcam", "hirescam", "layercam")  # how a gradient becomes a map (engine.maps' `base`)
+DEFAULT_BASE = "gradcam"  # chosen on the synthetic benchmark (README, "Evaluation")
 DEFAULT_NUM_REFERENCES = 3  # references per pool ("logits", "parts") and neighbours ("text")
 
 Texts = tuple[str, ...]
@@ -70,7 +71,10 @@ class LocateOptions:
         method: one of METHODS: "finer" (Finer-CAM) or "gradcam" (plain Grad-CAM).
         objective: one of OBJECTIVES: "weighted" (official Finer-CAM), "mean" (the paper's)
             or "compare" (one reference; the name of an objective, not of `Localizer.compare`).
-        base: one of BASES, how the gradient becomes a map (passed to `engine.maps`).
+        base: one of BASES, how the gradient becomes a map (passed to `engine.maps`):
+            "gradcam" (channel weights = token-mean gradient), "hirescam" (gradient x
+            activation per token, summed over channels) or "layercam" (ReLU(gradient) x
+            activation); DEFAULT_BASE when not given.
         templates: template set name or file, or format strings each with one "{}";
             None = the model's own, else the default set.
         num_references: references picked per pool by "logits" and "parts", and the
@@ -90,7 +94,7 @@ class LocateOptions:
     alpha: float | None = None
     method: str = "finer"
     objective: str = "weighted"
-    base: str = "gradcam"
+    base: str = DEFAULT_BASE
     templates: str | Texts | None = None
     num_references: int = DEFAULT_NUM_REFERENCES
     contrast: str | None = None

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from ..evaluate import EVAL_METHODS
+from ..options import BASES
 from .options import load_localizer, model_options
 
 
@@ -14,6 +15,16 @@ def _methods(ctx, param, value: str) -> tuple[str, ...]:
     bad = [n for n in names if n not in EVAL_METHODS]
     if bad or not names:
         raise click.BadParameter(f"choose from {', '.join(EVAL_METHODS)} (comma-separated), got {value!r}")
+    return names
+
+
+def _bases(ctx, param, value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    bad = [n for n in names if n not in BASES]
+    if bad or not names:
+        raise click.BadParameter(f"choose from {', '.join(BASES)} (comma-separated), got {value!r}")
     return names
 
 
@@ -26,6 +37,11 @@ def _methods(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--seed", type=int, default=12345, show_default=True, help="Synthetic set seed.")
 @click.option("--methods", default="finer,gradcam,random,randomized", show_default=True, callback=_methods,
               help="finer, gradcam; sanity baselines: random (map), randomized (model weights).")
+@click.option("--base", "bases", default=None, callback=_bases, metavar="BASE[,BASE...]",
+              help=f"CAM bases to compare ({', '.join(BASES)}), one row each (method/base); "
+                   "default: the default base, rows named by method.")
+@click.option("--logit-scale", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Score with this logit scale in the zero-shot head instead of the model's own (e.g. 100).")
 @click.option("--perturbation", is_flag=True, help="Also deletion/insertion AUC and RD@k (slower).")
 @click.option("--top-percent", type=click.FloatRange(0, 100, min_open=True), default=5.0, show_default=True,
               help="k of RD@k: percent of pixels hidden.")
@@ -34,22 +50,24 @@ def _methods(ctx, param, value: str) -> tuple[str, ...]:
               help="Write the summary and every per-item row here.")
 @click.option("--write-manifest", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --synthetic: also save the generated set (PNGs + manifest.jsonl) here.")
-def eval_command(manifest, synthetic, split, seed, methods, perturbation, top_percent, model, pretrained,
+def eval_command(manifest, synthetic, split, seed, methods, bases, logit_scale, perturbation, top_percent, model, pretrained,
                  model_config, backend, device, image_size, json_path, write_manifest):
     """Score maps against masks/boxes from MANIFEST (JSONL), or on a synthetic set with --synthetic N."""
-    from ..evaluate import evaluate, read_manifest, synthetic_items, write_manifest as save_set
+    from ..evaluate import evaluate, read_manifest, synthetic_items, with_logit_scale, write_manifest as save_set
     from ..files import atomic_write, json_bytes
 
     if (manifest is None) == (synthetic is None):
         raise click.UsageError("give either a MANIFEST or --synthetic N")
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size)
+    if logit_scale is not None:
+        loc = with_logit_scale(loc, logit_scale)
     if manifest is not None:
         items = read_manifest(manifest)
     else:
         items = synthetic_items(synthetic, seed, split, size=loc.config.image_size[0])
         if write_manifest is not None:
             click.echo(f"# synthetic set written to {save_set(items, write_manifest)}", err=True)
-    report = evaluate(loc, items, methods, perturbation=perturbation, top_percent=top_percent)
+    report = evaluate(loc, items, methods, bases=bases, perturbation=perturbation, top_percent=top_percent)
     click.echo(report.table())
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

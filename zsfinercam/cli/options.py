@@ -7,7 +7,7 @@ import click
 
 from ..backends import list_backends
 from ..images import DEFAULT_MAX_PIXELS
-from ..options import METHODS, OBJECTIVES, STRATEGIES, LocateOptions, OptionError
+from ..options import BASES, DEFAULT_BASE, METHODS, OBJECTIVES, STRATEGIES, LocateOptions, OptionError
 
 
 def model_options(func):
@@ -44,7 +44,7 @@ def load_localizer(model, pretrained, model_config, backend, device, image_size,
 
 def contrast_options(func):
     """What a map is computed against: --vs, --vocab, --contrast, --category, --parts,
-    --part-vocab, --alpha, --objective, --templates. The command receives them
+    --part-vocab, --alpha, --objective, --base, --templates. The command receives them
     as keyword arguments; `locate_options` turns them into a LocateOptions."""
     options = [
         click.option("--vs", multiple=True, metavar="TEXT", help="A reference concept to contrast with (repeatable)."),
@@ -65,6 +65,9 @@ def contrast_options(func):
         click.option("--alpha", type=float, default=None, show_default="1.0; 0.6 for --objective mean",
                      help="Contrast strength; 0 gives plain Grad-CAM."),
         click.option("--objective", type=click.Choice(OBJECTIVES), default="weighted", show_default=True),
+        click.option("--base", type=click.Choice(BASES), default=DEFAULT_BASE, show_default=True,
+                     help="CAM base: gradcam (channel weights = mean gradient), hirescam (gradient x "
+                          "activation per patch) or layercam (positive gradient x activation)."),
         click.option("--templates", default=None, metavar="NAME|FILE", help="Prompt template set or file."),
     ]
     for option in reversed(options):
@@ -80,7 +83,7 @@ FLAGS = {"parts": "--part-vocab"}  # LocateOptions fields whose flag is not --<f
 
 
 def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, objective, templates,
-                   method: str = "finer") -> LocateOptions:
+                   method: str = "finer", base: str = DEFAULT_BASE) -> LocateOptions:
     """The LocateOptions of contrast_options' (and method_option's) values.
 
     Raises:
@@ -91,7 +94,7 @@ def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, obje
     try:
         return LocateOptions(vs=vs, vocab=vocab, contrast=contrast, category=category,
                              parts=part_vocab if parts else None, alpha=alpha, method=method,
-                             objective=objective, templates=templates)
+                             objective=objective, base=base, templates=templates)
     except OptionError as err:
         raise click.BadParameter(str(err), param_hint=FLAGS.get(err.field, f"--{err.field.replace('_', '-')}")) \
             from None
