@@ -130,7 +130,8 @@ def reference_model(loc, text: torch.Tensor, scale: float | None):
     model = copy.deepcopy(backend.model)
     if backend.name == "hf":
         interpolate = cfg.image_size != cfg.native_image_size
-        image = ImageTower(model, lambda m, x: m.get_image_features(pixel_values=x, interpolate_pos_encoding=interpolate))
+        image = ImageTower(model, lambda m, x: m.get_image_features(pixel_values=x,
+                                                                    interpolate_pos_encoding=interpolate))
     else:
         image = ImageTower(model, lambda m, x: m.encode_image(x))
     return ZeroShotHead(image, text, scale), model.get_submodule(cfg.target_layer)

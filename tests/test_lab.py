@@ -148,7 +148,7 @@ def test_layout_scores_references_neighbours_and_downloads(loc, tmp_path):
 # notebook display ----------------------------------------------------------------
 def test_results_display_themselves_in_notebooks(loc):
     feats = loc.encode_image(str(BIRD))
-    res = loc.locate(feats, "red tail", vs=["blue head"])
+    res = loc.locate(feats, "red tail", vs=["blue head"], base="gradcam")  # the repr names other bases
     comp = loc.compare(feats, ["red tail", "bird"], vs=["blue head"])
     for obj in (res, comp):
         png = obj._repr_png_()

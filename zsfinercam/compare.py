@@ -1,8 +1,9 @@
 """Several concepts side by side: the grid a person looks at while iterating on prompts.
 
-A column per concept; rows the CAM base alone (Grad-CAM by default), Finer-CAM on that
-base and their difference (red: evidence Finer-CAM adds, blue: shared evidence it removes). Captions give each concept's logit
-and its references. Rendering only: the results come from `Localizer.compare`.
+A column per concept; rows the CAM base alone (the row label names it), Finer-CAM on that
+base and their difference (red: evidence Finer-CAM adds, blue: shared evidence it removes).
+Captions give each concept's logit and its references. Rendering only: the results come
+from `Localizer.compare`.
 """
 from __future__ import annotations
 

@@ -163,8 +163,8 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
     atomic_write(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
 
 
-def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHODS, *, bases: Sequence[str] | None = None,
-             perturbation: bool = False, top_percent: float = 5.0, progress: bool = True) -> EvalReport:
+def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHODS, *,
+             bases: Sequence[str] | None = None, perturbation: bool = False, top_percent: float = 5.0, progress: bool = True) -> EvalReport:
     """Score every method on every item; the trunk runs once per item for all methods.
 
     Args:

@@ -21,7 +21,7 @@ from .options import contrast_options, load_localizer, locate_options, max_pixel
 @max_pixels_option
 def compare(image, concepts, model, pretrained, model_config, backend, device, image_size, cell, out, as_json,
             max_pixels, **contrast):
-    """Grad-CAM, Finer-CAM and their difference for each CONCEPT in IMAGE, side by side.
+    """The CAM base alone, Finer-CAM and their difference for each CONCEPT in IMAGE, side by side.
 
     Example: zsfinercam compare bird.jpg "red-tailed hawk" "red-shouldered hawk" "cooper's hawk"
     """
@@ -45,5 +45,5 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
     else:
         for c in record["concepts"]:
             click.echo(f"{c['concept']}: score {c['score']:.3f} vs [{', '.join(c['references']) or '-'}] "
-                       f"peak Grad-CAM {tuple(c['gradcam']['peak'])} Finer-CAM {tuple(c['finer']['peak'])}")
+                       f"peak {comparison.rows[0]} {tuple(c['gradcam']['peak'])} Finer-CAM {tuple(c['finer']['peak'])}")
         click.echo(f"grid {grid.size[0]}x{grid.size[1]} -> {paths['grid']}")

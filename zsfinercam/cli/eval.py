@@ -50,8 +50,8 @@ def _bases(ctx, param, value: str | None) -> tuple[str, ...] | None:
               help="Write the summary and every per-item row here.")
 @click.option("--write-manifest", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --synthetic: also save the generated set (PNGs + manifest.jsonl) here.")
-def eval_command(manifest, synthetic, split, seed, methods, bases, logit_scale, perturbation, top_percent, model, pretrained,
-                 model_config, backend, device, image_size, json_path, write_manifest):
+def eval_command(manifest, synthetic, split, seed, methods, bases, logit_scale, perturbation, top_percent, model,
+                 pretrained, model_config, backend, device, image_size, json_path, write_manifest):
     """Score maps against masks/boxes from MANIFEST (JSONL), or on a synthetic set with --synthetic N."""
     from ..evaluate import evaluate, read_manifest, synthetic_items, with_logit_scale, write_manifest as save_set
     from ..files import atomic_write, json_bytes
