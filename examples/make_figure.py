@@ -18,8 +18,8 @@ def main() -> None:
     loc = zf.Localizer.from_pretrained("toy", device="cpu", cache_dir=None)
     image = Image.open(HERE / "bird.png").convert("RGB")
     feats = loc.encode_image(image)
-    grad = loc.locate(feats, CONCEPT, method="gradcam", base="gradcam")  # the figure shows Grad-CAM
-    finer = loc.locate(feats, CONCEPT, vs=[REFERENCE], base="gradcam")
+    grad = loc.locate(feats, CONCEPT, method="gradcam")
+    finer = loc.locate(feats, CONCEPT, vs=[REFERENCE])
     panels = [("image", image), ("Grad-CAM", grad.overlay()), ("Finer-CAM vs spotted wings", finer.overlay())]
     out = Image.new("RGB", (PANEL * len(panels), PANEL + 24), "white")
     draw = ImageDraw.Draw(out)

@@ -82,8 +82,8 @@ def test_direct_path_equals_jacobian_path(loc):
     direct = engine.channel_weights(loc.backend, feats, text, objs)
     via_g = engine.channel_weights(loc.backend, feats, text, objs, use_jacobian=True)
     assert ((via_g - direct).norm(dim=-1) / direct.norm(dim=-1)).max() < 1e-5
-    a = loc.locate_many(random_image(4), concepts(loc), vocab=vocab(loc))
-    b = loc.locate_many(loc.encode_image(random_image(4)), concepts(loc), vocab=vocab(loc))
+    a = loc.locate_many(random_image(4), concepts(loc), vocab=vocab(loc), base="gradcam")  # the weights above
+    b = loc.locate_many(loc.encode_image(random_image(4)), concepts(loc), vocab=vocab(loc), base="gradcam")
     for x, y in zip(a, b):
         np.testing.assert_allclose(y.token_map, x.token_map, rtol=1e-5, atol=1e-5 * x.token_map.max())
 

@@ -26,7 +26,7 @@ OBJECTIVES = ("weighted", "mean", "compare")  # Finer-CAM objectives (see zsfine
 DEFAULT_ALPHA = {"weighted": 1.0, "mean": 0.6, "compare": 1.0}  # contrast strength when none is given
 STRATEGIES = ("logits", "text", "vs", "generic", "parts")  # how references are chosen (see zsfinercam.contrast)
 BASES = ("gradcam", "hirescam", "layercam")  # how a gradient becomes a map (engine.maps' `base`)
-DEFAULT_BASE = "hirescam"  # chosen on the synthetic benchmark (README, "Evaluation")
+DEFAULT_BASE = "gradcam"  # works on every backend; HiResCAM scores best (README, "Evaluation")
 DEFAULT_NUM_REFERENCES = 3  # references per pool ("logits", "parts") and neighbours ("text")
 
 Texts = tuple[str, ...]
