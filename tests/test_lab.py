@@ -307,3 +307,12 @@ def test_lab_binds_loopback_and_shares_only_when_asked(monkeypatch):
     assert first == dict(host="127.0.0.1", port=7860, share=False) and loc.config.name == "toy"
     assert second == dict(host="0.0.0.0", port=9000, share=True)
     assert examples[0] == BIRD and all(Path(p).is_file() for p in examples)
+
+
+def test_feature_bytes_count_the_element_wise_jacobian(loc):
+    feats = loc.encode_image(str(BIRD))
+    before = session.features_nbytes(feats)
+    loc.locate(feats, "red tail", vs=["blue head"], base="hirescam")  # cached features: builds output_jacobian
+    matrix, record = feats.output_jacobian
+    added = sum(t.numel() * t.element_size() for t in (matrix, record.v, record.weights))
+    assert session.features_nbytes(feats) == before + added

@@ -164,7 +164,8 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
 
 
 def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHODS, *,
-             bases: Sequence[str] | None = None, perturbation: bool = False, top_percent: float = 5.0, progress: bool = True) -> EvalReport:
+             bases: Sequence[str] | None = None, perturbation: bool = False, top_percent: float = 5.0,
+             progress: bool = True) -> EvalReport:
     """Score every method on every item; the trunk runs once per item for all methods.
 
     Args:

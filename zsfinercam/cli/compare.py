@@ -45,5 +45,6 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
     else:
         for c in record["concepts"]:
             click.echo(f"{c['concept']}: score {c['score']:.3f} vs [{', '.join(c['references']) or '-'}] "
-                       f"peak {comparison.rows[0]} {tuple(c['gradcam']['peak'])} Finer-CAM {tuple(c['finer']['peak'])}")
+                       f"peak {comparison.rows[0]} {tuple(c['gradcam']['peak'])} "
+                       f"Finer-CAM {tuple(c['finer']['peak'])}")
         click.echo(f"grid {grid.size[0]}x{grid.size[1]} -> {paths['grid']}")

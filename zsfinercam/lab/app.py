@@ -67,8 +67,8 @@ def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
 
     def locate(image, concepts, references=None, contrast=session.DEFAULT_CONTRAST, vocab=session.MODEL_VOCAB,
                alpha=None, templates=None, method="finer", objective="weighted", base=None, folder=None):
-        """Grad-CAM, Finer-CAM and their difference for each concept (one per line) in the image;
-        `base` (the CAM base, last of the inputs) defaults to the default base."""
+        """The CAM base alone, Finer-CAM and their difference for each concept (one per line) in
+        the image; `base` (the CAM base, the last input) defaults to options.DEFAULT_BASE."""
         try:
             request = session.parse_request(concepts, references, contrast, vocab, alpha, templates, method,
                                             objective, base)
@@ -118,7 +118,7 @@ def _input_widgets(gr, loc: "Localizer", examples):
 def _output_widgets(gr):
     """[maps, scores, references, neighbours, JSON, downloads, status], in `_handler`'s order."""
     status = gr.Markdown(label="status", elem_id="status")
-    maps = gr.Gallery(label="Grad-CAM | Finer-CAM | Finer - Grad", columns=3, height="auto", object_fit="contain",
+    maps = gr.Gallery(label="base alone | Finer-CAM | Finer - base", columns=3, height="auto", object_fit="contain",
                       elem_id="maps")
     scores = gr.Dataframe(headers=session.SCORE_HEADERS, interactive=False,
                           label="scores (p: softmax over the concept and its references)",

@@ -152,10 +152,9 @@ def features_nbytes(feats: "ImageFeatures") -> int:
     """Bytes held by features: tensors (Jacobian and backend cache included) and the images."""
     import torch
 
-    out_jac = feats.output_jacobian or (None, None)
-    record = list(vars(out_jac[1]).values()) if out_jac[1] is not None else []
-    tensors = [feats.stream, feats.target, feats.embedding, feats.jacobian, out_jac[0], *record,
-               *feats.cache.values()]
+    matrix, record = feats.output_jacobian or (None, None)  # the record's projection weights are the model's
+    per_image = [matrix, record.v, record.weights] if record is not None else []
+    tensors = [feats.stream, feats.target, feats.embedding, feats.jacobian, *per_image, *feats.cache.values()]
     size = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
     return size + sum(im.nbytes for im in feats.images)
 
