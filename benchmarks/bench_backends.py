@@ -193,8 +193,8 @@ def _time_case(case: Case, ks, rounds: int, gradcam: bool, device: torch.device)
     for r in range(rounds + 1):
         timed("floor", floor)
         for k in ks:
-            timed(("ours", k), lambda: loc.locate_many(image, case.concepts[:k], vs=case.refs))
-            timed(("cached", k), lambda: loc.locate_many(feats, case.concepts[:k], vs=case.refs))
+            timed(("ours", k), lambda: loc.locate_many(image, case.concepts[:k], vs=case.refs, base="gradcam"))
+            timed(("cached", k), lambda: loc.locate_many(feats, case.concepts[:k], vs=case.refs, base="gradcam"))
         if gradcam:
             timed("gradcam1", lambda: _gradcam(case, pixels, case.concepts[r % len(case.concepts)]))
     return {key: statistics.median(v[1:]) for key, v in samples.items()}

@@ -82,8 +82,8 @@ def test_direct_path_equals_jacobian_path(loc):
     direct = engine.channel_weights(loc.backend, feats, text, objs)
     via_g = engine.channel_weights(loc.backend, feats, text, objs, use_jacobian=True)
     assert ((via_g - direct).norm(dim=-1) / direct.norm(dim=-1)).max() < 1e-5
-    a = loc.locate_many(random_image(4), concepts(loc), vocab=vocab(loc))
-    b = loc.locate_many(loc.encode_image(random_image(4)), concepts(loc), vocab=vocab(loc))
+    a = loc.locate_many(random_image(4), concepts(loc), vocab=vocab(loc), base="gradcam")  # the weights above
+    b = loc.locate_many(loc.encode_image(random_image(4)), concepts(loc), vocab=vocab(loc), base="gradcam")
     for x, y in zip(a, b):
         np.testing.assert_allclose(y.token_map, x.token_map, rtol=1e-5, atol=1e-5 * x.token_map.max())
 
@@ -279,6 +279,22 @@ def test_a_third_party_backend_gets_a_fingerprint_and_the_disk_text_cache(tmp_pa
     clone = first.backend.randomized(seed=3)
     assert not torch.equal(clone.net["proj"].weight, first.backend.net["proj"].weight)
     assert clone.fingerprint() != key
+
+
+def test_the_default_base_follows_what_the_backend_gives(tmp_path):
+    """HiResCAM (the benchmark's best) where the backend gives per-token gradients; Grad-CAM on a
+    backend written to the shift-only contract, where asking for an element-wise base is one line."""
+    third = zf.Localizer(ThirdPartyBackend(), cache_dir=None)
+    (res,) = third.locate_many(random_image(16), ["cat"], vs=["dog"])
+    assert res.base == "gradcam"
+    with pytest.raises(zf.UsageError, match="no per-token gradients.*--base gradcam") as err:
+        third.locate_many(random_image(16), ["cat"], vs=["dog"], base="hirescam")
+    assert "\n" not in str(err.value)
+    loc = zf.Localizer.from_pretrained("toy", device="cpu", cache_dir=None)
+    image = random_image(18, 64, 64)
+    (default,) = loc.locate_many(image, ["bird"], vs=["red tail"])
+    (hires,) = loc.locate_many(image, ["bird"], vs=["red tail"], base="hirescam")
+    assert default.base == "hirescam" and np.array_equal(default.token_map, hires.token_map)
 
 
 def test_a_backend_that_cannot_wrap_a_held_model_says_so():

@@ -3,8 +3,8 @@
 Exact values on a hand-set attention pool, then equality with pytorch-grad-cam's
 `FinerCAM(base_method=HiResCAM | LayerCAM)` (and the base alone at alpha 0) for every tiny
 backend, at the model's logit scale and at 100, direct and via the cached Jacobian.
-The pytorch-grad-cam harness is `reference_cam` below, in one place (to move into the
-shared reference module later).
+The pytorch-grad-cam harness is `zsfinercam.reference.finer_cam`; `reference_model` below
+builds the plain model it runs on.
 """
 from __future__ import annotations
 
@@ -14,13 +14,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from pytorch_grad_cam import FinerCAM, HiResCAM, LayerCAM
 
 from conftest import random_image
 from test_backends import built, vocab
 from test_engine import MeanPatchBackend
-from test_equivalence import ZeroShotHead as OpenClipHead
-from test_hf import ZeroShotHead as HFHead
 from test_probe import MeanPatchProbe
 from tiny_models import TINY_BUILDERS
 from zsfinercam import bases, engine
@@ -28,8 +25,8 @@ from zsfinercam.backends.shift import TokenRequest, shifted_attention
 from zsfinercam.engine import ImageFeatures
 from zsfinercam.images import to_pixels
 from zsfinercam.objectives import Objective
-
-ELEMENT = {"hirescam": HiResCAM, "layercam": LayerCAM}
+from zsfinercam.reference import ImageFeatures as ImageTower
+from zsfinercam.reference import ZeroShotHead, finer_cam
 
 
 # --------------------------------------------------------------------------- hand-set case
@@ -131,8 +128,13 @@ def reference_model(loc, text: torch.Tensor, scale: float | None):
             linear.bias.copy_(text[:, -1])
         return MeanPatchProbe(vit, linear), vit.blocks[-1].norm1
     model = copy.deepcopy(backend.model)
-    head = HFHead(model, text, scale, False) if backend.name == "hf" else OpenClipHead(model, text, scale)
-    return head, model.get_submodule(cfg.target_layer)
+    if backend.name == "hf":
+        interpolate = cfg.image_size != cfg.native_image_size
+        image = ImageTower(model, lambda m, x: m.get_image_features(pixel_values=x,
+                                                                    interpolate_pos_encoding=interpolate))
+    else:
+        image = ImageTower(model, lambda m, x: m.encode_image(x))
+    return ZeroShotHead(image, text, scale), model.get_submodule(cfg.target_layer)
 
 
 def reference_cam(loc, images, text, objectives, base: str, scale: float | None) -> np.ndarray:
@@ -142,31 +144,12 @@ def reference_cam(loc, images, text, objectives, base: str, scale: float | None)
     cfg = loc.config
     model, layer = reference_model(loc, text.double(), scale)
     model.double()  # the reference in float64: at scale 100 float32's own noise is ~1e-4 of a map
-    grid, prefix = cfg.grid_size, cfg.num_prefix_tokens
-
-    def to_grid(t):
-        return t[:, prefix:].reshape(t.shape[0], *grid, t.shape[-1]).permute(0, 3, 1, 2)
-
-    class OnGrid(ELEMENT[base]):
-        """Keeps the signed cam it computes (pytorch-grad-cam's min-max adds 1e-7 to the max,
-        which is 1e-4 of a map whose largest value is 1e-3)."""
-
-        def get_target_width_height(self, input_tensor):
-            return grid[1], grid[0]
-
-        def get_cam_image(self, *args, **kwargs):
-            OnGrid.signed = super().get_cam_image(*args, **kwargs)
-            return OnGrid.signed
-
     pixels = to_pixels(images, cfg.image_size, cfg.mean, cfg.std).double()
     out = []
     for m in range(len(objectives[0])):
         row = [objectives[b][m] for b in range(len(images))]
-        alone = all(o.is_gradcam for o in row)
-        cam = OnGrid(model, [layer], to_grid) if alone else FinerCAM(model, [layer], to_grid, base_method=OnGrid)
-        with cam:
-            cam(pixels, targets=row)
-        out.append(OnGrid.signed)
+        out.append(finer_cam(model, layer, pixels, row, grid=cfg.grid_size, prefix=cfg.num_prefix_tokens,
+                             base=base, alone=all(o.is_gradcam for o in row), signed=True))
     return np.stack(out, axis=1).astype(np.float64)
 
 
@@ -243,3 +226,18 @@ def test_cached_features_keep_the_output_jacobian_per_image(label, tmp_path_fact
         torch.testing.assert_close(one[0], cached[1], rtol=1e-5, atol=1e-6 * float(direct.max()))
     else:  # the full path has no attention shortcut: cached features take the direct path
         assert feats.output_jacobian is None
+
+
+def test_cached_features_reuse_the_jacobian_their_base_needs(tiny, monkeypatch):
+    """On a tower whose Jacobian is costly, cached features take the Jacobian path only when
+    the one their base reads exists: `jacobian` for Grad-CAM, `output_jacobian` for the others."""
+    monkeypatch.setattr(type(tiny.backend), "jacobian_chunk", 4)  # a class property here
+    image = random_image(6)
+    feats = tiny.encode_image(image)
+    use = {base: tiny._use_jacobian(feats, feats, base) for base in ("gradcam", "hirescam", "layercam")}
+    assert use == {"gradcam": False, "hirescam": False, "layercam": False}
+    engine.maps(tiny.backend, feats, tiny.head(["a", "b"]), [[Objective(0, (1,))]], base="hirescam",
+                use_jacobian=True)
+    assert feats.output_jacobian is not None and feats.jacobian is None
+    assert tiny._use_jacobian(feats, feats, "hirescam") and tiny._use_jacobian(feats, feats, "layercam")
+    assert not tiny._use_jacobian(feats, feats, "gradcam") and not tiny._use_jacobian(image, feats, "hirescam")

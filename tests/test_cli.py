@@ -193,3 +193,36 @@ def test_the_command_exits_early_but_loses_nothing(tiny_files, image, tmp_path):
     bad = subprocess.run([sys.executable, "-c", script, "locate", str(tmp_path / "nope.png"), "hawk"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+@pytest.mark.parametrize("base", ["hirescam", "layercam"])
+def test_locate_base_round_trip(tiny, tiny_files, image, tmp_path, base):
+    """--base reaches the maps (the Python API's for that base) and is recorded in the JSON."""
+    proc = run("locate", image, "red hawk", "--vs", "barn owl", "--base", base, *tiny_args(tiny_files),
+               "--out", tmp_path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["base"] == base and json.loads(open(record["files"]["json"]).read())["base"] == base
+    want = tiny.locate(str(image), "red hawk", vs=["barn owl"], base=base)
+    assert want.base == base and f"base {base}" in repr(want)
+    np.testing.assert_allclose(np.load(record["files"]["heatmap"]), want.heatmap, atol=1e-5)
+    other = tiny.locate(str(image), "red hawk", vs=["barn owl"], base="gradcam")
+    assert not np.allclose(other.heatmap, want.heatmap, atol=1e-2), "the base must change the map"
+    assert "base" not in repr(other)
+
+
+def test_a_bad_base_is_one_line(tiny_files, image, tmp_path):
+    proc = run("locate", image, "hawk", "--base", "scorecam", *tiny_args(tiny_files), "--out", tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--base" in proc.stderr and "hirescam" in proc.stderr
+
+
+def test_batch_records_the_base_in_run_json(tiny_files, image, tmp_path):
+    out = tmp_path / "out"
+    proc = run("batch", image, "--concepts", "hawk", "--vs", "owl", "--base", "layercam", *tiny_args(tiny_files),
+               "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "run.json").read_text())["locate"]["base"] == "layercam"
+    (record,) = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    maps = [json.loads((out / o["files"]["json"]).read_text()) for o in record["outputs"]]
+    assert [m["base"] for m in maps] == ["layercam"]

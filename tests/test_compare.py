@@ -80,6 +80,18 @@ def test_rows_are_what_they_say(tiny, comparison):
     assert diff.shape == (40, 60) and diff.min() >= -1 and diff.max() <= 1
 
 
+def test_the_base_is_in_the_rows_and_the_json(tiny):
+    image = random_image(5, h=40, w=60)
+    comparison = tiny.compare(image, CONCEPTS[:2], base="layercam")
+    assert comparison.base == "layercam" and comparison.rows == ("Layer-CAM", "Finer-CAM", "Finer - Layer")
+    assert comparison.to_dict()["base"] == "layercam" and comparison.to_dict()["rows"] == list(comparison.rows)
+    alone = tiny.locate_many(image, CONCEPTS[:2], method="gradcam", base="layercam")
+    for got, want in zip(comparison.gradcam, alone):
+        assert got.base == want.base == "layercam"
+        np.testing.assert_allclose(got.token_map, want.token_map, rtol=1e-4, atol=1e-7)
+    assert tiny.compare(image, CONCEPTS[:2], base="gradcam").rows == ("Grad-CAM", "Finer-CAM", "Finer - Grad")
+
+
 def test_diverging_colours():
     image = np.full((1, 3, 3), 200, np.uint8)
     out = diverging(image, np.array([[1.0, 0.0, -1.0]]))

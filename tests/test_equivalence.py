@@ -43,7 +43,7 @@ def test_token_maps_equal_pytorch_grad_cam(tiny_files, alpha, image_size):
     loc = zf.Localizer.from_pretrained("tiny", str(weights), model_config=str(cfg), device="cpu",
                                        image_size=image_size, cache_dir=None)
     images = [random_image(1), random_image(2, 33, 29)]
-    ours = loc.locate_many(images, CLASSES[:3], vocab=CLASSES, alpha=alpha)
+    ours = loc.locate_many(images, CLASSES[:3], vocab=CLASSES, alpha=alpha, base="gradcam")
     for target in range(3):
         pairs = [(target, [CLASSES.index(r) for r in ours[b][target].references]) for b in range(2)]
         ref, logits = reference_maps(loc, images, pairs, alpha)
@@ -57,7 +57,7 @@ def test_token_maps_equal_pytorch_grad_cam(tiny_files, alpha, image_size):
 def test_automatic_references_follow_the_papers_rule(tiny):
     """FinerCAM's own selection (ranks 1..3 by |z - z_t|) picks the references we pick."""
     image = random_image(3)
-    ours = tiny.locate_many(image, CLASSES, vocab=CLASSES)
+    ours = tiny.locate_many(image, CLASSES, vocab=CLASSES, base="gradcam")
     z = np.array([ours[0].scores[c] for c in CLASSES])
     for res in ours:
         t = CLASSES.index(res.concept)

@@ -86,3 +86,54 @@ def test_bad_manifest_lines_are_named(tmp_path, line, message):
     path.write_text('{"image": "a.png", "concept": "c"}\n' + line + "\n")
     with pytest.raises(UsageError, match=message):
         read_manifest(path)
+
+
+def test_several_bases_give_one_row_each(items):
+    from zsfinercam.options import DEFAULT_BASE
+
+    loc = zf.Localizer.from_pretrained("toy", device="cpu", cache_dir=None)
+    few = items[:6]
+    report = evaluate(loc, few, ("finer", "gradcam", "random"), bases=["gradcam", "hirescam", "layercam"],
+                      progress=False)
+    summary = report.summary()
+    assert list(summary) == ["finer/gradcam", "finer/hirescam", "finer/layercam",
+                             "gradcam/gradcam", "gradcam/hirescam", "gradcam/layercam", "random"]
+    assert all(s["n"] == 6 for s in summary.values())
+    assert {r["base"] for r in report.rows if r["method"] != "random"} == {"gradcam", "hirescam", "layercam"}
+    assert [line.split()[0] for line in report.table().splitlines()] == ["method", *summary]
+    plain = evaluate(loc, few, ("finer", "gradcam"), progress=False)  # no bases: the default, named by method
+    assert list(plain.summary()) == ["finer", "gradcam"] and all("base" not in r for r in plain.rows)
+    for method in ("finer", "gradcam"):
+        assert plain.summary()[method] == summary[f"{method}/{DEFAULT_BASE}"]
+    with pytest.raises(UsageError, match="unknown base 'scorecam'"):
+        evaluate(loc, few, ("finer",), bases=["scorecam"], progress=False)
+
+
+def test_logit_scale_changes_only_the_heads_scale(items, tmp_path):
+    from zsfinercam.evaluate import with_logit_scale
+
+    loc = zf.Localizer.from_pretrained("toy", device="cpu", cache_dir=None)
+    own = loc.backend.logit_scale
+    at_100 = with_logit_scale(loc, 100.0)
+    assert at_100.backend.logit_scale == 100.0 and loc.backend.logit_scale == own  # the original is untouched
+    args = (items[:6], ("finer", "gradcam"))
+    want = evaluate(toy_at_scale(tmp_path, 100.0), *args, bases=["gradcam", "hirescam"], progress=False).summary()
+    got = evaluate(at_100, *args, bases=["gradcam", "hirescam"], progress=False).summary()
+    assert got.keys() == want.keys()
+    for method in want:
+        assert got[method] == pytest.approx(want[method], abs=1e-6)
+    with pytest.raises(UsageError, match="positive"):
+        with_logit_scale(loc, 0.0)
+
+
+def test_eval_cli_compares_bases(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "zsfinercam", "eval", "--synthetic", "3", "--methods", "finer,gradcam",
+                           "--base", "hirescam,layercam", "--logit-scale", "100", "--device", "cpu",
+                           "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    labels = ["finer/hirescam", "finer/layercam", "gradcam/hirescam", "gradcam/layercam"]
+    assert [line.split()[0] for line in proc.stdout.splitlines()[1:]] == labels
+    assert list(json.loads((tmp_path / "r.json").read_text())["summary"]) == labels
+    bad = subprocess.run([sys.executable, "-m", "zsfinercam", "eval", "--synthetic", "3", "--base", "gradcam,nope"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--base" in bad.stderr

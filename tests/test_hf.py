@@ -76,7 +76,7 @@ def reference_maps(loc, images, pairs, alpha):
 def test_maps_equal_pytorch_grad_cam(folders, kind, alpha, image_size):
     loc = shared(folders, kind, image_size)
     images = [random_image(1), random_image(2, 33, 29)]
-    ours = loc.locate_many(images, CLASSES[:3], vocab=CLASSES, alpha=alpha)
+    ours = loc.locate_many(images, CLASSES[:3], vocab=CLASSES, alpha=alpha, base="gradcam")
     worst = 0.0
     for t in range(3):
         ref = reference_maps(loc, images, [(t, [CLASSES.index(r) for r in ours[b][t].references]) for b in (0, 1)],

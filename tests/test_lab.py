@@ -46,6 +46,7 @@ def test_parse_lines_keeps_order_and_drops_blanks_and_repeats():
     (dict(concepts="bird", alpha=float("nan")), "alpha must be a finite number"),
     (dict(concepts="bird", method="score-cam"), "unknown method 'score-cam'"),
     (dict(concepts="bird", objective="max"), "unknown objective 'max'"),
+    (dict(concepts="bird", base="scorecam"), "unknown base 'scorecam'; choose one of: gradcam, hirescam"),
 ])
 def test_parse_request_refuses_bad_input_with_one_line(kwargs, message):
     with pytest.raises(UsageError, match=message) as err:
@@ -62,6 +63,18 @@ def test_locate_options_maps_every_field():
                                                         templates="short")
     assert session.locate_options(session.parse_request("a", method="gradcam")).alpha == 0.0
     assert session.locate_options(session.parse_request("a")) == LocateOptions()
+    req = session.parse_request("a", method="gradcam", base="layercam")
+    assert req.base == "layercam" and session.locate_options(req) == LocateOptions(alpha=0.0, base="layercam")
+
+
+def test_the_request_carries_the_base_to_the_maps_and_captions(loc):
+    req = session.parse_request("red tail", "blue head", base="hirescam")
+    result = session.run_request(loc, session.FeatureCache(), BIRD, req)
+    want = loc.compare(str(BIRD), ["red tail"], vs=["blue head"], base="hirescam")
+    np.testing.assert_allclose(result.comparison.finer[0].token_map, want.finer[0].token_map, rtol=1e-4, atol=1e-7)
+    assert session.summary(result)["results"][0]["base"] == "hirescam"
+    assert [caption for _, caption in session.gallery(result)] == \
+        ["red tail · HiResCAM", "red tail · Finer-CAM", "red tail · Finer - HiRes"]
 
 
 @pytest.mark.parametrize("references, objective", [("", "weighted"), ("blue head\ngreen tail", "mean")])
@@ -135,7 +148,7 @@ def test_layout_scores_references_neighbours_and_downloads(loc, tmp_path):
 # notebook display ----------------------------------------------------------------
 def test_results_display_themselves_in_notebooks(loc):
     feats = loc.encode_image(str(BIRD))
-    res = loc.locate(feats, "red tail", vs=["blue head"])
+    res = loc.locate(feats, "red tail", vs=["blue head"], base="gradcam")  # the repr names other bases
     comp = loc.compare(feats, ["red tail", "bird"], vs=["blue head"])
     for obj in (res, comp):
         png = obj._repr_png_()
@@ -224,6 +237,13 @@ def test_bad_input_gives_one_line_and_the_server_keeps_serving(served, tmp_path)
     assert _locate(served, BIRD, "bird")[4]["results"][0]["concept"] == "bird"
 
 
+def test_the_api_takes_a_base_and_defaults_it(served):
+    from zsfinercam.options import DEFAULT_BASE
+
+    assert _locate(served, BIRD, "bird", base="layercam")[4]["results"][0]["base"] == "layercam"
+    assert _locate(served, BIRD, "bird")[4]["results"][0]["base"] == DEFAULT_BASE
+
+
 def test_a_server_path_named_by_the_browser_is_never_read(served, loc, tmp_path):
     import httpx
 
@@ -287,3 +307,12 @@ def test_lab_binds_loopback_and_shares_only_when_asked(monkeypatch):
     assert first == dict(host="127.0.0.1", port=7860, share=False) and loc.config.name == "toy"
     assert second == dict(host="0.0.0.0", port=9000, share=True)
     assert examples[0] == BIRD and all(Path(p).is_file() for p in examples)
+
+
+def test_feature_bytes_count_the_element_wise_jacobian(loc):
+    feats = loc.encode_image(str(BIRD))
+    before = session.features_nbytes(feats)
+    loc.locate(feats, "red tail", vs=["blue head"], base="hirescam")  # cached features: builds output_jacobian
+    matrix, record = feats.output_jacobian
+    added = sum(t.numel() * t.element_size() for t in (matrix, record.v, record.weights))
+    assert session.features_nbytes(feats) == before + added

@@ -60,7 +60,7 @@ def reference(loc, images, pairs):
 def test_maps_equal_pytorch_grad_cam(files, variant, image_size):
     loc = load(files, variant, image_size=image_size)
     images = [random_image(1), random_image(2, 33, 29)]
-    ours = loc.locate_many(images, CONCEPTS[:2], vocab=CONCEPTS)
+    ours = loc.locate_many(images, CONCEPTS[:2], vocab=CONCEPTS, base="gradcam")
     worst = 0.0
     for m in range(2):
         pairs = [(m, [CONCEPTS.index(r) for r in ours[b][m].references]) for b in range(2)]
@@ -122,8 +122,8 @@ def test_fast_path_equals_full_path(files, variant):
 def test_jacobian_path_equals_direct_path(files):
     loc = load(files)
     feats = loc.encode_image(random_image(8))
-    direct = loc.locate_many(random_image(8), CONCEPTS[:3], vocab=CONCEPTS)
-    cached = loc.locate_many(feats, CONCEPTS[:3], vocab=CONCEPTS)
+    direct = loc.locate_many(random_image(8), CONCEPTS[:3], vocab=CONCEPTS, base="gradcam")
+    cached = loc.locate_many(feats, CONCEPTS[:3], vocab=CONCEPTS, base="gradcam")  # the Grad-CAM Jacobian
     assert feats.jacobian is not None
     for d, c in zip(direct, cached):
         np.testing.assert_allclose(minmax(c.token_map), minmax(d.token_map), atol=1e-4)

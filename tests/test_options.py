@@ -28,7 +28,7 @@ VOCAB = ["cat", "dog", "bird", "red fox", "grey wolf"]
     ({"alpha": np.float32(0.25)}, "alpha", 0.25),
     ({"num_references": np.int64(2)}, "num_references", 2),
     ({}, "num_references", DEFAULT_NUM_REFERENCES),
-    ({}, "base", "gradcam"),
+    ({}, "base", "gradcam"),  # DEFAULT_BASE
     ({"base": "layercam"}, "base", "layercam"),
     ({"vs": "dog"}, "vs", ("dog",)),
     ({"vs": ["dog", "fox"]}, "vs", ("dog", "fox")),
@@ -217,7 +217,8 @@ def test_batch_records_the_options_and_resumes_only_with_the_same(tiny, tmp_path
     run_batch(tiny, [path], tmp_path / "o", ["cat"], options=options, progress=False)
     settings = json.loads((tmp_path / "o" / "run.json").read_text())
     assert LocateOptions.from_json(settings["locate"]) == options
-    again = run_batch(tiny, [path], tmp_path / "o", ["cat"], resume=True, vs=["dog"], alpha=0.5, progress=False)
+    again = run_batch(tiny, [path], tmp_path / "o", ["cat"], resume=True, vs=["dog"], alpha=0.5, base="gradcam",
+                      progress=False)
     assert again.skipped == 1
     with pytest.raises(UsageError, match="other locate"):
         run_batch(tiny, [path], tmp_path / "o", ["cat"], resume=True, options=options.replace(alpha=0.4),

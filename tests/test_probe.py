@@ -68,7 +68,7 @@ def linear(path, dim, classes):
 
 def check_against_grad_cam(loc, model, layer, classes, concepts, **kwargs):
     images = [random_image(1), random_image(2, 33, 29)]
-    ours = loc.locate_many(images, concepts, **kwargs)
+    ours = loc.locate_many(images, concepts, base="gradcam", **kwargs)
     worst = 0.0
     for m, name in enumerate(concepts):
         t = classes.index(name)
@@ -122,10 +122,11 @@ def test_references_are_the_nearest_classes_by_logit(probe):
 def test_jacobian_path_equals_direct_path(probe):
     image = random_image(4)
     feats = probe.encode_image(image)
-    direct = probe.locate_many(image, PROBE_CLASSES[:3])
-    assert probe.locate_many(feats, PROBE_CLASSES[:3]) and feats.jacobian is None  # costly here: not built unasked
+    direct = probe.locate_many(image, PROBE_CLASSES[:3], base="gradcam")  # the base whose Jacobian this is
+    assert probe.locate_many(feats, PROBE_CLASSES[:3], base="gradcam")
+    assert feats.jacobian is None  # costly here: not built unasked
     engine.jacobian(probe.backend, feats)  # built on request, then used by every later call
-    cached = probe.locate_many(feats, PROBE_CLASSES[:3])
+    cached = probe.locate_many(feats, PROBE_CLASSES[:3], base="gradcam")
     assert feats.jacobian is not None and feats.jacobian.shape[1] == 33  # E + the bias's constant 1
     for d, c in zip(direct, cached):
         np.testing.assert_allclose(minmax(c.token_map), minmax(d.token_map), atol=1e-4)

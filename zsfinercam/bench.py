@@ -5,7 +5,8 @@ warm-up, medians are reported.
 - floor: the backend's plain forward of its image tower (`Backend.encode_pixels`, what the model's
   own `encode_image` gives) at the run size, no grad, same autocast as our trunk (bfloat16 on
   CUDA, none on CPU);
-- ours: `Localizer.locate_many(image(s), K concepts, vs=references)`, text embeddings warm;
+- ours: `Localizer.locate_many(image(s), K concepts, vs=references)` with the Grad-CAM base (`BASE`,
+  the baseline's), text embeddings warm;
 - gradcam: pytorch-grad-cam `FinerCAM`, one call per concept (how its users run it), on
   logits = logit_scale * normalize(encode_pixels(x)) @ T^T, hooked on the backend's
   `target_module()`, same autocast as the floor. By default a few calls per round are timed
@@ -48,6 +49,7 @@ from .bench_report import evaluate_targets
 from .reference import ZeroShotHead, finer_cam
 
 SINGLE_TEMPLATE = ("a photo of a {}.",)
+BASE = "gradcam"  # our maps are timed with the base of the pytorch-grad-cam baseline (the others: bench_bases.py)
 MEMORY_WARM_CALLS = 3  # CPU memory: median over this many calls after the cold one (RSS is noisy)
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +164,7 @@ def _floor(s: _Setup, b: int):
 
 
 def _ours(s: _Setup, b: int, k: int):
-    return s.loc.locate_many(s.image_arg(b), s.warm[:k], vs=s.refs)
+    return s.loc.locate_many(s.image_arg(b), s.warm[:k], vs=s.refs, base=BASE)
 
 
 def _gradcam(s: _Setup, b: int, concept: str):
@@ -194,18 +196,19 @@ def _round(cfg: BenchConfig, setups, batches, samples, device) -> None:
         calls = 0 if not cfg.gradcam else 1 if samples is None else 0 if cfg.gradcam_full else cfg.gradcam_calls
         for i in range(calls):  # warm-up: one call; full: timed per K below
             timed((s.size, b, 0, "gradcam1"), lambda: _gradcam(s, b, s.warm[i % len(s.warm)]))
-        feats = dataclasses.replace(s.feats[b], jacobian=None)
-        timed((s.size, b, 0, "jacobian"), lambda: s.loc.locate_many(feats, s.warm[:1], vs=s.refs))
+        feats = dataclasses.replace(s.feats[b], jacobian=None, output_jacobian=None)
+        timed((s.size, b, 0, "jacobian"), lambda: s.loc.locate_many(feats, s.warm[:1], vs=s.refs, base=BASE))
         for k in cfg.ks:
             timed((s.size, b, k, "ours"), lambda: _ours(s, b, k))
             if cfg.gradcam and cfg.gradcam_full and samples is not None:
                 timed((s.size, b, k, "gradcam"), lambda: [_gradcam(s, b, c) for c in s.warm[:k]])
-            timed((s.size, b, k, "cached"), lambda: s.loc.locate_many(feats, s.warm[:k], vs=s.refs))
+            timed((s.size, b, k, "cached"), lambda: s.loc.locate_many(feats, s.warm[:k], vs=s.refs, base=BASE))
             new = s.new_names(k)
-            timed((s.size, b, k, "cached_text"), lambda: s.loc.locate_many(feats, new, vs=s.refs))
+            timed((s.size, b, k, "cached_text"), lambda: s.loc.locate_many(feats, new, vs=s.refs, base=BASE))
             new = s.new_names(k)
             timed((s.size, b, k, "cached_text1"),
-                  lambda: s.loc.locate_many(feats, new, vs=s.refs, templates=list(SINGLE_TEMPLATE)))
+                  lambda: s.loc.locate_many(feats, new, vs=s.refs, base=BASE,
+                                            templates=list(SINGLE_TEMPLATE)))
 
 
 # memory -----------------------------------------------------------------------------------

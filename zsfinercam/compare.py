@@ -1,8 +1,10 @@
 """Several concepts side by side: the grid a person looks at while iterating on prompts.
 
-A column per concept; rows Grad-CAM, Finer-CAM and their difference (red: evidence
-Finer-CAM adds, blue: shared evidence it removes). Captions give each concept's logit,
-its probability against its references and the references' logits; a legend explains the colours. Rendering only: the results come from `Localizer.compare`.
+A column per concept; rows the CAM base alone (the row label names it), Finer-CAM on that
+base and their difference (red: evidence Finer-CAM adds, blue: shared evidence it removes).
+Captions give each concept's logit, its probability against its references and the
+references' logits; a legend explains the colours. Rendering only: the results come from
+`Localizer.compare`.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from PIL import Image, ImageDraw
 from . import render
 from .result import LocateResult
 
-ROWS = ("Grad-CAM", "Finer-CAM", "Finer - Grad")
+ROWS = ("Grad-CAM", "Finer-CAM", "Finer - Grad")  # the row labels with the Grad-CAM base
+BASE_NAMES = {"gradcam": ("Grad-CAM", "Grad"), "hirescam": ("HiResCAM", "HiRes"), "layercam": ("Layer-CAM", "Layer")}
 DEFAULT_CELL = 192  # cell width, pixels
 MAX_ASPECT = 4.0  # cells are at most this many times taller than wide, or wider than tall
 LEGEND = ("Grad-CAM, Finer-CAM: each map scaled to its own maximum, colour from low to high",
@@ -41,7 +44,7 @@ class Layout:
 
 @dataclass
 class Comparison:
-    """Grad-CAM and Finer-CAM results of the same concepts on one image."""
+    """Base-alone ("gradcam", whatever the base) and Finer-CAM results of the same concepts on one image."""
 
     gradcam: list[LocateResult]
     finer: list[LocateResult]
@@ -60,6 +63,17 @@ class Comparison:
         from .result import png_bytes
 
         return png_bytes(self.grid())
+
+    @property
+    def base(self) -> str:
+        """The CAM base of both rows (options.BASES)."""
+        return self.finer[0].base
+
+    @property
+    def rows(self) -> tuple[str, str, str]:
+        """Row labels: the base alone, Finer-CAM, their difference (ROWS for the Grad-CAM base)."""
+        name, short = BASE_NAMES.get(self.base, (self.base, self.base))
+        return name, "Finer-CAM", f"Finer - {short}"
 
     @property
     def concepts(self) -> list[str]:
@@ -91,7 +105,7 @@ class Comparison:
         size = max(11, cell // 16)
         face, pitch = render.font(size), round(size * 1.25)
         draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-        label_width = max(round(draw.textlength(r, font=face)) for r in ROWS) + 12
+        label_width = max(round(draw.textlength(r, font=face)) for r in self.rows) + 12
         lines = max(len(self.caption(i, draw, face, cell - 6)) for i in range(len(self.finer)))
         width = label_width + len(self.finer) * cell
         legend = sum(len(render.wrap(draw, text, face, width - 12)) for text in LEGEND)
@@ -114,7 +128,7 @@ class Comparison:
         ch, top = lay.cell_height, lay.caption_height
         canvas = Image.new("RGB", lay.size(len(self.finer)), "white")
         draw, face = ImageDraw.Draw(canvas), render.font(lay.font_size)
-        for r, label in enumerate(ROWS):
+        for r, label in enumerate(self.rows):
             draw.text((4, top + r * ch + ch // 2), label, fill="black", font=face, anchor="lm")
         for i in range(len(self.finer)):
             x = lay.label_width + i * cell
@@ -146,7 +160,7 @@ class Comparison:
             box = res.bbox()
             return {"peak": list(res.peak) if res.peak else None, "bbox": list(box) if box else None}
 
-        return {"source": self.finer[0].source, "rows": list(ROWS), "concepts": [
+        return {"source": self.finer[0].source, "base": self.base, "rows": list(self.rows), "concepts": [
             {"concept": f.concept, "score": round(float(f.scores[f.concept]), 6),
              "probability": None if f.probability is None else round(f.probability, 6), "contrast": f.contrast,
              "references": list(f.references), "gradcam": where(g), "finer": where(f)}

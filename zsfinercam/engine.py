@@ -34,6 +34,7 @@ from .backends.shift import AttentionRecord, TokenRequest
 from .bases import element_maps
 from .kernels import minmax
 from .objectives import Objective, objective_scores
+from .errors import UsageError
 from .options import BASES
 
 JACOBIAN_CHUNK = 256  # shift rows per backward when building G; bounds memory
@@ -136,6 +137,9 @@ def maps(
     if base == "gradcam":
         weights = channel_weights(backend, feats, text, objectives, use_jacobian=use_jacobian)
         return token_maps(feats, weights, impl=impl)
+    if not backend.token_gradients:
+        raise UsageError(f"the {backend.name} backend gives no per-token gradients, which the {base} base needs; "
+                         "use base='gradcam' (--base gradcam), or let its embed serve shift.TokenRequest")
     raw = element_wise(backend, feats, text, objectives, base, use_jacobian=use_jacobian).clamp_min(0)
     shape = (*raw.shape[:2], *feats.grid)
     return raw.reshape(shape), minmax(raw).reshape(shape)

@@ -13,9 +13,13 @@ pointing game, energy inside the mask, mask IoU at 0.5 (box IoU for boxes) and, 
 (fill: the image's mean colour), where probabilities are a softmax over the concept and
 its references. Sanity baselines: "random" is a random map; "randomized" is Finer-CAM on
 a copy of the model whose weight matrices are redrawn (the map should collapse to chance).
+With several CAM `bases`, each map method is scored once per base, in rows labelled
+"method/base" ("gradcam/hirescam" is the base alone, alpha 0).
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -29,7 +33,7 @@ from . import metrics
 from .errors import UsageError, WorkError
 from .files import atomic_write
 from .images import load_image
-from .options import EVAL_METHODS, LocateOptions
+from .options import BASES, EVAL_METHODS, LocateOptions, check_choice
 
 MASK_METRICS = ("pointing", "energy", "iou")
 PERTURBATION_METRICS = ("deletion", "insertion", "rd")
@@ -67,10 +71,11 @@ class EvalReport:
     def table(self) -> str:
         summary = self.summary()
         keys = [k for k in (*MASK_METRICS, "box_iou", *PERTURBATION_METRICS) if any(k in s for s in summary.values())]
-        lines = [f"{'method':<10}{'n':>6}" + "".join(f"{k:>11}" for k in keys)]
+        width = max(10, *(len(m) + 1 for m in summary))  # "method/base" labels are longer than 10
+        lines = [f"{'method':<{width}}{'n':>6}" + "".join(f"{k:>11}" for k in keys)]
         for method, stats in summary.items():
             cells = "".join(f"{stats[k]:>11.3f}" if k in stats else f"{'-':>11}" for k in keys)
-            lines.append(f"{method:<10}{int(stats['n']):>6}{cells}")
+            lines.append(f"{method:<{width}}{int(stats['n']):>6}{cells}")
         return "\n".join(lines)
 
 
@@ -157,33 +162,73 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
     atomic_write(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
 
 
-def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHODS, *, perturbation: bool = False,
-             top_percent: float = 5.0, progress: bool = True) -> EvalReport:
-    """Score every method on every item; the trunk runs once per item for all methods."""
+def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHODS, *,
+             bases: Sequence[str] | None = None, perturbation: bool = False, top_percent: float = 5.0,
+             progress: bool = True) -> EvalReport:
+    """Score every method on every item; the trunk runs once per item for all methods.
+
+    Args:
+        bases: CAM bases (options.BASES) to compare; None = the default base only, rows
+            labelled by method alone. Given, every method but "random" has one row per base,
+            labelled "method/base", and each row records its "base".
+    """
     from tqdm import tqdm
 
     bad = [m for m in methods if m not in EVAL_METHODS]
     if bad:
         raise UsageError(f"unknown method {bad[0]!r}; choose from: {', '.join(EVAL_METHODS)}")
+    runs = _runs(methods, bases)
     items = list(items)
     report = EvalReport()
     scrambled = _randomized(loc) if "randomized" in methods else None
     for k, item in enumerate(tqdm(items, desc="eval", unit="img", disable=None if progress else True)):
         feats = loc.encode_image(item.image)
+        scrambled_feats = scrambled.encode_image(item.image) if scrambled is not None else None
         image = feats.images[0]
         refs = item.references
-        for method in methods:
+        for label, method, base in runs:
             if method == "randomized":
-                heat, used = _heatmap(scrambled, scrambled.encode_image(item.image), item, "finer", seed=k)
+                heat, used = _heatmap(scrambled, scrambled_feats, item, "finer", base, seed=k)
             else:
-                heat, used = _heatmap(loc, feats, item, method, seed=k)
+                heat, used = _heatmap(loc, feats, item, method, base, seed=k)
             refs = refs or used
-            row = {"item": k, "label": item.label, "concept": item.concept, "method": method}
+            row = {"item": k, "label": item.label, "concept": item.concept, "method": label}
+            if bases is not None and method != "random":
+                row["base"] = base
             row.update(_mask_metrics(heat, item))
             if perturbation:
                 row.update(_perturbation_metrics(loc, image, heat, [item.concept, *(refs or [])], top_percent))
             report.rows.append(row)
     return report
+
+
+def _runs(methods: Sequence[str], bases: Sequence[str] | None) -> list[tuple[str, str, str | None]]:
+    """(row label, method, base) per scored map: one per method, or per method and base."""
+    if bases is None:
+        return [(m, m, None) for m in methods]
+    if isinstance(bases, str) or not bases:
+        raise UsageError(f"bases must be a non-empty list of: {', '.join(BASES)}")
+    bases = [check_choice("base", b, BASES) for b in dict.fromkeys(bases)]
+    return [(m, m, None) if m == "random" else (f"{m}/{b}", m, b) for m in methods
+            for b in (bases[:1] if m == "random" else bases)]
+
+
+def with_logit_scale(loc, scale: float):
+    """A Localizer over the same model whose zero-shot head uses logit scale `scale`.
+
+    Only `Backend.logit_scale` (the config's) changes, on a shallow copy of the backend: the
+    weights are shared, the original is untouched. A linear head has no scale to change.
+    """
+    from .localizer import Localizer
+
+    if not loc.config.cosine_head:
+        raise UsageError("--logit-scale applies to zero-shot (cosine) heads only; this model has a linear head")
+    if not np.isfinite(scale) or scale <= 0:
+        raise UsageError(f"the logit scale must be a positive number, got {scale!r}")
+    backend = copy.copy(loc.backend)
+    backend.config = dataclasses.replace(loc.config, logit_scale=float(scale))
+    backend._fingerprint = None
+    return Localizer(backend, cache_dir=loc.text.cache_dir, kernel=loc.kernel, max_pixels=loc.max_pixels)
 
 
 def _randomized(loc):
@@ -193,11 +238,11 @@ def _randomized(loc):
     return Localizer(loc.backend.randomized(seed=0), cache_dir=None, kernel=loc.kernel, max_pixels=loc.max_pixels)
 
 
-def _heatmap(loc, feats, item: EvalItem, method: str, seed: int) -> tuple[np.ndarray, list[str]]:
-    """The method's heatmap at image size, and the references Finer-CAM used."""
+def _heatmap(loc, feats, item: EvalItem, method: str, base: str | None, seed: int) -> tuple[np.ndarray, list[str]]:
+    """The method's heatmap at image size (`base` None: the default base), and the references Finer-CAM used."""
     if method == "random":
         return metrics.resize_map(metrics.random_map(loc.config.grid_size, seed), feats.images[0].shape[:2]), []
-    options = LocateOptions(vs=item.references, vocab=item.vocab, method=method)
+    options = LocateOptions(vs=item.references, vocab=item.vocab, method=method, **({"base": base} if base else {}))
     res = loc.locate_many(feats, [item.concept], options)[0]
     return res.heatmap, list(res.references)
 

@@ -15,7 +15,7 @@ from .engine import ImageFeatures
 from .errors import UsageError
 from .images import DEFAULT_MAX_PIXELS, ImageInput, check_max_pixels, load_image, to_pixels
 from .objectives import Objective
-from .options import METHODS, LocateOptions
+from .options import DEFAULT_BASE, METHODS, LocateOptions
 from .result import LocateResult
 from .text import ConceptEncoder, check_concepts, default_cache_dir
 
@@ -194,11 +194,11 @@ class Localizer:
 
         if "method" in keywords or (options is not None and options.method != "finer"):
             raise UsageError("compare always shows both methods; drop method=")
-        options = LocateOptions.build(options, **keywords)
+        options = self._options(options, keywords)
         feats = self._features(image)
         if len(feats) != 1:
             raise UsageError(f"compare takes one image, got {len(feats)}")
-        use_jacobian = self._use_jacobian(image, feats)
+        use_jacobian = self._use_jacobian(image, feats, options.base)
         finer = self._maps(feats, concepts, options, use_jacobian)[0]
         grad = self._maps(feats, concepts, options.gradcam(), use_jacobian)[0]
         return Comparison(gradcam=grad, finer=finer)
@@ -210,11 +210,11 @@ class Localizer:
             raise UsageError(f"expected one concept string, got {type(concept).__name__}; use locate_many")
         if vs is not None:
             keywords["vs"] = vs
-        options = LocateOptions.build(options, **keywords)
+        options = self._options(options, keywords)
         feats = self._features(image)
         if len(feats) != 1:
             raise UsageError(f"locate takes one image, got {len(feats)}; use locate_many")
-        return self._maps(feats, [concept], options, self._use_jacobian(image, feats))[0][0]
+        return self._maps(feats, [concept], options, self._use_jacobian(image, feats, options.base))[0][0]
 
     def locate_many(self, images, concepts: Sequence[str], options: LocateOptions | None = None,
                     **keywords) -> list:
@@ -240,9 +240,9 @@ class Localizer:
             warnings.warn("locate_many's third argument is now options=; pass references as vs=",
                           DeprecationWarning, stacklevel=2)
             keywords, options = {"vs": options, **keywords}, None
-        options = LocateOptions.build(options, **keywords)
+        options = self._options(options, keywords)
         feats = self._features(images)
-        out = self._maps(feats, concepts, options, self._use_jacobian(images, feats))
+        out = self._maps(feats, concepts, options, self._use_jacobian(images, feats, options.base))
         return out if feats.from_list or len(feats) > 1 else out[0]
 
     # helpers ---------------------------------------------------------------
@@ -278,12 +278,23 @@ class Localizer:
         """The model's own logits (B, K), its bias (SigLIP) included."""
         return engine.logits(feats.embedding, head, self.backend.logit_scale) + self.config.logit_bias
 
-    def _use_jacobian(self, images, feats: ImageFeatures) -> bool:
-        """Cached features reuse the per-image Jacobian, built on first use; not on towers whose
-        Jacobian costs a last block per embedding row (`jacobian_chunk`), unless it exists."""
+    def _options(self, options: LocateOptions | None, keywords: dict) -> LocateOptions:
+        """The call's options, built once, with the default base resolved for this backend:
+        DEFAULT_BASE where it gives per-token gradients (`Backend.token_gradients`), else Grad-CAM."""
+        options = LocateOptions.build(options, **keywords)
+        if options.base is None:
+            options = options.replace(base=DEFAULT_BASE if self.backend.token_gradients else "gradcam")
+        return options
+
+    def _use_jacobian(self, images, feats: ImageFeatures, base: str = "gradcam") -> bool:
+        """Cached features reuse the per-image Jacobian of `base` (the shift's for Grad-CAM, the
+        attention output's, `output_jacobian`, for the element-wise bases), built on first use;
+        not on towers whose Jacobian costs a last block per embedding row (`jacobian_chunk`),
+        unless it exists."""
         if not isinstance(images, ImageFeatures):
             return False
-        return feats.jacobian is not None or not self.backend.jacobian_chunk
+        built = feats.jacobian if base == "gradcam" else feats.output_jacobian
+        return built is not None or not self.backend.jacobian_chunk
 
     def _key(self) -> str:
         return f"{self.backend.name}:{self.config.name}:{id(self.backend)}"
@@ -354,4 +365,4 @@ class Localizer:
             scores={table[i]: z_b[i] for i in dict.fromkeys(shown)},
             token_map=maps[0], norm_map=maps[1], image=feats.images[b], method=options.method,
             objective=options.objective if finer else "gradcam", alpha=options.alpha,
-            contrast=contrast, source=feats.sources[b])
+            contrast=contrast, source=feats.sources[b], base=options.base)

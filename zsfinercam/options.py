@@ -28,6 +28,9 @@ OBJECTIVES = ("weighted", "mean", "compare")  # Finer-CAM objectives (see zsfine
 DEFAULT_ALPHA = {"weighted": 1.0, "mean": 0.6, "compare": 1.0}  # contrast strength when none is given
 STRATEGIES = ("logits", "text", "vs", "generic", "parts")  # how references are chosen (see zsfinercam.contrast)
 BASES = ("gradcam", "hirescam", "layercam")  # how a gradient becomes a map (engine.maps' `base`)
+# base=None: HiResCAM, the best on the synthetic benchmark (README, "Evaluation"), on every backend that
+# gives per-token gradients (all built-ins); Grad-CAM on one that gives only channel weights
+DEFAULT_BASE = "hirescam"
 DEFAULT_NUM_REFERENCES = 3  # references per pool ("logits", "parts") and neighbours ("text")
 DEFAULT_MAX_PIXELS = 89_478_485  # image files with more pixels (w x h) are refused: PIL's own warning level
 
@@ -73,7 +76,12 @@ class LocateOptions:
         method: one of METHODS: "finer" (Finer-CAM) or "gradcam" (plain Grad-CAM).
         objective: one of OBJECTIVES: "weighted" (official Finer-CAM), "mean" (the paper's)
             or "compare" (one reference; the name of an objective, not of `Localizer.compare`).
-        base: one of BASES, how the gradient becomes a map (passed to `engine.maps`).
+        base: one of BASES, how the gradient becomes a map (passed to `engine.maps`):
+            "gradcam" (channel weights = token-mean gradient), "hirescam" (gradient x
+            activation per token, summed over channels) or "layercam" (ReLU(gradient) x
+            activation); None (default): DEFAULT_BASE ("hirescam") where the backend gives
+            per-token gradients (`Backend.token_gradients`, every built-in backend), else
+            "gradcam". Results record the base used.
         templates: template set name or file, or format strings each with one "{}";
             None = the model's own, else the default set.
         num_references: references picked per pool by "logits" and "parts", and the
@@ -93,7 +101,7 @@ class LocateOptions:
     alpha: float | None = None
     method: str = "finer"
     objective: str = "weighted"
-    base: str = "gradcam"
+    base: str | None = None
     templates: str | Texts | None = None
     num_references: int = DEFAULT_NUM_REFERENCES
     contrast: str | None = None
@@ -103,7 +111,8 @@ class LocateOptions:
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
         check_choice("objective", self.objective, OBJECTIVES)
-        check_choice("base", self.base, BASES)
+        if self.base is not None:
+            check_choice("base", self.base, BASES)
         if self.contrast is not None:
             check_choice("contrast", self.contrast, STRATEGIES)
         k = self.num_references

@@ -40,7 +40,8 @@ class ZeroShotHead(nn.Module):
     scale None is a linear probe's plain head image(x) @ T^T).
 
     `text` (K, E) holds the normalised text embeddings (or a probe's rows); `dtype`, when given, is the autocast
-    dtype the image tower runs in (as the backend's trunk does); logits are float32.
+    dtype the image tower runs in (as the backend's trunk does); logits are float32 (float64 for a
+    float64 tower and text, a precise reference).
     """
 
     def __init__(self, image: nn.Module, text: torch.Tensor, scale: float | None, dtype: torch.dtype | None = None):
@@ -55,52 +56,77 @@ class ZeroShotHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from .engine import logits
 
-        return logits(self.embed(x).float(), self.text, self.scale)
+        e = self.embed(x)
+        return logits(e.to(torch.promote_types(e.dtype, torch.float32)), self.text, self.scale)
 
 
 def tokens_to_grid(tokens: torch.Tensor, grid: Sequence[int], prefix: int,
                    batch_first: bool | None = True) -> torch.Tensor:
-    """Hooked activations (B, prefix + h*w, D) (or (T, B, D) when not batch_first) -> (B, D, h, w) float32.
+    """Hooked activations (B, prefix + h*w, D) (or (T, B, D) when not batch_first) -> (B, D, h, w), at least float32.
 
     `batch_first` None reads the layout from the shape: batch first unless only dim 0 holds the
     prefix + h*w tokens."""
     if batch_first is None:
         count = prefix + grid[0] * grid[1]
         batch_first = tokens.shape[1] == count or tokens.shape[0] != count
-    t = (tokens if batch_first else tokens.transpose(0, 1))[:, prefix:].float()
+    t = (tokens if batch_first else tokens.transpose(0, 1))[:, prefix:]
+    t = t.to(torch.promote_types(t.dtype, torch.float32))  # float64 stays float64 (precise references)
     return t.reshape(t.shape[0], grid[0], grid[1], t.shape[-1]).permute(0, 3, 1, 2)
 
 
 def finer_cam(model: nn.Module, layer: nn.Module, pixels: torch.Tensor, targets, *, grid: Sequence[int],
-              prefix: int, alpha: float = 1.0, batch_first: bool | None = True, on_grid: bool = True) -> np.ndarray:
-    """pytorch-grad-cam FinerCAM maps, one per image: float32 (B, h, w) on the patch grid (or at the input size).
+              prefix: int, alpha: float = 1.0, base: str = "gradcam", alone: bool = False, signed: bool = False,
+              batch_first: bool | None = True, on_grid: bool = True) -> np.ndarray:
+    """pytorch-grad-cam FinerCAM maps, one per image: (B, h, w) on the patch grid (or at the input size).
 
     Args:
         model: pixels -> logits (B, K), e.g. a `ZeroShotHead`.
         layer: the module whose output is the target activation A (hooked for this call only).
         pixels: the model's input (B, 3, H, W).
-        targets: one (target index, reference indices) pair per image; or one int, a target
-            index for every image with FinerCAM's own choice of references.
+        targets: one target per image: a (target index, reference indices) pair (a
+            FinerWeightedTarget), or any pytorch-grad-cam target (a callable on the logits,
+            e.g. our `Objective`); or one int, a target index for every image with FinerCAM's
+            own choice of references.
         grid, prefix, batch_first: the token layout of `layer`'s output (`tokens_to_grid`).
         alpha: the weight of the references.
+        base: the CAM under FinerCAM: "gradcam", "hirescam" or "layercam" (GradCAM, HiResCAM, LayerCAM).
+        alone: run the base alone, without FinerCAM (a pair's references are then ignored).
+        signed: return the base's cam as computed, before pytorch-grad-cam's ReLU and min-max
+            (its min-max adds 1e-7 to the max, which is 1e-4 of a map whose largest value is 1e-3).
         on_grid: True leaves the maps on the (h, w) patch grid, so they compare with token maps
             directly; False resizes them to the input, as pytorch-grad-cam does by default.
 
-    Each map is min-max normalised by pytorch-grad-cam (after its ReLU).
+    Each map is min-max normalised by pytorch-grad-cam (after its ReLU), unless `signed`.
     """
-    from pytorch_grad_cam import FinerCAM, GradCAM
-    from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
+    from pytorch_grad_cam import FinerCAM, GradCAM, HiResCAM, LayerCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
+
+    methods = {"gradcam": GradCAM, "hirescam": HiResCAM, "layercam": LayerCAM}
+    if base not in methods:
+        raise ValueError(f"unknown CAM base {base!r}; choose one of: {', '.join(methods)}")
+    kept = {}
+
+    class Base(methods[base]):
+        """The base, leaving the cam at the grid's size (grad-cam asks the base for it) and keeping it."""
+
+        def get_target_width_height(self, input_tensor):
+            return (grid[1], grid[0]) if on_grid else super().get_target_width_height(input_tensor)
+
+        def get_cam_image(self, *args, **kwargs):
+            kept["signed"] = super().get_cam_image(*args, **kwargs)
+            return kept["signed"]
 
     def reshape(tokens):
         return tokens_to_grid(tokens, grid, prefix, batch_first)
 
-    base = GradCAM
-    if on_grid:  # a GradCAM that leaves the cam at the grid's size (grad-cam asks the base for it)
-        base = type("GridGradCAM", (GradCAM,), {"get_target_width_height": lambda self, _: (grid[1], grid[0])})
-    with FinerCAM(model, [layer], reshape, base_method=base) as cam:
-        if isinstance(targets, int):
-            maps = cam(pixels, target_idx=targets, alpha=alpha)
-        else:
-            maps = cam(pixels, targets=[FinerWeightedTarget(t, list(r), alpha) for t, r in targets], alpha=alpha)
+    if isinstance(targets, int):
+        if alone:
+            raise ValueError("alone needs one target per image")
+        call = {"target_idx": targets}
+    else:
+        pair = FinerWeightedTarget if not alone else (lambda t, refs, _: ClassifierOutputTarget(t))
+        call = {"targets": [pair(t[0], list(t[1]), alpha) if isinstance(t, tuple) else t for t in targets]}
+    with (Base(model, [layer], reshape) if alone else FinerCAM(model, [layer], reshape, base_method=Base)) as cam:
+        maps = cam(pixels, **call) if alone else cam(pixels, alpha=alpha, **call)
     model.zero_grad(set_to_none=True)  # parameter gradients would stay allocated otherwise
-    return maps
+    return kept["signed"] if signed else maps

@@ -39,6 +39,7 @@ class LocateResult:
     alpha: float = 1.0
     contrast: str = "vs"  # how references were chosen: "vs", "logits", "none"
     source: str = "image"
+    base: str = "gradcam"  # the CAM base: "gradcam", "hirescam" or "layercam" (options.BASES)
     norm_map: np.ndarray | None = field(default=None, repr=False)  # (h, w) min-max of token_map; None: computed
 
     def __post_init__(self) -> None:
@@ -131,8 +132,9 @@ class LocateResult:
 
     def __repr__(self) -> str:
         refs = ", ".join(self.references) or "-"
+        base = "" if self.base == "gradcam" else f", base {self.base}"
         return (f"LocateResult({self.concept!r}, score {self.scores[self.concept]:.3f}, vs [{refs}], "
-                f"peak {self.peak}, bbox {self.bbox()}, {self.method})")
+                f"peak {self.peak}, bbox {self.bbox()}, {self.method}{base})")
 
     def caption_lines(self) -> list[str]:
         """Concept with its logit and probability; then each reference with its logit."""
@@ -152,6 +154,7 @@ class LocateResult:
             "method": self.method,
             "objective": self.objective,
             "alpha": self.alpha,
+            "base": self.base,
             "contrast": self.contrast,
             "source": self.source,
             "image_size": [int(self.image.shape[1]), int(self.image.shape[0])],

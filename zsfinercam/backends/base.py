@@ -30,6 +30,9 @@ Attributes:
     jacobian_chunk: shift rows per backward when the engine builds the Jacobian; None: the
         engine's default. Set where `embed` runs a whole block per row, so the Localizer
         prefers the direct path on cached features.
+    token_gradients: whether `embed` serves a `shift.TokenRequest` (see `embed`), which the
+        element-wise bases need; default False: such a backend gives Grad-CAM maps (the default
+        base falls back to "gradcam" there, and an explicit "hirescam"/"layercam" is refused).
 
 Methods (abstract unless a default is named):
     from_pretrained(name, *, pretrained, model_config, device, image_size) -> Backend: load.
@@ -41,7 +44,10 @@ Methods (abstract unless a default is named):
         an inference tensor, so autograd can use it).
     target(stream) -> A (B, T, D), grad-free.
     embed(stream, A, shift (B, M, D), cache) -> (B, M, E) unnormalised float32, differentiable
-        in `shift`; `cache` is a scratch dict tied to (stream, A).
+        in `shift`; `cache` is a scratch dict tied to (stream, A). A backend that sets
+        `token_gradients` also accepts a `shift.TokenRequest` as `shift` (per-token gradients for
+        the element-wise bases HiResCAM and Layer-CAM: pass it to `shift.shifted_attention`, or
+        add its `leaf` to A's patch tokens; docs/design.md, "Element-wise bases").
     encode_pixels(pixels) -> (B, E) unnormalised float32: the tower's plain forward, what the
         model's own `encode_image` gives (= `embed` at zero shift), with the trunk's autocast.
         It runs under the CALLER's grad mode (wrap it in `torch.no_grad()` for a plain forward;
@@ -89,6 +95,7 @@ class Backend(ABC):
     tokenizer: object | None = None
     autocast_dtype: torch.dtype | None = None
     jacobian_chunk: int | None = None
+    token_gradients: ClassVar[bool] = False
     _fingerprint: str | None = None  # `fingerprint`'s memo
 
     @classmethod

@@ -38,6 +38,8 @@ from .shift import shifted_attention, split_projection
 class HFBackend(Backend):
     """Engine view of a transformers `CLIPModel` or `SiglipModel`."""
 
+    token_gradients = True  # embed serves shift.TokenRequest: per-token gradients for HiResCAM, Layer-CAM
+
     def __init__(self, model: nn.Module, tokenizer: "TextTokenizer", config: ModelConfig, device: torch.device):
         self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
         self.autocast_dtype = trunk_dtype(device)

@@ -25,6 +25,8 @@ from .registry import register_backend
 class OpenClipBackend(TowerImage, Backend):
     """Engine view of an open_clip model; `tower` is its image side (see the module docstring)."""
 
+    token_gradients = True  # embed serves shift.TokenRequest: per-token gradients for HiResCAM, Layer-CAM
+
     def __init__(self, model: nn.Module, tokenizer, config: ModelConfig, device: torch.device):
         self.model, self.tokenizer, self.config, self.device = model, tokenizer, config, device
         self.autocast_dtype = trunk_dtype(device)

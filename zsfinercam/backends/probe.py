@@ -56,6 +56,8 @@ class ProbeBackend(TowerImage, Backend):
     Not in the backend registry: it needs a classifier and class names, not only a model name.
     """
 
+    token_gradients = True  # embed serves shift.TokenRequest: per-token gradients for HiResCAM, Layer-CAM
+
     name = "probe"
 
     def __init__(self, tower, weight: torch.Tensor, bias: torch.Tensor, classes: list[str], config: ModelConfig,

@@ -22,7 +22,7 @@ from .options import contrast_options, load_localizer, locate_options, max_pixel
 @run_options
 def compare(image, concepts, model, pretrained, model_config, backend, device, image_size, cell, out, as_json,
             max_pixels, **contrast):
-    """Grad-CAM, Finer-CAM and their difference for each CONCEPT in IMAGE, side by side.
+    """The CAM base alone, Finer-CAM and their difference for each CONCEPT in IMAGE, side by side.
 
     Example: zsfinercam compare bird.jpg "red-tailed hawk" "red-shouldered hawk" "cooper's hawk"
     """
@@ -49,7 +49,8 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
         for c in record["concepts"]:
             p = f", p {c['probability']:.3f}" if c["probability"] is not None else ""
             click.echo(f"{c['concept']}: score {c['score']:.3f}{p} vs [{', '.join(c['references']) or '-'}] "
-                       f"peak Grad-CAM {_point(c['gradcam']['peak'])} Finer-CAM {_point(c['finer']['peak'])}")
+                       f"peak {comparison.rows[0]} {_point(c['gradcam']['peak'])} "
+                       f"Finer-CAM {_point(c['finer']['peak'])}")
         click.echo(f"grid {grid.size[0]}x{grid.size[1]} -> {paths['grid']}")
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ..options import EVAL_METHODS
+from ..options import BASES, EVAL_METHODS
 from .options import json_option, load_localizer, model_options, report_path, run_options
 
 
@@ -14,6 +14,16 @@ def _methods(ctx, param, value: str) -> tuple[str, ...]:
     bad = [n for n in names if n not in EVAL_METHODS]
     if bad or not names:
         raise click.BadParameter(f"choose from {', '.join(EVAL_METHODS)} (comma-separated), got {value!r}")
+    return names
+
+
+def _bases(ctx, param, value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    bad = [n for n in names if n not in BASES]
+    if bad or not names:
+        raise click.BadParameter(f"choose from {', '.join(BASES)} (comma-separated), got {value!r}")
     return names
 
 
@@ -26,6 +36,11 @@ def _methods(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--seed", type=int, default=12345, show_default=True, help="Synthetic set seed.")
 @click.option("--methods", default="finer,gradcam,random,randomized", show_default=True, callback=_methods,
               help="finer, gradcam; sanity baselines: random (map), randomized (model weights).")
+@click.option("--base", "bases", default=None, callback=_bases, metavar="BASE[,BASE...]",
+              help=f"CAM bases to compare ({', '.join(BASES)}), one row each (method/base); "
+                   "default: the default base, rows named by method.")
+@click.option("--logit-scale", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Score with this logit scale in the zero-shot head instead of the model's own (e.g. 100).")
 @click.option("--perturbation", is_flag=True, help="Also deletion/insertion AUC and RD@k (slower).")
 @click.option("--top-percent", type=click.FloatRange(0, 100, min_open=True), default=5.0, show_default=True,
               help="k of RD@k: percent of pixels hidden.")
@@ -36,10 +51,10 @@ def _methods(ctx, param, value: str) -> tuple[str, ...]:
 @click.option("--write-manifest", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --synthetic: also save the generated set (PNGs + manifest.jsonl) here.")
 @run_options
-def eval_command(manifest, synthetic, split, seed, methods, perturbation, top_percent, model, pretrained,
-                 model_config, backend, device, image_size, as_json, report, write_manifest):
+def eval_command(manifest, synthetic, split, seed, methods, bases, logit_scale, perturbation, top_percent, model,
+                 pretrained, model_config, backend, device, image_size, as_json, report, write_manifest):
     """Score maps against masks/boxes from MANIFEST (JSONL), or on a synthetic set with --synthetic N."""
-    from ..evaluate import evaluate, read_manifest, synthetic_items, write_manifest as save_set
+    from ..evaluate import evaluate, read_manifest, synthetic_items, with_logit_scale, write_manifest as save_set
     from ..files import atomic_write, json_bytes
 
     as_json, report = report_path(as_json, report)
@@ -47,11 +62,13 @@ def eval_command(manifest, synthetic, split, seed, methods, perturbation, top_pe
         raise click.UsageError("give either a MANIFEST or --synthetic N")
     items = read_manifest(manifest) if manifest is not None else None  # its mistakes before the model loads
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size)
+    if logit_scale is not None:
+        loc = with_logit_scale(loc, logit_scale)
     if items is None:
         items = synthetic_items(synthetic, seed, split, size=loc.config.image_size[0])
         if write_manifest is not None:
             click.echo(f"# synthetic set written to {save_set(items, write_manifest)}", err=True)
-    result = evaluate(loc, items, methods, perturbation=perturbation, top_percent=top_percent)
+    result = evaluate(loc, items, methods, bases=bases, perturbation=perturbation, top_percent=top_percent)
     record = {"summary": result.summary(), "rows": result.rows}
     click.echo(json_bytes(record).decode() if as_json else result.table())
     if report is not None:

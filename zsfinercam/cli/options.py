@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from ..backends import list_backends
-from ..options import DEFAULT_MAX_PIXELS, METHODS, OBJECTIVES, STRATEGIES, LocateOptions, OptionError
+from ..options import (BASES, DEFAULT_BASE, DEFAULT_MAX_PIXELS, METHODS, OBJECTIVES, STRATEGIES, LocateOptions,
+                       OptionError)
 from ..progress import LOGGER, note
 
 THREADS = "zsfinercam.threads"  # click context meta key: --threads, applied by load_localizer
@@ -121,7 +122,7 @@ def run_options(func):
 
 def contrast_options(func):
     """What a map is computed against: --vs, --vocab, --contrast, --category, --parts,
-    --part-vocab, --alpha, --objective, --templates. The command receives them
+    --part-vocab, --alpha, --objective, --base, --templates. The command receives them
     as keyword arguments; `locate_options` turns them into a LocateOptions."""
     options = [
         click.option("--vs", multiple=True, metavar="TEXT", help="A reference concept to contrast with (repeatable)."),
@@ -142,6 +143,10 @@ def contrast_options(func):
         click.option("--alpha", type=float, default=None, show_default="1.0; 0.6 for --objective mean",
                      help="Contrast strength; 0 gives plain Grad-CAM."),
         click.option("--objective", type=click.Choice(OBJECTIVES), default="weighted", show_default=True),
+        click.option("--base", type=click.Choice(BASES), default=None,
+                     show_default=f"{DEFAULT_BASE}; gradcam on a backend without per-token gradients",
+                     help="CAM base: gradcam (channel weights = mean gradient), hirescam (gradient x "
+                          "activation per patch) or layercam (positive gradient x activation)."),
         click.option("--templates", default=None, metavar="NAME|FILE", help="Prompt template set or file."),
     ]
     for option in reversed(options):
@@ -157,7 +162,7 @@ FLAGS = {"parts": "--part-vocab"}  # LocateOptions fields whose flag is not --<f
 
 
 def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, objective, templates,
-                   method: str = "finer") -> LocateOptions:
+                   method: str = "finer", base: str | None = None) -> LocateOptions:
     """The LocateOptions of contrast_options' (and method_option's) values.
 
     Raises:
@@ -169,7 +174,7 @@ def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, obje
     try:
         options = LocateOptions(vs=vs, vocab=vocab, contrast=contrast, category=category,
                                 parts=part_vocab if parts else None, alpha=alpha, method=method,
-                                objective=objective, templates=templates)
+                                objective=objective, base=base, templates=templates)
         options.preflight()  # a misspelt --vocab or a conflict fails here, before the model loads
         return options
     except OptionError as err:

@@ -66,11 +66,12 @@ def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
     size = loc.config.image_size
 
     def locate(image, concepts, references=None, contrast=session.DEFAULT_CONTRAST, vocab=session.MODEL_VOCAB,
-               alpha=None, templates=None, method="finer", objective="weighted", folder=None):
-        """Grad-CAM, Finer-CAM and their difference for each concept (one per line) in the image."""
+               alpha=None, templates=None, method="finer", objective="weighted", base=None, folder=None):
+        """The CAM base alone, Finer-CAM and their difference for each concept (one per line) in
+        the image; `base` (the CAM base, the last input) defaults to options.DEFAULT_BASE."""
         try:
             request = session.parse_request(concepts, references, contrast, vocab, alpha, templates, method,
-                                            objective)
+                                            objective, base)
             if not image:
                 raise UsageError("no image given; upload an image or pick an example")
             result = session.run_request(loc, cache, image, request)
@@ -86,9 +87,10 @@ def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
 
 
 def _input_widgets(gr, loc: "Localizer", examples):
-    """([image, concepts, references, contrast, vocab, alpha, templates, method, objective], the button)."""
+    """([image, concepts, references, contrast, vocab, alpha, templates, method, objective, base], the button)."""
     from ..contrast import STRATEGIES
     from ..objectives import OBJECTIVES
+    from ..options import BASES, DEFAULT_BASE
     from ..vocab import list_templates, list_vocabs
 
     image = _image_input(label="image", type="filepath", sources=["upload", "clipboard"], elem_id="image", height=320)
@@ -106,16 +108,17 @@ def _input_widgets(gr, loc: "Localizer", examples):
         alpha = gr.Number(None, label="alpha (empty: 1.0, or 0.6 for objective mean)", minimum=0)
         method = gr.Radio(["finer", "gradcam"], value="finer", label="method")
         objective = gr.Dropdown(list(OBJECTIVES), value="weighted", label="objective")
+        base = gr.Dropdown(list(BASES), value=DEFAULT_BASE, label="CAM base", elem_id="base")
         h, w = loc.config.image_size
         gr.Markdown(f"Image size **{w} x {h}**: a model property, set with `--image-size` at launch; "
                     "a new size needs the trunk again.")
-    return [image, concepts, references, contrast, vocab, alpha, templates, method, objective], run
+    return [image, concepts, references, contrast, vocab, alpha, templates, method, objective, base], run
 
 
 def _output_widgets(gr):
     """[maps, scores, references, neighbours, JSON, downloads, status], in `_handler`'s order."""
     status = gr.Markdown(label="status", elem_id="status")
-    maps = gr.Gallery(label="Grad-CAM | Finer-CAM | Finer - Grad", columns=3, height="auto", object_fit="contain",
+    maps = gr.Gallery(label="base alone | Finer-CAM | Finer - base", columns=3, height="auto", object_fit="contain",
                       elem_id="maps")
     scores = gr.Dataframe(headers=session.SCORE_HEADERS, interactive=False,
                           label="scores (p: softmax over the concept and its references)",

@@ -52,6 +52,7 @@ class LabRequest:
     alpha: float | None = None
     method: str = "finer"
     objective: str = "weighted"
+    base: str | None = None  # the CAM base (options.BASES); None: options.DEFAULT_BASE
 
 
 def parse_lines(text: str | None) -> list[str]:
@@ -62,14 +63,14 @@ def parse_lines(text: str | None) -> list[str]:
 
 def parse_request(concepts: str | None, references: str | None = "", contrast: str | None = DEFAULT_CONTRAST,
                   vocab: str | None = MODEL_VOCAB, alpha: float | None = None, templates: str | None = None,
-                  method: str = "finer", objective: str = "weighted") -> LabRequest:
+                  method: str = "finer", objective: str = "weighted", base: str | None = None) -> LabRequest:
     """A LabRequest from the page's widget values; vocabularies and template sets are only the
     shipped names (a browser never names a server file).
 
     Raises:
-        UsageError: blank concepts, an unknown vocabulary, template set or rule, a bad alpha.
+        UsageError: blank concepts, an unknown vocabulary, template set, rule or base, a bad alpha.
     """
-    from ..options import METHODS, OBJECTIVES, STRATEGIES, check_alpha, check_choice
+    from ..options import BASES, METHODS, OBJECTIVES, STRATEGIES, check_alpha, check_choice
     from ..vocab import list_templates, list_vocabs
 
     names = parse_lines(concepts)
@@ -81,12 +82,13 @@ def parse_request(concepts: str | None, references: str | None = "", contrast: s
         raise UsageError(f"unknown vocabulary {vocab!r}; shipped vocabularies: {', '.join(list_vocabs())}")
     check_choice("method", method, METHODS)
     check_choice("objective", objective, OBJECTIVES)
+    base = None if base in (None, "") else check_choice("base", base, BASES)
     templates = templates or None
     if templates is not None and templates not in list_templates():
         raise UsageError(f"unknown template set {templates!r}; shipped template sets: {', '.join(list_templates())}")
     alpha = None if alpha is None else check_alpha(alpha)
     return LabRequest(tuple(names), tuple(parse_lines(references)), contrast, vocab, templates,
-                      alpha, method, objective)
+                      alpha, method, objective, base)
 
 
 def locate_options(request: LabRequest) -> "LocateOptions":
@@ -96,8 +98,9 @@ def locate_options(request: LabRequest) -> "LocateOptions":
 
     parts = "cub_parts" if request.contrast == "parts" else None
     alpha = 0.0 if request.method == "gradcam" else request.alpha  # compare's Finer-CAM row as plain Grad-CAM
+    base = {"base": request.base} if request.base is not None else {}
     return LocateOptions(vs=request.references or None, vocab=request.vocab, contrast=request.contrast,
-                         parts=parts, alpha=alpha, objective=request.objective, templates=request.templates)
+                         parts=parts, alpha=alpha, objective=request.objective, templates=request.templates, **base)
 
 
 class FeatureCache:
@@ -149,7 +152,9 @@ def features_nbytes(feats: "ImageFeatures") -> int:
     """Bytes held by features: tensors (Jacobian and backend cache included) and the images."""
     import torch
 
-    tensors = [feats.stream, feats.target, feats.embedding, feats.jacobian, *feats.cache.values()]
+    matrix, record = feats.output_jacobian or (None, None)  # the record's projection weights are the model's
+    per_image = [matrix, record.v, record.weights] if record is not None else []
+    tensors = [feats.stream, feats.target, feats.embedding, feats.jacobian, *per_image, *feats.cache.values()]
     size = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
     return size + sum(im.nbytes for im in feats.images)
 
@@ -236,11 +241,9 @@ SCORE_HEADERS = ["concept", "entry", "role", "logit", "p vs refs"]  # p: softmax
 
 def gallery(result: LabResult, cell: int = CELL) -> list[tuple[Any, str]]:
     """(RGB array, caption) per map: for each concept Grad-CAM, Finer-CAM and their difference."""
-    from ..compare import ROWS
-
     comp, items = result.comparison, []
     for i, concept in enumerate(comp.concepts):
-        items += [(im, f"{concept} · {row}") for im, row in zip(comp.cells(i, cell), ROWS)]
+        items += [(im, f"{concept} · {row}") for im, row in zip(comp.cells(i, cell), comp.rows)]
     return items
 
 
