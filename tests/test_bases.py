@@ -35,6 +35,7 @@ class HandPool(MeanPatchBackend):
     no other biases; e = o, the attention output; a linear head z = e T^T (no normalisation)."""
 
     name = "test-hand-pool"
+    token_gradients = True  # its embed serves shift.TokenRequest through shifted_attention
 
     def __init__(self):
         super().__init__()

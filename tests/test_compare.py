@@ -60,6 +60,7 @@ def test_captions_hold_the_references_in_full_and_scale_with_the_cell(tiny):
     small, large = comp.layout(96), comp.layout(384)
     assert large.font_size > small.font_size and large.pitch > small.pitch
     assert "red" in LEGEND[1] and "blue" in LEGEND[1]
+    assert comp.legend[1].startswith(f"{comp.rows[2]}:") and comp.legend[0].startswith(comp.rows[0])
 
 
 def test_cells_keep_within_four_to_one(tiny):

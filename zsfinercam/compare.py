@@ -20,8 +20,8 @@ ROWS = ("Grad-CAM", "Finer-CAM", "Finer - Grad")  # the row labels with the Grad
 BASE_NAMES = {"gradcam": ("Grad-CAM", "Grad"), "hirescam": ("HiResCAM", "HiRes"), "layercam": ("Layer-CAM", "Layer")}
 DEFAULT_CELL = 192  # cell width, pixels
 MAX_ASPECT = 4.0  # cells are at most this many times taller than wide, or wider than tall
-LEGEND = ("Grad-CAM, Finer-CAM: each map scaled to its own maximum, colour from low to high",
-          "Finer - Grad: red = evidence Finer-CAM adds, blue = shared evidence it removes")
+LEGEND = ("{0}, {1}: each map scaled to its own maximum, colour from low to high",
+          "{2}: red = evidence Finer-CAM adds, blue = shared evidence it removes")  # .format(*rows)
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,14 @@ class Comparison:
         label_width = max(round(draw.textlength(r, font=face)) for r in self.rows) + 12
         lines = max(len(self.caption(i, draw, face, cell - 6)) for i in range(len(self.finer)))
         width = label_width + len(self.finer) * cell
-        legend = sum(len(render.wrap(draw, text, face, width - 12)) for text in LEGEND)
+        legend = sum(len(render.wrap(draw, text, face, width - 12)) for text in self.legend)
         return Layout(size, pitch, label_width, lines * pitch + 6, cell, self.cell_height(cell),
                       legend * pitch + 2 * (pitch // 2 + 2) + 2 * max(6, size // 2) + 8)
+
+    @property
+    def legend(self) -> list[str]:
+        """The colour legends' texts, naming this grid's rows."""
+        return [text.format(*self.rows) for text in LEGEND]
 
     def caption(self, i: int, draw: ImageDraw.ImageDraw, face, width: int) -> list[str]:
         """Caption lines of concept i, wrapped to `width` pixels: the concept, its logit and its
@@ -139,14 +144,13 @@ class Comparison:
         self._legend(canvas, draw, face, lay, top + len(ROWS) * ch + 4)
         return canvas
 
-    @staticmethod
-    def _legend(canvas: Image.Image, draw: ImageDraw.ImageDraw, face, lay: Layout, y: int) -> None:
+    def _legend(self, canvas: Image.Image, draw: ImageDraw.ImageDraw, face, lay: Layout, y: int) -> None:
         """Two colour bars, each under its wrapped explanation: JET for the maps, red/blue for the difference."""
         bar_h, width = max(6, lay.font_size // 2), canvas.width - 12
         ramp = np.linspace(-1.0, 1.0, width, dtype=np.float32)[None].repeat(bar_h, axis=0)
         bars = (render.colorbar(width, bar_h),
                 diverging(np.full((bar_h, width, 3), 255, np.uint8), ramp))
-        for text, bar in zip(LEGEND, bars):
+        for text, bar in zip(self.legend, bars):
             for line in render.wrap(draw, text, face, width):
                 draw.text((6, y), line, fill="black", font=face)
                 y += lay.pitch

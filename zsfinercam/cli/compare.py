@@ -31,12 +31,12 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
 
     options = locate_options(**contrast)
     names = unique_concepts(concepts)
-    settings = {**options.to_json(), "cell": cell, "concepts": names}  # the grid's name: readable + their hash
-    stem = result_stem(image_stem(image), "compare " + " ".join(names), settings, ())
-    paths = {"grid": out / f"{stem}.png", "json": out / f"{stem}.json"}
-    refuse_overwriting_inputs(paths.values(), [image])
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
     comparison = loc.compare(str(image), names, options)
+    settings = {**options.replace(base=comparison.base).to_json(), "cell": cell, "concepts": names}
+    stem = result_stem(image_stem(image), "compare " + " ".join(names), settings, ())  # readable + a hash
+    paths = {"grid": out / f"{stem}.png", "json": out / f"{stem}.json"}
+    refuse_overwriting_inputs(paths.values(), [image])
     grid = comparison.grid(cell)
     out.mkdir(parents=True, exist_ok=True)
     files = {k: v.name for k, v in paths.items()}  # beside the JSON, so the folder can be moved

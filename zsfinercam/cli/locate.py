@@ -103,7 +103,7 @@ class Writer:
         """Write `res`'s files (named by `files.result_stem`), print its line; returns the paths."""
         from ..files import json_bytes, refuse_overwriting_inputs, result_paths
 
-        stem = self._stem(res.concept, options, res.references)
+        stem = self._stem(res.concept, options.replace(base=res.base), res.references)  # the base used
         refuse_overwriting_inputs(result_paths(self.out, stem, self.kinds, self.heatmap_format).values(), [self.image])
         files = res.save(self.out, stem, files=self.kinds, heatmap_format=self.heatmap_format, caption=self.caption)
         if res.empty:
