@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from zsfinercam.compare import BASE_NAMES
+from zsfinercam.options import DEFAULT_BASE
+
 CHROMIUM = "/usr/bin/chromium"
 BIRD = Path(__file__).resolve().parents[1] / "examples" / "bird.png"
 
@@ -56,13 +59,15 @@ def test_page_uploads_types_and_shows_maps(page_url, tmp_path):
             assert "the trunk ran" in page.locator("#status").inner_text()
             maps = page.locator("#maps img")
             maps.nth(5).wait_for(timeout=30_000)
-            assert maps.count() == 6  # two concepts x (Grad-CAM, Finer-CAM, difference)
+            assert maps.count() == 6  # two concepts x (the base alone, Finer-CAM, difference)
             assert all(maps.nth(i).evaluate("im => im.complete && im.naturalWidth > 0") for i in range(6))
             text = page.locator("body").inner_text()
-            assert "bird · Finer-CAM" in text and "red tail · Finer - Grad" in text
+            short = BASE_NAMES[DEFAULT_BASE][1]  # the difference row names the default base
+            assert "bird · Finer-CAM" in text and f"red tail · Finer - {short}" in text
             locate_in_page(page, "blue head\ngreen tail\nred tail")  # new prompts, cached image
             assert "the trunk did not run" in page.locator("#status").inner_text()
             locate_in_page(page, "bird\nred tail")
+            page.wait_for_timeout(2000)  # gradio fades outputs until the whole event has rendered
             shot = tmp_path / "lab.png"
             page.screenshot(path=str(shot))  # the viewport: inputs, maps, scores, references
             assert shot.stat().st_size > 10_000

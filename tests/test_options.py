@@ -28,7 +28,7 @@ VOCAB = ["cat", "dog", "bird", "red fox", "grey wolf"]
     ({"alpha": np.float32(0.25)}, "alpha", 0.25),
     ({"num_references": np.int64(2)}, "num_references", 2),
     ({}, "num_references", DEFAULT_NUM_REFERENCES),
-    ({}, "base", "gradcam"),  # DEFAULT_BASE
+    ({}, "base", None),  # resolved per backend by the Localizer: DEFAULT_BASE where it gives per-token gradients
     ({"base": "layercam"}, "base", "layercam"),
     ({"vs": "dog"}, "vs", ("dog",)),
     ({"vs": ["dog", "fox"]}, "vs", ("dog", "fox")),

@@ -23,8 +23,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from .errors import UsageError
-from .options import DEFAULT_NUM_REFERENCES, STRATEGIES, choose_strategy  # noqa: F401  (re-exported)
-from .text import check_concepts
+from .options import DEFAULT_NUM_REFERENCES, STRATEGIES, check_concepts
 
 Embed = Callable[[Sequence[str]], torch.Tensor]  # concepts -> normalised embeddings (K, E)
 SAME = 1e-6  # logit gaps (and 1 - cosines) at most this small mean the same concept in other words

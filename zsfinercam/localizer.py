@@ -10,14 +10,14 @@ import torch
 
 from . import engine
 from .backends import Backend, get_backend
-from .contrast import choose_strategy, make_plans, nearest_by_text, part_table_of, pick
+from .contrast import make_plans, nearest_by_text, part_table_of, pick
 from .engine import ImageFeatures
 from .errors import UsageError
 from .images import DEFAULT_MAX_PIXELS, ImageInput, check_max_pixels, load_image, to_pixels
 from .objectives import Objective
-from .options import DEFAULT_BASE, METHODS, LocateOptions
+from .options import DEFAULT_BASE, METHODS, LocateOptions, check_concepts, choose_strategy
 from .result import LocateResult
-from .text import ConceptEncoder, check_concepts, default_cache_dir
+from .text import ConceptEncoder, default_cache_dir
 
 if TYPE_CHECKING:
     from .compare import Comparison

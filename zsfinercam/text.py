@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .backends import Backend
 from .errors import UsageError
-from .options import check_concepts, unique_concepts  # noqa: F401  (re-exported: their old home)
+from .options import check_concepts
 from .progress import MANY_PROMPTS, bar, note
 
 TEXT_BATCH = 64  # prompts per text-tower call (each call is cut to its longest prompt)

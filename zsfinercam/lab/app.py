@@ -88,9 +88,7 @@ def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
 
 def _input_widgets(gr, loc: "Localizer", examples):
     """([image, concepts, references, contrast, vocab, alpha, templates, method, objective, base], the button)."""
-    from ..contrast import STRATEGIES
-    from ..objectives import OBJECTIVES
-    from ..options import BASES, DEFAULT_BASE
+    from ..options import BASES, DEFAULT_BASE, OBJECTIVES, STRATEGIES
     from ..vocab import list_templates, list_vocabs
 
     image = _image_input(label="image", type="filepath", sources=["upload", "clipboard"], elem_id="image", height=320)
