@@ -229,3 +229,15 @@ def test_interactive_with_nothing_on_stdin_maps_the_given_concepts(tiny_files, i
                           capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0 and proc.stderr == "" and proc.stdout.startswith("bird: score"), proc.stderr
+
+
+def test_interactive_keeps_the_given_alpha_across_a_method_change(tiny_files, image, tmp_path):
+    """Plain Grad-CAM forces alpha 0; switching back to Finer-CAM restores the alpha the user gave."""
+    lines = ["bird", "method: finer", "bird", "alpha: 0.25", "method: gradcam", "method: finer", "bird"]
+    proc = subprocess.run([sys.executable, "-m", "zsfinercam", "locate", str(image), "-i", "--vs", "owl", "--json",
+                           "--method", "gradcam", "--alpha", "0.5", "-q", *map(str, tiny_args(tiny_files)),
+                           "--out", str(tmp_path)], input="\n".join(lines) + "\n", capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["method"], r["alpha"]) for r in records] == [("gradcam", 0.0), ("finer", 0.5), ("finer", 0.25)]

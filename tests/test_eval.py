@@ -11,7 +11,7 @@ import pytest
 import zsfinercam as zf
 from zsfinercam.backends.open_clip_weights import TOY_DIR
 from zsfinercam.errors import UsageError
-from zsfinercam.evaluate import evaluate, read_manifest, synthetic_items
+from zsfinercam.evaluate import evaluate, read_manifest, synthetic_items, write_manifest
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,8 @@ def test_several_bases_give_one_row_each(items):
     assert {r["base"] for r in report.rows if r["method"] != "random"} == {"gradcam", "hirescam", "layercam"}
     assert [line.split()[0] for line in report.table().splitlines()] == ["method", *summary]
     plain = evaluate(loc, few, ("finer", "gradcam"), progress=False)  # no bases: the default, named by method
-    assert list(plain.summary()) == ["finer", "gradcam"] and all("base" not in r for r in plain.rows)
+    assert list(plain.summary()) == ["finer", "gradcam"] and all(r["base"] == DEFAULT_BASE for r in plain.rows)
+    assert plain.table().splitlines()[-1] == f"CAM base: {DEFAULT_BASE}"  # which base rows named by method use
     for method in ("finer", "gradcam"):
         assert plain.summary()[method] == summary[f"{method}/{DEFAULT_BASE}"]
     with pytest.raises(UsageError, match="unknown base 'scorecam'"):
@@ -137,3 +138,13 @@ def test_eval_cli_compares_bases(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "zsfinercam", "eval", "--synthetic", "3", "--base", "gradcam,nope"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--base" in bad.stderr
+
+
+def test_the_report_never_replaces_the_manifest(tmp_path):
+    folder = tmp_path / "set"
+    manifest = write_manifest(synthetic_items(2), folder)
+    before = manifest.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "zsfinercam", "eval", str(manifest), "--methods", "random",
+                           "--report", str(manifest)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "would overwrite" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert manifest.read_bytes() == before

@@ -316,3 +316,16 @@ def test_feature_bytes_count_the_element_wise_jacobian(loc):
     matrix, record = feats.output_jacobian
     added = sum(t.numel() * t.element_size() for t in (matrix, record.v, record.weights))
     assert session.features_nbytes(feats) == before + added
+
+
+def test_a_cached_image_never_shows_another_uploaders_file_name(loc, tmp_path):
+    """The feature cache is shared and keyed by content: each result names this request's upload."""
+    import shutil
+
+    first, second = tmp_path / "alice_private_name.png", tmp_path / "bob.png"
+    shutil.copyfile(BIRD, first)
+    shutil.copyfile(BIRD, second)
+    cache, req = session.FeatureCache(), session.parse_request("bird")
+    session.run_request(loc, cache, first, req)
+    again = session.run_request(loc, cache, second, req)
+    assert again.cached and {r["source"] for r in session.summary(again)["results"]} == {"bob.png"}

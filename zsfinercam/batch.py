@@ -166,7 +166,7 @@ def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, 
     summary = BatchSummary(out / MANIFEST_NAME)
     start = time.perf_counter()
     with _Manifest(out) as manifest:
-        done = manifest.start(resume, _settings(loc, names, options), engine=engine)
+        done = manifest.start(resume, _settings(loc, names, loc.options(options)), engine=engine)
         cut = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]  # fixed: same bytes on resume
         with _bar(len(paths), progress) as bar:
             for chunk, records in chunks(cut, done):
@@ -234,9 +234,10 @@ class _Manifest:
     def start(self, resume: bool, settings: dict, engine: str = "local") -> dict[str, dict]:
         """Lock the folder, check and write the settings (and the engine, which a resumed run
         may change), repair a torn last line, remove stale temporary files; returns the
-        records of images already done. (`run_batch` has checked the folder with `check_out_dir`.)"""
+        records of images already done."""
         self.out.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.out)
+        check_out_dir(self.out, resume)  # again under the lock: another run may have finished meanwhile
         _check_settings(self.out / SETTINGS_NAME, settings, resume and _non_empty(self.path), engine)
         done = self._done() if self.path.is_file() else {}
         remove_leftovers(self.out)

@@ -76,6 +76,9 @@ class EvalReport:
         for method, stats in summary.items():
             cells = "".join(f"{stats[k]:>11.3f}" if k in stats else f"{'-':>11}" for k in keys)
             lines.append(f"{method:<{width}}{int(stats['n']):>6}{cells}")
+        bases = {r["base"] for r in self.rows if "base" in r}
+        if len(bases) == 1 and not any("/" in m for m in summary):  # one base, rows named by method
+            lines.append(f"CAM base: {bases.pop()}")
         return "\n".join(lines)
 
 
@@ -177,6 +180,7 @@ def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHO
     bad = [m for m in methods if m not in EVAL_METHODS]
     if bad:
         raise UsageError(f"unknown method {bad[0]!r}; choose from: {', '.join(EVAL_METHODS)}")
+    default_base = loc.options().base  # what rows without --base use (recorded in each row)
     runs = _runs(methods, bases)
     items = list(items)
     report = EvalReport()
@@ -193,8 +197,8 @@ def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHO
                 heat, used = _heatmap(loc, feats, item, method, base, seed=k)
             refs = refs or used
             row = {"item": k, "label": item.label, "concept": item.concept, "method": label}
-            if bases is not None and method != "random":
-                row["base"] = base
+            if method != "random":
+                row["base"] = base or default_base
             row.update(_mask_metrics(heat, item))
             if perturbation:
                 row.update(_perturbation_metrics(loc, image, heat, [item.concept, *(refs or [])], top_percent))

@@ -194,7 +194,7 @@ class Localizer:
 
         if "method" in keywords or (options is not None and options.method != "finer"):
             raise UsageError("compare always shows both methods; drop method=")
-        options = self._options(options, keywords)
+        options = self.options(options, **keywords)
         feats = self._features(image)
         if len(feats) != 1:
             raise UsageError(f"compare takes one image, got {len(feats)}")
@@ -210,7 +210,7 @@ class Localizer:
             raise UsageError(f"expected one concept string, got {type(concept).__name__}; use locate_many")
         if vs is not None:
             keywords["vs"] = vs
-        options = self._options(options, keywords)
+        options = self.options(options, **keywords)
         feats = self._features(image)
         if len(feats) != 1:
             raise UsageError(f"locate takes one image, got {len(feats)}; use locate_many")
@@ -240,7 +240,7 @@ class Localizer:
             warnings.warn("locate_many's third argument is now options=; pass references as vs=",
                           DeprecationWarning, stacklevel=2)
             keywords, options = {"vs": options, **keywords}, None
-        options = self._options(options, keywords)
+        options = self.options(options, **keywords)
         feats = self._features(images)
         out = self._maps(feats, concepts, options, self._use_jacobian(images, feats, options.base))
         return out if feats.from_list or len(feats) > 1 else out[0]
@@ -278,9 +278,10 @@ class Localizer:
         """The model's own logits (B, K), its bias (SigLIP) included."""
         return engine.logits(feats.embedding, head, self.backend.logit_scale) + self.config.logit_bias
 
-    def _options(self, options: LocateOptions | None, keywords: dict) -> LocateOptions:
-        """The call's options, built once, with the default base resolved for this backend:
-        DEFAULT_BASE where it gives per-token gradients (`Backend.token_gradients`), else Grad-CAM."""
+    def options(self, options: LocateOptions | None = None, **keywords) -> LocateOptions:
+        """The options a locate call with these arguments uses: built once (an options object or
+        its fields as keywords), with the default base resolved for this backend: DEFAULT_BASE
+        where it gives per-token gradients (`Backend.token_gradients`), else "gradcam"."""
         options = LocateOptions.build(options, **keywords)
         if options.base is None:
             options = options.replace(base=DEFAULT_BASE if self.backend.token_gradients else "gradcam")

@@ -171,24 +171,6 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return (sums / counts)[inverse]
 
 
-def randomized_copy(model, seed: int = 0):
-    """Model-randomisation baseline: a deep copy whose matrices (ndim >= 2) are redrawn.
-
-    Each weight matrix / embedding / conv kernel is replaced by Gaussian noise with the
-    same mean and std as the trained tensor, so activations keep their scale; vectors
-    (biases, LayerNorm gains, logit scale) are kept. The original model is untouched.
-    """
-    import copy
-
-    from .backends.base import redraw_matrices
-
-    clone = copy.deepcopy(model)
-    redraw_matrices(list(clone.parameters()), seed)
-    return clone
-
-
-# --- perturbation metrics ----------------------------------------------------------------
-
 def _as_image(image) -> np.ndarray:
     img = np.asarray(image, dtype=np.float32)
     if img.ndim == 2:

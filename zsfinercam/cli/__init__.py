@@ -109,7 +109,8 @@ def _main(argv: list[str] | None) -> None:
     except click.exceptions.Abort:
         _fail("aborted", 130)
     except click.UsageError as err:
-        _fail(f"{err.format_message()} (see `zsfinercam {err.ctx.info_name if err.ctx else ''} --help`)", 2)
+        verb = f"{err.ctx.info_name} " if err.ctx is not None and err.ctx.parent is not None else ""
+        _fail(f"{err.format_message()} (see `zsfinercam {verb}--help`)", 2)
     except click.ClickException as err:
         _fail(err.format_message(), err.exit_code)
     except UsageError as err:

@@ -55,12 +55,17 @@ def eval_command(manifest, synthetic, split, seed, methods, bases, logit_scale, 
                  pretrained, model_config, backend, device, image_size, as_json, report, write_manifest):
     """Score maps against masks/boxes from MANIFEST (JSONL), or on a synthetic set with --synthetic N."""
     from ..evaluate import evaluate, read_manifest, synthetic_items, with_logit_scale, write_manifest as save_set
-    from ..files import atomic_write, json_bytes
+    from ..files import atomic_write, json_bytes, refuse_overwriting_inputs
 
     as_json, report = report_path(as_json, report)
     if (manifest is None) == (synthetic is None):
         raise click.UsageError("give either a MANIFEST or --synthetic N")
     items = read_manifest(manifest) if manifest is not None else None  # its mistakes before the model loads
+    if report is not None:  # the report never replaces the ground truth it scores
+        inputs = [manifest] if manifest is not None else []
+        if write_manifest is not None:
+            inputs.append(Path(write_manifest) / "manifest.jsonl")
+        refuse_overwriting_inputs([report], inputs)
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size)
     if logit_scale is not None:
         loc = with_logit_scale(loc, logit_scale)

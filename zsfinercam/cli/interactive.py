@@ -25,17 +25,18 @@ HELP = ("one concept a line; settings as NAME: VALUE with NAME one of " + ", ".j
         + " (vs: a; b); reset; quit")
 
 
-def session(loc, image: Path, options, writer, first=(), *, alpha_given: bool = False, lines=None) -> None:
+def session(loc, image: Path, options, writer, first=(), *, given_alpha: float | None = None, lines=None) -> None:
     """Encode `image` once, map `first` concepts, then every concept line of `lines` (default stdin).
 
     Args:
         options: the LocateOptions the session starts from (`reset` returns to them).
         writer: `locate.Writer`: saves each result and prints its line.
-        alpha_given: whether the command line set --alpha; if not, changing the objective or
-            the method takes that objective's default alpha.
+        given_alpha: the command line's --alpha, None when not given: then changing the objective
+            or the method takes that objective's default alpha (and plain Grad-CAM's 0 is never
+            carried over to Finer-CAM).
     """
     feats = loc.encode_image(str(image))
-    start, given = options, {"alpha"} if alpha_given else set()
+    start, given = options, ({} if given_alpha is None else {"alpha": given_alpha})
     note(f"{image.name} encoded; {HELP}")
     for concept in first:
         _locate(loc, feats, concept, options, writer)
@@ -47,7 +48,7 @@ def session(loc, image: Path, options, writer, first=(), *, alpha_given: bool = 
             break
         try:
             if line.lower() == "reset":
-                options, given = start, {"alpha"} if alpha_given else set()
+                options, given = start, ({} if given_alpha is None else {"alpha": given_alpha})
                 note("settings reset")
             elif line.lower() == "help":
                 note(HELP)
@@ -72,7 +73,7 @@ def _setting(line: str) -> tuple[str, str] | None:
     return (name, value.strip()) if sep and name in SETTINGS else None
 
 
-def _apply(options, name: str, value: str, given: set[str]):
+def _apply(options, name: str, value: str, given: dict[str, float]):
     """`options` with one setting changed, checked as the command line checks it (preflight)."""
     from ..options import OptionError
 
@@ -85,17 +86,17 @@ def _apply(options, name: str, value: str, given: set[str]):
             raise UsageError(f"alpha must be a number, got {value!r}") from None
     else:
         change = {name: value or None} if name in TEXT_SETTINGS else {name: value}
-    if name in ("objective", "method") and "alpha" not in given:
-        change["alpha"] = None  # the objective's own default, as on the command line
+    if name in ("objective", "method"):  # the alpha the user gave, else the objective's default
+        change["alpha"] = given.get("alpha")
     try:
         new = options.replace(**change)
         new.preflight()
     except OptionError as err:
         raise UsageError(f"{name}: {err}") from None
     if name == "alpha" and value:
-        given.add("alpha")
+        given["alpha"] = change["alpha"]
     elif name == "alpha":
-        given.discard("alpha")
+        given.pop("alpha", None)
     return new
 
 

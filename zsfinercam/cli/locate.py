@@ -73,7 +73,7 @@ def locate(image, concepts, model, pretrained, model_config, backend, device, im
     if interactive:
         from .interactive import session
 
-        session(loc, image, options, writer, names, alpha_given=contrast["alpha"] is not None)
+        session(loc, image, options, writer, names, given_alpha=contrast["alpha"])
         return
     for res in loc.locate_many(str(image), names, options):
         writer.emit(res, options)

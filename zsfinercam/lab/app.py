@@ -88,7 +88,7 @@ def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
 
 def _input_widgets(gr, loc: "Localizer", examples):
     """([image, concepts, references, contrast, vocab, alpha, templates, method, objective, base], the button)."""
-    from ..options import BASES, DEFAULT_BASE, OBJECTIVES, STRATEGIES
+    from ..options import BASES, OBJECTIVES, STRATEGIES
     from ..vocab import list_templates, list_vocabs
 
     image = _image_input(label="image", type="filepath", sources=["upload", "clipboard"], elem_id="image", height=320)
@@ -106,7 +106,7 @@ def _input_widgets(gr, loc: "Localizer", examples):
         alpha = gr.Number(None, label="alpha (empty: 1.0, or 0.6 for objective mean)", minimum=0)
         method = gr.Radio(["finer", "gradcam"], value="finer", label="method")
         objective = gr.Dropdown(list(OBJECTIVES), value="weighted", label="objective")
-        base = gr.Dropdown(list(BASES), value=DEFAULT_BASE, label="CAM base", elem_id="base")
+        base = gr.Dropdown(list(BASES), value=loc.options().base, label="CAM base", elem_id="base")
         h, w = loc.config.image_size
         gr.Markdown(f"Image size **{w} x {h}**: a model property, set with `--image-size` at launch; "
                     "a new size needs the trunk again.")

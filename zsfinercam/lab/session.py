@@ -204,6 +204,8 @@ def run_request(loc: "Localizer", cache: FeatureCache, image: str | os.PathLike,
     start = time.perf_counter()
     feats, cached = features_for(loc, cache, image)
     comparison = loc.compare(feats, list(request.concepts), locate_options(request))
+    for res in (*comparison.gradcam, *comparison.finer):  # the cache is shared: the name is this upload's
+        res.source = Path(image).name
     cache.trim()  # the Jacobian may have been added
     neighbours = {c: neighbours_of(loc, c, request) for c in request.concepts}
     return LabResult(comparison, request, cached, time.perf_counter() - start, neighbours)
