@@ -167,7 +167,7 @@ class LocateResult:
         """`files.result_stem` of the image's name (`source`), the concept, the settings the
         result records (method, objective, alpha, contrast, base) and its references."""
         settings = {"method": self.method, "objective": self.objective, "alpha": self.alpha,
-                    "contrast": self.contrast, "base": getattr(self, "base", "gradcam")}
+                    "contrast": self.contrast, "base": self.base}
         return result_stem(source_stem(self.source), self.concept, settings, self.references)
 
     def save(self, directory: str | os.PathLike, stem: str | None = None, files: Sequence[str] = SAVE_KINDS,
