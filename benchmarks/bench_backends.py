@@ -5,7 +5,7 @@
 Real-size image towers with random weights, built in memory (nothing is downloaded): open_clip
 ViT-B-16 (CLS) and ViT-B-16-SigLIP (timm trunk, MAP head), transformers CLIPModel and SiglipModel
 (ViT-B/16, 2-layer text towers), a Linear(768, 200) probe over timm vit_base_patch14_reg4_dinov2.
-One 224 image. Conventions of `zsfinercam.bench` (its helpers are reused): per backend, every
+One 224 image. Conventions of `zsfinercam.bench.run` (its helpers are reused): per backend, every
 round runs each method once, the first round is a warm-up, medians are reported.
 - floor: the model's own image forward, inference_mode, the trunk's autocast (bfloat16 on CUDA);
 - ours: `Localizer.locate_many(image, K concepts, vs=3 references)`, text warm (text towers
@@ -37,11 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from zsfinercam.bench import _device_name, _ratio, _sync  # noqa: E402
+from zsfinercam.bench.run import _device_name, _ratio, _sync  # noqa: E402
 from zsfinercam.errors import UsageError, WorkError  # noqa: E402
-from zsfinercam.images import to_pixels  # noqa: E402
+from zsfinercam.io.images import to_pixels  # noqa: E402
 from zsfinercam.localizer import Localizer, resolve_device  # noqa: E402
-from zsfinercam.reference import ImageFeatures, ZeroShotHead, finer_cam  # noqa: E402
+from zsfinercam.testing.reference import ImageFeatures, ZeroShotHead, finer_cam  # noqa: E402
 
 REFERENCES = 3
 VIT_B16 = dict(patch_size=16, image_size=224, hidden_size=768, intermediate_size=3072,

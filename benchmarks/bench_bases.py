@@ -51,10 +51,10 @@ def run(args) -> dict[str, str]:
     import numpy as np
     import torch
 
-    from zsfinercam import engine
-    from zsfinercam.images import to_pixels
+    from zsfinercam.core import engine
+    from zsfinercam.io.images import to_pixels
     from zsfinercam.localizer import Localizer
-    from zsfinercam.objectives import Objective
+    from zsfinercam.core.objectives import Objective
 
     loc = Localizer.from_pretrained(args.model, None, device="cpu", image_size=args.size, cache_dir=None)
     backend, cfg = loc.backend, loc.config

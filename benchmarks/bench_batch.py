@@ -39,9 +39,9 @@ def main() -> None:
     from PIL import Image
 
     import zsfinercam as zf
-    from zsfinercam.batch import find_images, run_batch
-    from zsfinercam.batch_ray import RayOptions, import_ray
-    from zsfinercam.images import load_image
+    from zsfinercam.batch.run import find_images, run_batch
+    from zsfinercam.batch.ray_engine import RayOptions, import_ray
+    from zsfinercam.io.images import load_image
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="toy")

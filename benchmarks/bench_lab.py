@@ -45,9 +45,9 @@ def server_part(loc, repeats: int) -> dict:
     """Server time of 4 new concepts on a cached image (text warm and cold) vs a plain forward."""
     import torch
 
-    from zsfinercam.images import load_image, to_pixels
+    from zsfinercam.io.images import load_image, to_pixels
     from zsfinercam.lab import session
-    from zsfinercam.vocab import load_vocab
+    from zsfinercam.concepts.vocab import load_vocab
 
     cfg, cache = loc.config, session.FeatureCache()
     pixels = to_pixels([load_image(str(BIRD))[0]], cfg.image_size, cfg.mean, cfg.std).to(loc.backend.device)

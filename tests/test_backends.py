@@ -11,10 +11,10 @@ import torch
 import zsfinercam as zf
 from conftest import random_image
 from tiny_models import TINY_BUILDERS
-from zsfinercam import engine
+from zsfinercam.core import engine
 from zsfinercam.backends.base import Backend
 from zsfinercam.config import ModelConfig
-from zsfinercam.objectives import Objective
+from zsfinercam.core.objectives import Objective
 
 TEXT_VOCAB = ["cat", "dog", "bird", "red fox", "grey wolf", "barn owl"]
 _BUILT: dict[str, zf.Localizer] = {}
@@ -141,7 +141,7 @@ def test_no_grad_state_or_hooks_leak(loc):
 
 # the Backend contract beyond the engine: plain forward, target module, randomized copy -----------
 def _pixels(loc, *images) -> torch.Tensor:
-    from zsfinercam.images import to_pixels
+    from zsfinercam.io.images import to_pixels
 
     c = loc.config
     return to_pixels(list(images), c.image_size, c.mean, c.std).to(loc.backend.device)
@@ -194,7 +194,7 @@ def test_randomized_copy_redraws_matrices_and_leaves_the_original(loc):
 
 
 def test_eval_with_perturbation_and_the_randomized_baseline(loc):
-    from zsfinercam.evaluate import EvalItem, evaluate
+    from zsfinercam.evaluation.evaluate import EvalItem, evaluate
 
     names = vocab(loc)
     mask = np.zeros((36, 44), bool)
@@ -209,7 +209,7 @@ def test_eval_with_perturbation_and_the_randomized_baseline(loc):
 
 
 def test_bench_plain_forward_baseline_and_gradcam_harness(loc):
-    from zsfinercam import bench
+    from zsfinercam.bench import run as bench
 
     s = bench.setup(loc, vocab(loc), 32, (1, 2), k=2, references=2, cached=False)
     floor = bench._floor(s, 2)

@@ -3,7 +3,7 @@
 Exact values on a hand-set attention pool, then equality with pytorch-grad-cam's
 `FinerCAM(base_method=HiResCAM | LayerCAM)` (and the base alone at alpha 0) for every tiny
 backend, at the model's logit scale and at 100, direct and via the cached Jacobian.
-The pytorch-grad-cam harness is `zsfinercam.reference.finer_cam`; `reference_model` below
+The pytorch-grad-cam harness is `zsfinercam.testing.reference.finer_cam`; `reference_model` below
 builds the plain model it runs on.
 """
 from __future__ import annotations
@@ -20,13 +20,14 @@ from test_backends import built, vocab
 from test_engine import MeanPatchBackend
 from test_probe import MeanPatchProbe
 from tiny_models import TINY_BUILDERS
-from zsfinercam import bases, engine
-from zsfinercam.backends.shift import TokenRequest, shifted_attention
-from zsfinercam.engine import ImageFeatures
-from zsfinercam.images import to_pixels
-from zsfinercam.objectives import Objective
-from zsfinercam.reference import ImageFeatures as ImageTower
-from zsfinercam.reference import ZeroShotHead, finer_cam
+from zsfinercam.core import bases
+from zsfinercam.core import engine
+from zsfinercam.core.shift import TokenRequest, shifted_attention
+from zsfinercam.core.engine import ImageFeatures
+from zsfinercam.io.images import to_pixels
+from zsfinercam.core.objectives import Objective
+from zsfinercam.testing.reference import ImageFeatures as ImageTower
+from zsfinercam.testing.reference import ZeroShotHead, finer_cam
 
 
 # --------------------------------------------------------------------------- hand-set case

@@ -15,8 +15,8 @@ from PIL import Image
 from conftest import random_image
 from test_inputs import cli, without_notes
 from zsfinercam import UsageError
-from zsfinercam.batch import MANIFEST_NAME, _lock, find_images, run_batch
-from zsfinercam.files import TMP_PREFIX
+from zsfinercam.batch.run import MANIFEST_NAME, _lock, find_images, run_batch
+from zsfinercam.io.files import TMP_PREFIX
 
 CONCEPTS = ["-c", "red hawk", "-c", "barn owl"]
 

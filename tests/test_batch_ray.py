@@ -25,8 +25,8 @@ from PIL import Image
 from conftest import random_image
 from test_batch import CONCEPTS, model_args, python, records
 from test_inputs import cli
-from zsfinercam.batch import MANIFEST_NAME, SETTINGS_NAME
-from zsfinercam.files import TMP_PREFIX
+from zsfinercam.batch.run import MANIFEST_NAME, SETTINGS_NAME
+from zsfinercam.io.files import TMP_PREFIX
 
 HERE = Path(__file__).resolve()
 IN_NAMESPACE = "ZSFINERCAM_RAY_NETNS"  # set in the inner pytest, which runs inside the namespace
@@ -43,7 +43,7 @@ os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 # Runs the CLI and SIGKILLs itself (the driver) once it has appended N manifest records.
 DRIVER_KILLER = """
 import os, signal, sys
-from zsfinercam import batch
+from zsfinercam.batch import run as batch
 limit, real = int(os.environ["KILL_AFTER_RECORDS"]), batch._Manifest.append
 def append(self, record):
     real(self, record)
@@ -75,8 +75,8 @@ def test_ray_options_need_the_ray_engine(tiny_files, tmp_path):
 
 def test_bad_engine_requests_are_refused_before_anything_is_written(tiny, tmp_path):
     from zsfinercam import Localizer, UsageError
-    from zsfinercam.batch import run_batch
-    from zsfinercam.batch_ray import RayOptions
+    from zsfinercam.batch.run import run_batch
+    from zsfinercam.batch.ray_engine import RayOptions
 
     image, out = tmp_path / "a.png", tmp_path / "out"
     Image.fromarray(random_image(1, 30, 40)).save(image)
@@ -201,7 +201,7 @@ def case_resume_after_a_killed_driver_gives_the_same_bytes(cluster, tiny_files, 
 
 def case_a_worker_that_cannot_load_the_model_stops_the_run_in_one_line(cluster, tiny, tmp_path):
     from zsfinercam import WorkError
-    from zsfinercam.batch import run_batch
+    from zsfinercam.batch.run import run_batch
 
     image, out = tmp_path / "a.png", tmp_path / "out"
     Image.fromarray(random_image(1, 30, 40)).save(image)

@@ -8,8 +8,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from zsfinercam.bench import BenchConfig, run_benchmark
-from zsfinercam.bench_report import evaluate_targets, format_table, write_json
+from zsfinercam.bench.run import BenchConfig, run_benchmark
+from zsfinercam.bench.report import evaluate_targets, format_table, write_json
 from zsfinercam.cli.bench import bench
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # the tiny text context truncates long names
@@ -49,7 +49,7 @@ def test_figures_come_from_every_timed_round(report):
 
 def test_a_row_from_hand_set_samples():
     """Medians, the K-fold extrapolation of pytorch-grad-cam and the ratios, on numbers chosen by hand."""
-    from zsfinercam.bench import _row
+    from zsfinercam.bench.run import _row
 
     samples = {(32, 1, 0, "floor"): [1.0, 3.0, 2.0], (32, 1, 4, "ours"): [6.0, 4.0, 5.0],
                (32, 1, 0, "gradcam1"): [0.5, 1.5], (32, 1, 0, "jacobian"): [7.0],

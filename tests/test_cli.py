@@ -88,7 +88,7 @@ def test_empty_maps_have_null_peak_and_box_and_a_hint(tiny_files, image, tmp_pat
     """The references outscore the concept everywhere (forced: all-zero maps from the engine)."""
     from test_inputs import cli
 
-    from zsfinercam import engine
+    from zsfinercam.core import engine
 
     maps = engine.maps
     monkeypatch.setattr(engine, "maps", lambda *a, **k: tuple(m * 0 for m in maps(*a, **k)))

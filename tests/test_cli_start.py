@@ -177,7 +177,7 @@ def test_compare_grids_are_named_by_their_settings(tiny_files, image, tmp_path):
 
 
 def test_save_without_a_stem_names_the_image_and_the_settings(tiny, image, tmp_path):
-    from zsfinercam.files import image_stem
+    from zsfinercam.io.files import image_stem
 
     plain, half = (tiny.locate(str(image), "bird", vs=["owl"], alpha=a) for a in (1.0, 0.5))
     a, b = plain.save(tmp_path), half.save(tmp_path)

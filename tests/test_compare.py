@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import random_image
-from zsfinercam import render
+from zsfinercam.io import render
 from zsfinercam.compare import LEGEND, Comparison, diverging
 from zsfinercam.errors import UsageError
 

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import random_image
-from zsfinercam.contrast import Plan, make_plans, nearest_by_logit, nearest_by_text, part_of, part_plan, pick
+from zsfinercam.concepts.contrast import Plan, make_plans, nearest_by_logit, nearest_by_text, part_of, part_plan, pick
 from zsfinercam.errors import UsageError
-from zsfinercam.vocab import load_category
+from zsfinercam.concepts.vocab import load_category
 
 VOCAB = ["cat", "dog", "bird", "red fox", "grey wolf", "barn owl", "house sparrow"]
 PARTS = {"tail": ["red tail", "blue tail", "forked tail"], "wing": ["red wings", "striped wings"],

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import random_image, save_tiny
-from zsfinercam import engine
+from zsfinercam.core import engine
 from zsfinercam.backends.base import Backend
 from zsfinercam.config import ModelConfig
-from zsfinercam.engine import ImageFeatures
-from zsfinercam.objectives import Objective
+from zsfinercam.core.engine import ImageFeatures
+from zsfinercam.core.objectives import Objective
 
 
 class MeanPatchBackend(Backend):
@@ -91,7 +91,7 @@ def test_embedding_equals_open_clip_encode_image(tiny_files, image_size):
     feats = loc.encode_image([random_image(6), random_image(7)])
     clip = copy.deepcopy(loc.backend.model)
     clip.visual.positional_embedding = torch.nn.Parameter(loc.backend.tower.pos_embed().detach())
-    from zsfinercam.images import to_pixels
+    from zsfinercam.io.images import to_pixels
 
     pixels = to_pixels(feats.images, loc.config.image_size, loc.config.mean, loc.config.std)
     with torch.no_grad():
@@ -130,7 +130,7 @@ def test_the_official_epsilon_form_misses_the_limit_at_scale_100(tmp_path):
     from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
 
     import zsfinercam as zf
-    from zsfinercam.images import to_pixels
+    from zsfinercam.io.images import to_pixels
 
     cfg, weights = save_tiny(tmp_path, seed=3, logit_scale=100.0)
     loc = zf.Localizer.from_pretrained("t", str(weights), model_config=str(cfg), device="cpu", cache_dir=None)
@@ -169,7 +169,7 @@ def test_features_of_several_images_give_one_result_list_per_image(tiny):
 
 def test_text_embeddings_do_not_depend_on_batching(tiny, monkeypatch):
     """Prompts are sorted by length and cut per batch: the result must not depend on the batches."""
-    import zsfinercam.text as text_module
+    import zsfinercam.concepts.text as text_module
 
     concepts = ["a cat", "a very long and winding description of a small dog", "owl", "x"]
     templates = ["a photo of {}.", "{}"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import random_image
-from zsfinercam.images import to_pixels
-from zsfinercam.reference import ImageFeatures, ZeroShotHead, finer_cam
-from zsfinercam.render import minmax
+from zsfinercam.io.images import to_pixels
+from zsfinercam.testing.reference import ImageFeatures, ZeroShotHead, finer_cam
+from zsfinercam.io.render import minmax
 
 CLASSES = ["cat", "dog", "bird", "red fox", "grey wolf", "barn owl"]
 

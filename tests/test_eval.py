@@ -11,7 +11,7 @@ import pytest
 import zsfinercam as zf
 from zsfinercam.backends.open_clip_weights import TOY_DIR
 from zsfinercam.errors import UsageError
-from zsfinercam.evaluate import evaluate, read_manifest, synthetic_items, write_manifest
+from zsfinercam.evaluation.evaluate import evaluate, read_manifest, synthetic_items, write_manifest
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_several_bases_give_one_row_each(items):
 
 
 def test_logit_scale_changes_only_the_heads_scale(items, tmp_path):
-    from zsfinercam.evaluate import with_logit_scale
+    from zsfinercam.evaluation.evaluate import with_logit_scale
 
     loc = zf.Localizer.from_pretrained("toy", device="cpu", cache_dir=None)
     own = loc.backend.logit_scale

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from conftest import random_image
-from zsfinercam.batch import find_images, run_batch
+from zsfinercam.batch.run import find_images, run_batch
 from zsfinercam.cli import main
 from zsfinercam.errors import UsageError
-from zsfinercam.files import TMP_PREFIX, atomic_write, image_stem, json_bytes, refuse_overwriting_inputs
+from zsfinercam.io.files import TMP_PREFIX, atomic_write, image_stem, json_bytes, refuse_overwriting_inputs
 
 
 @pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])

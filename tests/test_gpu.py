@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import random_image
-from zsfinercam.kernels import token_maps, token_maps_torch, triton_available
+from zsfinercam.core.kernels import token_maps, token_maps_torch, triton_available
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

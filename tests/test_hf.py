@@ -25,9 +25,9 @@ import zsfinercam as zf
 from conftest import random_image
 from tiny_models import SIGLIP_EOS, save_tiny_hf, siglip_spm
 from zsfinercam.errors import UsageError, WeightsUnavailableError, WorkError
-from zsfinercam.images import to_pixels
-from zsfinercam.reference import ImageFeatures, ZeroShotHead, finer_cam
-from zsfinercam.render import minmax
+from zsfinercam.io.images import to_pixels
+from zsfinercam.testing.reference import ImageFeatures, ZeroShotHead, finer_cam
+from zsfinercam.io.render import minmax
 
 CLASSES = ["cat", "dog", "bird", "red fox", "grey wolf", "barn owl"]
 ONE_TEMPLATE = ["a photo of a {}."]

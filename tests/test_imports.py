@@ -1,4 +1,5 @@
-"""The import graph of zsfinercam has no cycle, and the backend registry lists names without torch.
+"""The import graph of zsfinercam follows its layers, has no cycle, and the backend registry lists
+names without torch.
 
 Every import statement counts, at any depth (a function-level import is still an edge), except
 those under `if TYPE_CHECKING:`, which never run.
@@ -75,6 +76,58 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if node not in state and (cycle := visit(node)):
             return cycle
     return None
+
+
+# The layers, lowest first: a module may import modules of its own layer and of the layers before
+# it, never of a later one. A layer is a list of modules or packages (a package holds its modules).
+LAYERS = (
+    ("foundation: values every layer uses", ("zsfinercam._version", "zsfinercam.errors", "zsfinercam.config",
+                                             "zsfinercam.options")),
+    ("images in, files out", ("zsfinercam.io",)),
+    ("the maths", ("zsfinercam.core",)),
+    ("backends", ("zsfinercam.backends",)),
+    ("the concept head", ("zsfinercam.concepts",)),
+    ("the public face", ("zsfinercam.result", "zsfinercam.compare", "zsfinercam.localizer")),
+    ("test and benchmark references", ("zsfinercam.testing",)),
+    ("applications", ("zsfinercam.synthetic", "zsfinercam.evaluation", "zsfinercam.batch", "zsfinercam.bench",
+                      "zsfinercam.lab")),
+    ("the command line", ("zsfinercam.cli", "zsfinercam.__main__")),
+    ("the package's lazy names", ("zsfinercam",)),
+)
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of the layer holding `module` (the longest matching prefix)."""
+    best = None
+    for index, (_, members) in enumerate(LAYERS):
+        for member in members:
+            if (module == member or module.startswith(member + ".")) and (best is None or len(member) > best[1]):
+                best = (index, len(member))
+    if best is None:
+        raise AssertionError(f"{module} is in no layer: add it to LAYERS in {Path(__file__).name}")
+    return best[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """'a -> b' for every import of a module in a later layer than the importer's."""
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert upward_imports({"zsfinercam.core.engine": {"zsfinercam.localizer"}}) == [
+        "zsfinercam.core.engine -> zsfinercam.localizer"]
+    assert upward_imports({"zsfinercam.localizer": {"zsfinercam.core.engine", "zsfinercam.options"}}) == []
+
+
+def test_no_module_imports_a_later_layer():
+    names = module_names()
+    graph = {name: imports_of(name, path, set(names)) for name, path in names.items()}
+    assert graph["zsfinercam.localizer"] >= {"zsfinercam.core.engine"}  # the walker sees edges
+    assert upward_imports(graph) == []
+
+
+def test_the_package_root_holds_at_most_a_dozen_files():
+    assert len(list(PACKAGE.glob("*.py"))) <= 12
 
 
 def test_the_cycle_finder_finds_a_cycle():

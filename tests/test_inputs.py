@@ -27,7 +27,7 @@ from PIL import Image
 
 from conftest import random_image
 from zsfinercam import Localizer, UsageError, WorkError
-from zsfinercam.images import DEFAULT_MAX_PIXELS, load_image
+from zsfinercam.io.images import DEFAULT_MAX_PIXELS, load_image
 
 H, W = 40, 52  # size of the test images (rot.jpg is stored W x H and shown H x W)
 
@@ -178,7 +178,7 @@ NOTE = re.compile(r"zsfinercam: .* \.\.\.$")  # "loading toy (embedded) on cpu .
 
 
 def without_notes(lines: list[str]) -> list[str]:
-    """stderr lines less the progress notes (zsfinercam.progress.note)."""
+    """stderr lines less the progress notes (zsfinercam.io.progress.note)."""
     return [ln for ln in lines if not NOTE.match(ln)]
 
 
@@ -280,7 +280,7 @@ def test_pil_global_limit_is_left_alone(ctx, tmp_path, monkeypatch):
 
 
 def test_pil_global_is_written_only_for_a_cap_above_its_own(ctx, monkeypatch):
-    from zsfinercam import images
+    from zsfinercam.io import images
 
     writes, filters = [], []
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from zsfinercam import kernels
-from zsfinercam.kernels import TritonUnavailableError, token_maps, token_maps_torch, triton_available
+from zsfinercam.core import kernels
+from zsfinercam.core.kernels import TritonUnavailableError, token_maps, token_maps_torch, triton_available
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -168,7 +168,7 @@ def test_flag_flipped_after_triton_import_says_so(monkeypatch):
 
 _CHILD = """
 import sys, torch
-from zsfinercam import kernels
+from zsfinercam.core import kernels
 cases = torch.load(sys.argv[1])
 maps = {name: kernels.token_maps(A, w, impl="triton") for name, (A, w) in cases.items()}
 
@@ -283,7 +283,7 @@ def test_interpreter_is_available_but_auto_does_not_use_it(interpreted):
 
 
 def test_import_does_not_import_triton():
-    out = _run_python("import sys, zsfinercam.kernels; print('triton' in sys.modules)", TRITON_INTERPRET="1")
+    out = _run_python("import sys, zsfinercam.core.kernels; print('triton' in sys.modules)", TRITON_INTERPRET="1")
     assert out.strip().splitlines()[-1] == "False"
 
 

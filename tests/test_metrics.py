@@ -1,10 +1,10 @@
-"""zsfinercam.metrics on hand-made maps, masks and scorers with known answers."""
+"""zsfinercam.evaluation.metrics on hand-made maps, masks and scorers with known answers."""
 import math
 
 import numpy as np
 import pytest
 
-from zsfinercam import metrics as M
+from zsfinercam.evaluation import metrics as M
 
 # A 4x4 map whose peak is at (row 1, col 2), and a mask over rows 0-1, cols 2-3.
 MAP = np.array([[0, 1, 2, 0],

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from zsfinercam.errors import UsageError
-from zsfinercam.objectives import Objective, objective_scores
+from zsfinercam.core.objectives import Objective, objective_scores
 
 
 def official_weighted(z, target, refs, alpha):

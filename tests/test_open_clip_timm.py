@@ -11,10 +11,10 @@ import torch.nn.functional as F
 import zsfinercam as zf
 from conftest import random_image
 from tiny_timm import save_tiny_siglip, siglip_cfg
-from zsfinercam import engine
-from zsfinercam.images import to_pixels
-from zsfinercam.reference import ImageFeatures, ZeroShotHead, finer_cam
-from zsfinercam.render import minmax
+from zsfinercam.core import engine
+from zsfinercam.io.images import to_pixels
+from zsfinercam.testing.reference import ImageFeatures, ZeroShotHead, finer_cam
+from zsfinercam.io.render import minmax
 
 CONCEPTS = ["cat", "dog", "bird", "red fox", "grey wolf", "barn owl"]
 VARIANTS = {

@@ -76,7 +76,10 @@ def test_bad_values_name_the_option(kwargs, field, message):
 def test_constants_agree():
     assert set(DEFAULT_ALPHA) == set(OBJECTIVES) and METHODS == ("finer", "gradcam")
     assert BASES == ("gradcam", "hirescam", "layercam") and "parts" in STRATEGIES
-    from zsfinercam import contrast, evaluate, localizer, objectives
+    from zsfinercam import localizer
+    from zsfinercam.concepts import contrast
+    from zsfinercam.core import objectives
+    from zsfinercam.evaluation import evaluate
 
     assert contrast.STRATEGIES is STRATEGIES and objectives.OBJECTIVES is OBJECTIVES
     assert objectives.DEFAULT_ALPHA is DEFAULT_ALPHA and localizer.METHODS is METHODS
@@ -209,7 +212,7 @@ def test_compare_rows_follow_the_options(tiny):
 def test_batch_records_the_options_and_resumes_only_with_the_same(tiny, tmp_path):
     from PIL import Image
 
-    from zsfinercam.batch import run_batch
+    from zsfinercam.batch.run import run_batch
 
     path = tmp_path / "a.png"
     Image.fromarray(random_image(8)).save(path)

@@ -21,7 +21,7 @@ def test_the_wheel_ships_prompts_and_the_toy_model(tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
-    probe = ("import zsfinercam, zsfinercam.vocab as v; from zsfinercam.backends.open_clip_weights import TOY_DIR; "
+    probe = ("import zsfinercam, zsfinercam.concepts.vocab as v; from zsfinercam.backends.open_clip_weights import TOY_DIR; "
              "print(zsfinercam.__file__, len(v.load_vocab('cub200')), (TOY_DIR / 'toy.safetensors').is_file())")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True).stdout.split()

@@ -10,14 +10,14 @@ import torch
 from safetensors.torch import save_file
 
 import zsfinercam as zf
-from zsfinercam import engine
+from zsfinercam.core import engine
 from conftest import random_image, save_tiny
 from tiny_timm import PROBE_CLASSES, TINY_DINO, load_tiny_probe, save_tiny_probe, tiny_dino
 from zsfinercam.backends.probe import load_timm_weights
-from zsfinercam.contrast import nearest_by_logit
-from zsfinercam.images import to_pixels
-from zsfinercam.reference import finer_cam
-from zsfinercam.render import minmax
+from zsfinercam.concepts.contrast import nearest_by_logit
+from zsfinercam.io.images import to_pixels
+from zsfinercam.testing.reference import finer_cam
+from zsfinercam.io.render import minmax
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,7 @@ def test_original_dinov2_checkpoint_layout_loads(probe, probe_files, tmp_path):
 def test_batch_runs_a_probe_and_resumes_only_with_the_same_classifier(probe, probe_files, tmp_path):
     from PIL import Image
 
-    from zsfinercam.batch import run_batch
+    from zsfinercam.batch.run import run_batch
 
     for i in range(2):
         Image.fromarray(random_image(20 + i)).save(tmp_path / f"{i}.png")

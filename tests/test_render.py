@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsfinercam import render
-from zsfinercam.files import safe_stem
+from zsfinercam.io import render
+from zsfinercam.io.files import safe_stem
 from zsfinercam.result import LocateResult
 
 
@@ -34,7 +34,7 @@ def test_peak_and_box_of_the_region_holding_the_peak():
 
 def test_a_results_box_is_the_box_an_eval_manifest_would_hold():
     """One convention: a hot rectangle over columns 2..5 and rows 1..3 is (2, 1, 6, 4) everywhere."""
-    from zsfinercam import metrics
+    from zsfinercam.evaluation import metrics
 
     token_map = np.zeros((8, 10), np.float32)
     token_map[1:4, 2:6] = 1.0

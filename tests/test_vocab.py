@@ -1,4 +1,4 @@
-"""Shipped vocabularies/templates and the file format of zsfinercam.vocab."""
+"""Shipped vocabularies/templates and the file format of zsfinercam.concepts.vocab."""
 
 import json
 import re
@@ -10,7 +10,7 @@ from importlib import resources
 import pytest
 
 from zsfinercam.errors import UsageError
-from zsfinercam.vocab import (
+from zsfinercam.concepts.vocab import (
     DEFAULT_TEMPLATES,
     list_templates,
     list_vocabs,
@@ -330,7 +330,7 @@ def test_directory_is_not_a_file(tmp_path):
 
 
 def test_import_reads_no_files():
-    code = ("import zsfinercam.vocab as v; "
+    code = ("import zsfinercam.concepts.vocab as v; "
             "print(v._shipped.cache_info().currsize, v._load_shipped.cache_info().currsize)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

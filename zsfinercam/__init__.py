@@ -12,11 +12,11 @@ from ._version import __version__
 
 _HOMES = {  # public name -> the module that defines it
     "Backend": ".backends", "get_backend": ".backends", "list_backends": ".backends",
-    "register_backend": ".backends", "ModelConfig": ".config", "ImageFeatures": ".engine",
+    "register_backend": ".backends", "ModelConfig": ".config", "ImageFeatures": ".core.engine",
     "UsageError": ".errors", "WeightsUnavailableError": ".errors", "WorkError": ".errors",
-    "Localizer": ".localizer", "LocateOptions": ".options", "Objective": ".objectives",
-    "LocateResult": ".result", "list_templates": ".vocab", "list_vocabs": ".vocab",
-    "load_templates": ".vocab", "load_vocab": ".vocab",
+    "Localizer": ".localizer", "LocateOptions": ".options", "Objective": ".core.objectives",
+    "LocateResult": ".result", "list_templates": ".concepts.vocab", "list_vocabs": ".concepts.vocab",
+    "load_templates": ".concepts.vocab", "load_vocab": ".concepts.vocab",
 }
 
 __all__ = ["__version__", *sorted(_HOMES)]
@@ -24,13 +24,13 @@ __all__ = ["__version__", *sorted(_HOMES)]
 if TYPE_CHECKING:
     from .backends import Backend, get_backend, list_backends, register_backend
     from .config import ModelConfig
-    from .engine import ImageFeatures
+    from .core.engine import ImageFeatures
     from .errors import UsageError, WeightsUnavailableError, WorkError
     from .localizer import Localizer
-    from .objectives import Objective
+    from .core.objectives import Objective
     from .options import LocateOptions
     from .result import LocateResult
-    from .vocab import list_templates, list_vocabs, load_templates, load_vocab
+    from .concepts.vocab import list_templates, list_vocabs, load_templates, load_vocab
 
 
 def __getattr__(name: str):

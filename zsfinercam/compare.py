@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import render
+from .io import render
 from .result import LocateResult
 
 ROWS = ("Grad-CAM", "Finer-CAM", "Finer - Grad")  # the row labels with the Grad-CAM base

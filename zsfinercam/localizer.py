@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from . import engine
+from .core import engine
 from .backends import Backend, get_backend
-from .contrast import make_plans, nearest_by_text, part_table_of, pick
-from .engine import ImageFeatures
+from .concepts.contrast import make_plans, nearest_by_text, part_table_of, pick
+from .core.engine import ImageFeatures
 from .errors import UsageError
-from .images import DEFAULT_MAX_PIXELS, ImageInput, check_max_pixels, load_image, to_pixels
-from .objectives import Objective
+from .io.images import DEFAULT_MAX_PIXELS, ImageInput, check_max_pixels, load_image, to_pixels
+from .core.objectives import Objective
 from .options import DEFAULT_BASE, METHODS, LocateOptions, check_concepts, choose_strategy
 from .result import LocateResult
-from .text import ConceptEncoder, default_cache_dir
+from .concepts.text import ConceptEncoder, default_cache_dir
 
 if TYPE_CHECKING:
     from .compare import Comparison
@@ -116,9 +116,9 @@ class Localizer:
             model_config: open_clip config JSON, or for timm a JSON of create_model overrides.
 
         Concepts are class names; references are chosen among the classes by logits, as in
-        the paper. See `zsfinercam.probe` and `zsfinercam.backends.probe`.
+        the paper. See `zsfinercam.backends.probe_files` and `zsfinercam.backends.probe`.
         """
-        from .probe import load_probe
+        from .backends.probe_files import load_probe
 
         max_pixels = check_max_pixels(max_pixels)
         probe = load_probe(backbone, classifier, classes, pretrained=pretrained, model_config=model_config,
@@ -301,7 +301,7 @@ class Localizer:
         return f"{self.backend.name}:{self.config.name}:{id(self.backend)}"
 
     def _templates(self, templates) -> list[str]:
-        from .vocab import DEFAULT_TEMPLATES, check_template, load_templates
+        from .concepts.vocab import DEFAULT_TEMPLATES, check_template, load_templates
 
         if templates is None:
             return list(self.config.default_templates or load_templates(DEFAULT_TEMPLATES))
@@ -325,7 +325,7 @@ class Localizer:
             raise UsageError(f"{where}: give references (vs= / --vs), a larger vocabulary (vocab= / --vocab), "
                              "several concepts, or use plain Grad-CAM (method='gradcam' / --method gradcam)")
         if strategy == "generic" and category is None and isinstance(vocab, str):
-            from .vocab import load_category
+            from .concepts.vocab import load_category
 
             category = load_category(vocab)
         part_table = part_table_of(dict(parts) if isinstance(parts, tuple) else parts) \
@@ -340,7 +340,7 @@ class Localizer:
         if vocab is None:
             return []
         if isinstance(vocab, (str, Path)):
-            from .vocab import load_vocab
+            from .concepts.vocab import load_vocab
 
             return load_vocab(str(vocab))
         return check_concepts(list(vocab))

@@ -24,9 +24,9 @@ from .errors import UsageError
 
 METHODS = ("finer", "gradcam")  # how a map is computed: Finer-CAM, or plain Grad-CAM on the concept's logit
 EVAL_METHODS = (*METHODS, "random", "randomized")  # what `zsfinercam eval` scores: METHODS and two sanity baselines
-OBJECTIVES = ("weighted", "mean", "compare")  # Finer-CAM objectives (see zsfinercam.objectives)
+OBJECTIVES = ("weighted", "mean", "compare")  # Finer-CAM objectives (see zsfinercam.core.objectives)
 DEFAULT_ALPHA = {"weighted": 1.0, "mean": 0.6, "compare": 1.0}  # contrast strength when none is given
-STRATEGIES = ("logits", "text", "vs", "generic", "parts")  # how references are chosen (see zsfinercam.contrast)
+STRATEGIES = ("logits", "text", "vs", "generic", "parts")  # how references are chosen (see zsfinercam.concepts.contrast)
 BASES = ("gradcam", "hirescam", "layercam")  # how a gradient becomes a map (engine.maps' `base`)
 # base=None: HiResCAM, the best on the synthetic benchmark (README, "Evaluation"), on every backend that
 # gives per-token gradients (all built-ins); Grad-CAM on one that gives only channel weights
@@ -164,33 +164,6 @@ class LocateOptions:
         if isinstance(self.parts, tuple):
             out["parts"] = {part: list(entries) for part, entries in self.parts}
         return out
-
-    def preflight(self) -> None:
-        """Check now what would otherwise fail only when maps are made, after the model loads:
-        the reference strategy's consistency (e.g. vs with contrast "text") and that the
-        vocabulary, templates and part vocabulary given by name or file exist and parse.
-
-        Reads those files (zsfinercam.vocab; imports neither torch nor numpy). Raises UsageError.
-        """
-        from . import vocab as vocabs
-
-        strategy = choose_strategy(self.contrast, self.vs, self.parts, self.alpha == 0)
-        if isinstance(self.vocab, str):
-            vocabs.load_vocab(self.vocab)
-        if strategy == "generic" and self.category is None and (
-                not isinstance(self.vocab, str) or vocabs.load_category(self.vocab) is None):
-            raise UsageError("contrast 'generic' needs the concepts' category: category='bird' (--category bird)")
-        if isinstance(self.templates, str):
-            vocabs.load_templates(self.templates)
-        elif self.templates is not None:
-            for template in self.templates:
-                vocabs.check_template(template)
-        if isinstance(self.parts, str) and self.alpha != 0:
-            vocabs.load_parts(self.parts)
-        if self.vs is not None:
-            check_concepts(list(self.vs))
-        if self.category is not None:
-            check_concepts([self.category])
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "LocateOptions":

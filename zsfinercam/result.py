@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from . import render
-from .files import (HEATMAP_FORMATS, SAVE_KINDS, atomic_write, json_bytes, result_paths, result_stem,
+from .io import render
+from .io.files import (HEATMAP_FORMATS, SAVE_KINDS, atomic_write, json_bytes, result_paths, result_stem,
                     source_stem)
 
 DISPLAY_SIZE = 384  # pixels on the longer side of an overlay shown in a notebook, at least

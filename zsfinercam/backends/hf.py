@@ -31,7 +31,7 @@ from . import hf_weights
 from .base import (Backend, autocast, check_not_degenerate, require_float32, resample_pos, state_digest,
                    trunk_dtype)
 from .registry import register_backend
-from .shift import shifted_attention, split_projection
+from ..core.shift import shifted_attention, split_projection
 
 
 @register_backend("hf")

@@ -14,7 +14,7 @@ from torch import nn
 from ..config import run_size
 from ..errors import UsageError
 from .base import autocast, resample_pos
-from .shift import shifted_attention, split_projection
+from ..core.shift import shifted_attention, split_projection
 
 
 class OpenClipViT:

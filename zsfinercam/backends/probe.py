@@ -21,7 +21,7 @@ Departures from the official code (Imageomics/Finer-CAM `generate_cams.py`, tuto
   resample with timm's bicubic resampling, so values differ slightly at other sizes;
 - `generate_cams.py` normalises pixels with CLIP's mean/std, its training script with
   ImageNet's; we use the timm model's own (ImageNet for DINOv2), as the probe was trained;
-- the objective drops the official 1e-9 epsilon (see `zsfinercam.objectives`).
+- the objective drops the official 1e-9 epsilon (see `zsfinercam.core.objectives`).
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from torch import nn
 from ..config import run_size
 from ..errors import UsageError
 from .base import autocast, resample_pos
-from .shift import TokenRequest, shifted_attention, split_projection
+from ..core.shift import TokenRequest, shifted_attention, split_projection
 
 FULL_PATH_JACOBIAN_CHUNK = 32  # shift rows per backward when every row runs the last block
 

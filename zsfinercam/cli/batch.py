@@ -5,9 +5,9 @@ from pathlib import Path
 
 import click
 
-from ..batch import DEFAULT_BATCH_SIZE, ENGINES, MANIFEST_NAME
+from ..batch.run import DEFAULT_BATCH_SIZE, ENGINES, MANIFEST_NAME
 from ..errors import UsageError, WorkError
-from .options import (contrast_options, load_localizer, locate_options, max_pixels_option, method_option,
+from .flags import (contrast_options, load_localizer, locate_options, max_pixels_option, method_option,
                       model_options, run_options)
 
 
@@ -48,9 +48,9 @@ def batch(inputs, concepts, out, recursive, resume, batch_size, engine, ray_addr
 
     Example: zsfinercam batch photos/ --concepts "red-tailed hawk" --vs "red-shouldered hawk" --out maps
     """
-    from ..batch import check_out_dir, find_images, run_batch
+    from ..batch.run import check_out_dir, find_images, run_batch
     from ..options import unique_concepts
-    from ..progress import talking
+    from ..io.progress import talking
 
     ray = _ray_options(engine, ray_address, workers, gpus_per_worker, cpus_per_worker)
     options = locate_options(**contrast)
@@ -73,7 +73,7 @@ def _ray_options(engine, address, workers, gpus, cpus):
         if named:
             raise UsageError(f"{named[0]} applies to --engine ray only; add --engine ray or drop it")
         return None
-    from ..batch_ray import RayOptions, import_ray
+    from ..batch.ray_engine import RayOptions, import_ray
 
     import_ray()
     return RayOptions(address=address, workers=workers or 1, gpus_per_worker=gpus or 0.0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..backends import list_backends
-from .options import json_option, report_path
+from .flags import json_option, report_path
 
 
 def _int_list(ctx, param, value):
@@ -60,9 +60,9 @@ def bench(model, pretrained, model_config, backend, sizes, ks, batches, rounds, 
     K 1,4,16,64, B 1, 3 rounds, memory in child processes) takes about 5 minutes; other busy
     processes make it slower and distort multi-threaded timings (the table says how busy).
     """
-    from ..bench import BenchConfig, run_benchmark
-    from ..bench_report import format_table, write_json
-    from ..files import json_bytes
+    from ..bench.run import BenchConfig, run_benchmark
+    from ..bench.report import format_table, write_json
+    from ..io.files import json_bytes
     from ..errors import UsageError
 
     as_json, path = report_path(as_json, report)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import contrast_options, load_localizer, locate_options, max_pixels_option, model_options, run_options
+from .flags import contrast_options, load_localizer, locate_options, max_pixels_option, model_options, run_options
 
 
 @click.command()
@@ -26,7 +26,7 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
 
     Example: zsfinercam compare bird.jpg "red-tailed hawk" "red-shouldered hawk" "cooper's hawk"
     """
-    from ..files import atomic_write, image_stem, json_bytes, refuse_overwriting_inputs, result_stem
+    from ..io.files import atomic_write, image_stem, json_bytes, refuse_overwriting_inputs, result_stem
     from ..options import unique_concepts
 
     options = locate_options(**contrast)

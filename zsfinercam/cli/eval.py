@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ..options import BASES, EVAL_METHODS
-from .options import json_option, load_localizer, model_options, report_path, run_options
+from .flags import json_option, load_localizer, model_options, report_path, run_options
 
 
 def _methods(ctx, param, value: str) -> tuple[str, ...]:
@@ -54,8 +54,8 @@ def _bases(ctx, param, value: str | None) -> tuple[str, ...] | None:
 def eval_command(manifest, synthetic, split, seed, methods, bases, logit_scale, perturbation, top_percent, model,
                  pretrained, model_config, backend, device, image_size, as_json, report, write_manifest):
     """Score maps against masks/boxes from MANIFEST (JSONL), or on a synthetic set with --synthetic N."""
-    from ..evaluate import evaluate, read_manifest, synthetic_items, with_logit_scale, write_manifest as save_set
-    from ..files import atomic_write, json_bytes, refuse_overwriting_inputs
+    from ..evaluation.evaluate import evaluate, read_manifest, synthetic_items, with_logit_scale, write_manifest as save_set
+    from ..io.files import atomic_write, json_bytes, refuse_overwriting_inputs
 
     as_json, report = report_path(as_json, report)
     if (manifest is None) == (synthetic is None):

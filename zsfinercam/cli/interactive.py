@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError, WorkError
-from ..progress import note
+from ..io.progress import note
 
 TEXT_SETTINGS = ("vocab", "templates", "category", "contrast")  # an empty value clears them (None)
 CHOICE_SETTINGS = ("objective", "method", "base")
@@ -75,6 +75,7 @@ def _setting(line: str) -> tuple[str, str] | None:
 
 def _apply(options, name: str, value: str, given: dict[str, float]):
     """`options` with one setting changed, checked as the command line checks it (preflight)."""
+    from ..concepts.vocab import preflight
     from ..options import OptionError
 
     if name == "vs":
@@ -90,7 +91,7 @@ def _apply(options, name: str, value: str, given: dict[str, float]):
         change["alpha"] = given.get("alpha")
     try:
         new = options.replace(**change)
-        new.preflight()
+        preflight(new)
     except OptionError as err:
         raise UsageError(f"{name}: {err}") from None
     if name == "alpha" and value:

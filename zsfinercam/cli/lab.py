@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import load_localizer, max_pixels_option, model_options, run_options
+from .flags import load_localizer, max_pixels_option, model_options, run_options
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # the source tree's examples, when present
 EXAMPLE_IMAGES = ("bird.png",)  # inputs, not the figures that live next to them

@@ -6,9 +6,9 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
-from ..files import HEATMAP_FORMATS, SAVE_KINDS
-from ..progress import note
-from .options import (contrast_options, load_localizer, locate_options, max_pixels_option, method_option,
+from ..io.files import HEATMAP_FORMATS, SAVE_KINDS
+from ..io.progress import note
+from .flags import (contrast_options, load_localizer, locate_options, max_pixels_option, method_option,
                       model_options, run_options)
 
 
@@ -83,7 +83,7 @@ class Writer:
     """Saves one result's files and prints its line (or JSON), for `locate` and `--interactive`."""
 
     def __init__(self, image: Path, out: Path, kinds, heatmap_format: str, caption: bool, as_json: bool):
-        from ..files import image_stem
+        from ..io.files import image_stem
 
         self.image, self.out, self.kinds = image, out, kinds
         self.heatmap_format, self.caption, self.as_json = heatmap_format, caption, as_json
@@ -91,7 +91,7 @@ class Writer:
 
     def check(self, concepts, options) -> None:
         """Refuse, before anything loads, an --out whose files would overwrite the image."""
-        from ..files import refuse_overwriting_inputs, result_paths
+        from ..io.files import refuse_overwriting_inputs, result_paths
 
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out} is a file; give a folder")
@@ -101,7 +101,7 @@ class Writer:
 
     def emit(self, res, options) -> dict[str, str]:
         """Write `res`'s files (named by `files.result_stem`), print its line; returns the paths."""
-        from ..files import json_bytes, refuse_overwriting_inputs, result_paths
+        from ..io.files import json_bytes, refuse_overwriting_inputs, result_paths
 
         stem = self._stem(res.concept, options.replace(base=res.base), res.references)  # the base used
         refuse_overwriting_inputs(result_paths(self.out, stem, self.kinds, self.heatmap_format).values(), [self.image])
@@ -116,7 +116,7 @@ class Writer:
         return files
 
     def _stem(self, concept: str, options, references) -> str:
-        from ..files import result_stem
+        from ..io.files import result_stem
 
         return result_stem(self.prefix, concept, options.to_json(), references)
 

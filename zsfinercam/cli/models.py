@@ -5,7 +5,7 @@ import fnmatch
 
 import click
 
-from .options import quiet_option
+from .flags import quiet_option
 
 BACKENDS = ("open_clip", "hf")
 
@@ -22,7 +22,7 @@ def models(pattern, cached, backend):
     already here; the others download on first use."""
     from ..backends.catalog import Entry, clip_cache, hub_cache, hf_entries, open_clip_entries
     from ..backends.open_clip_weights import TOY_DIR
-    from ..progress import note
+    from ..io.progress import note
 
     if backend == "hf":
         rows = hf_entries()

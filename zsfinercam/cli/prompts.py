@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import click
 
-from .options import load_localizer, model_options, quiet_option, run_options
+from .flags import load_localizer, model_options, quiet_option, run_options
 
 
 @click.command("prompts")
 @quiet_option
 def prompts_command():
     """List the shipped vocabularies and template sets with their sizes."""
-    from ..vocab import vocab_info
+    from ..concepts.vocab import vocab_info
 
     rows = vocab_info()
     width = max(len(r["name"]) for r in rows)
@@ -29,9 +29,10 @@ def prompts_command():
 @run_options
 def neighbors(concept, vocab, k, templates, model, pretrained, model_config, backend, device, image_size):
     """The K entries of a vocabulary nearest to CONCEPT by text-embedding cosine similarity."""
+    from ..concepts.vocab import preflight
     from ..options import LocateOptions
 
-    LocateOptions(vocab=vocab, templates=templates).preflight()  # a misspelt name fails before the model loads
+    preflight(LocateOptions(vocab=vocab, templates=templates))  # a misspelt name fails before the model loads
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size)
     for name, score in loc.neighbors(concept, vocab, k, templates=templates):
         click.echo(f"{score:.4f}\t{name}")

@@ -89,7 +89,7 @@ def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
 def _input_widgets(gr, loc: "Localizer", examples):
     """([image, concepts, references, contrast, vocab, alpha, templates, method, objective, base], the button)."""
     from ..options import BASES, OBJECTIVES, STRATEGIES
-    from ..vocab import list_templates, list_vocabs
+    from ..concepts.vocab import list_templates, list_vocabs
 
     image = _image_input(label="image", type="filepath", sources=["upload", "clipboard"], elem_id="image", height=320)
     if examples:

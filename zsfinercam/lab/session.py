@@ -22,7 +22,7 @@ from ..errors import UsageError
 
 if TYPE_CHECKING:
     from ..compare import Comparison
-    from ..engine import ImageFeatures
+    from ..core.engine import ImageFeatures
     from ..localizer import Localizer
     from ..options import LocateOptions
 
@@ -71,7 +71,7 @@ def parse_request(concepts: str | None, references: str | None = "", contrast: s
         UsageError: blank concepts, an unknown vocabulary, template set, rule or base, a bad alpha.
     """
     from ..options import BASES, METHODS, OBJECTIVES, STRATEGIES, check_alpha, check_choice
-    from ..vocab import list_templates, list_vocabs
+    from ..concepts.vocab import list_templates, list_vocabs
 
     names = parse_lines(concepts)
     if not names:
@@ -291,7 +291,7 @@ def summary(result: LabResult) -> dict:
 def write_downloads(result: LabResult, folder: str | os.PathLike) -> list[str]:
     """Overlay PNGs, heatmaps (.npy) and JSON of every concept (files replaced in `folder`),
     plus the whole compare grid; returns the paths."""
-    from ..files import atomic_write, json_bytes, safe_stem
+    from ..io.files import atomic_write, json_bytes, safe_stem
 
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)

@@ -4,7 +4,7 @@ Classes combine a head colour, a tail colour and a wing pattern, so classes that
 in one attribute differ in exactly one part. `zsfinercam.synthetic.train` trains the tiny
 CLIP shipped as the `toy` model on these images (imported on demand: it needs torch).
 """
-from .render import (
+from .draw import (
     BODY_COLOURS,
     Sample,
     draw_pose,

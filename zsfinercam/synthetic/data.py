@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from .captions import attrs_to_index
-from .render import make_sample, sample_seeds
+from .draw import make_sample, sample_seeds
 from .taxonomy import list_classes
 
 # OpenAI CLIP normalisation, so the toy model's preprocessing is the standard one.

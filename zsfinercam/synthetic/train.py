@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .captions import TEMPLATES, attrs_from_index, phrase_caption, positives, sample_caption
 from .data import MEAN, STD, augment, render_pool, to_tensor
-from .render import make_sample, sample_seeds
+from .draw import make_sample, sample_seeds
 from .taxonomy import ATTRIBUTE_PARTS, HELDOUT, PART_VALUES, class_name, list_classes
 
 MODEL_CFG: dict = {

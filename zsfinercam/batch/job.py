@@ -1,7 +1,7 @@
 """One chunk of a batch run: images -> maps -> files on disk -> manifest records.
 
-Both batch engines use it: the local engine (`zsfinercam.batch`) runs `ChunkJob.run` in its
-own process; a Ray worker (`zsfinercam.batch_ray`) gets a chunk decoded by `decode_chunk` on
+Both batch engines use it: the local engine (`zsfinercam.batch.run`) runs `ChunkJob.run` in its
+own process; a Ray worker (`zsfinercam.batch.ray_engine`) gets a chunk decoded by `decode_chunk` on
 a CPU task and calls `ChunkJob.map_chunk`. So both write the same names and bytes.
 """
 from __future__ import annotations
@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import UsageError, WorkError
-from .files import TMP_PREFIX, image_stem, refuse_overwriting_inputs, result_paths, safe_stem
-from .options import LocateOptions
+from ..errors import UsageError, WorkError
+from ..io.files import TMP_PREFIX, image_stem, refuse_overwriting_inputs, result_paths, safe_stem
+from ..options import LocateOptions
 
 
 class ChunkJob:
@@ -90,7 +90,7 @@ def decode_chunk(chunk: list[Path], todo: list[Path], max_pixels: int | None) ->
 
 
 def _load(paths: list[Path], max_pixels: int | None) -> tuple[dict, dict]:
-    from .images import load_image  # numpy, PIL and torch: not needed to plan or check a run
+    from ..io.images import load_image  # numpy, PIL and torch: not needed to plan or check a run
 
     arrays, errors = {}, {}
     for p in paths:

@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from . import render
+from ..io import render
 
 Box = tuple[int, int, int, int]
 ScoreFn = Callable[[np.ndarray], np.ndarray]

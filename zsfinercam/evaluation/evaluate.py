@@ -7,7 +7,7 @@ Manifest: one JSON object per line,
      "bbox": [x0, y0, x1, y1]}  (optional: pixels, exclusive ends)
 Relative paths are read from the manifest's folder.
 
-Per item and method the heatmap (at image size) is scored with `zsfinercam.metrics`:
+Per item and method the heatmap (at image size) is scored with `zsfinercam.evaluation.metrics`:
 pointing game, energy inside the mask, mask IoU at 0.5 (box IoU for boxes) and, with
 `perturbation=True`, deletion / insertion AUC and the relative confidence drop RD@k
 (fill: the image's mean colour), where probabilities are a softmax over the concept and
@@ -30,10 +30,10 @@ import numpy as np
 from PIL import Image
 
 from . import metrics
-from .errors import UsageError, WorkError
-from .files import atomic_write
-from .images import load_image
-from .options import BASES, EVAL_METHODS, LocateOptions, check_choice
+from ..errors import UsageError, WorkError
+from ..io.files import atomic_write
+from ..io.images import load_image
+from ..options import BASES, EVAL_METHODS, LocateOptions, check_choice
 
 MASK_METRICS = ("pointing", "energy", "iou")
 PERTURBATION_METRICS = ("deletion", "insertion", "rd")
@@ -124,7 +124,7 @@ def synthetic_items(n: int, seed: int = 12345, split: str = "all", size: int | N
     Item k contrasts part ATTRIBUTE_PARTS[k % 3]; its references are every class that
     differs only there, and its mask is that part: the evidence that tells them apart.
     """
-    from .synthetic import ATTRIBUTE_PARTS, PART_VALUES, class_name, make_dataset
+    from ..synthetic import ATTRIBUTE_PARTS, PART_VALUES, class_name, make_dataset
 
     if n < 1:
         raise UsageError(f"--synthetic needs a positive number of images, got {n}")
@@ -223,7 +223,7 @@ def with_logit_scale(loc, scale: float):
     Only `Backend.logit_scale` (the config's) changes, on a shallow copy of the backend: the
     weights are shared, the original is untouched. A linear head has no scale to change.
     """
-    from .localizer import Localizer
+    from ..localizer import Localizer
 
     if not loc.config.cosine_head:
         raise UsageError("--logit-scale applies to zero-shot (cosine) heads only; this model has a linear head")
@@ -237,7 +237,7 @@ def with_logit_scale(loc, scale: float):
 
 def _randomized(loc):
     """A Localizer over `Backend.randomized`: a copy of the model with redrawn weight matrices."""
-    from .localizer import Localizer
+    from ..localizer import Localizer
 
     return Localizer(loc.backend.randomized(seed=0), cache_dir=None, kernel=loc.kernel, max_pixels=loc.max_pixels)
 
@@ -269,8 +269,8 @@ def _perturbation_metrics(loc, image: np.ndarray, heat: np.ndarray, classes: lis
     logits: `Backend.encode_pixels` (the plain forward) and the engine's head."""
     import torch
 
-    from .engine import logits
-    from .images import to_pixels
+    from ..core.engine import logits
+    from ..io.images import to_pixels
 
     head, cfg = loc.head(classes), loc.config  # text embeddings, or a linear probe's classifier rows
 

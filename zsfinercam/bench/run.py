@@ -45,8 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bench_report import evaluate_targets
-from .reference import ZeroShotHead, finer_cam
+from .report import evaluate_targets
+from ..testing.reference import ZeroShotHead, finer_cam
 
 SINGLE_TEMPLATE = ("a photo of a {}.",)
 BASE = "gradcam"  # our maps are timed with the base of the pytorch-grad-cam baseline (the others: bench_bases.py)
@@ -128,8 +128,8 @@ def _fresh_names(pool: list[str]):
 
 
 def _prepare(cfg: BenchConfig, size: int, device: torch.device, batches, cached: bool) -> _Setup:
-    from .localizer import Localizer
-    from .vocab import load_vocab
+    from ..localizer import Localizer
+    from ..concepts.vocab import load_vocab
 
     loc = Localizer.from_pretrained(cfg.model, cfg.pretrained, model_config=cfg.model_config, backend=cfg.backend,
                                     device=str(device), image_size=size, cache_dir=None)
@@ -141,7 +141,7 @@ def setup(loc, pool: list[str], size: int, batches, *, k: int, references: int, 
     """Inputs for one run size on a loaded Localizer (any backend): `size` x `size` random images,
     pixels per batch size, the first `k` names of `pool` as concepts and the next `references` as
     references (their head rows warm), and the plain model as `head` (the floor and pytorch-grad-cam's)."""
-    from .images import to_pixels
+    from ..io.images import to_pixels
 
     warm, refs = pool[:k], pool[k:k + references]
     text = loc.head(warm + refs)  # text embeddings now in the in-memory cache (or a probe's rows)
@@ -243,7 +243,7 @@ def _child_peak_mb(cfg: BenchConfig, size: int, b: int, k: int, method: str, log
     root = str(Path(__file__).resolve().parents[1])
     env = {"MALLOC_MMAP_THRESHOLD_": "131072", **os.environ,
            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    done = subprocess.run([sys.executable, "-m", "zsfinercam.bench", "--measure-memory", method, json.dumps(spec)],
+    done = subprocess.run([sys.executable, "-m", "zsfinercam.bench.run", "--measure-memory", method, json.dumps(spec)],
                           capture_output=True, text=True, env=env)
     if done.returncode != 0 or not done.stdout.strip():
         log(f"memory child failed ({method} size={size} B={b}): {done.stderr.strip()[-400:]}")
@@ -312,7 +312,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] | None = None) ->
 
     The torch thread count is restored afterwards.
     """
-    from .localizer import resolve_device
+    from ..localizer import resolve_device
 
     log = log or (lambda message: None)
     device = resolve_device(cfg.device)
@@ -379,7 +379,7 @@ def _device_name(device: torch.device) -> str:
 def _meta(cfg: BenchConfig, loc, device, batches, rounds) -> dict:
     import open_clip
 
-    from .vocab import DEFAULT_TEMPLATES, load_templates
+    from ..concepts.vocab import DEFAULT_TEMPLATES, load_templates
 
     templates = loc.config.default_templates or load_templates(DEFAULT_TEMPLATES)
     return {"config": {**dataclasses.asdict(cfg), "batches": list(batches), "rounds": rounds},

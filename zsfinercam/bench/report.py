@@ -76,6 +76,6 @@ def format_table(report: dict) -> str:
 
 def write_json(report: dict, path: str | os.PathLike) -> None:
     """The report as JSON (missing figures are null)."""
-    from .files import atomic_write, json_bytes
+    from ..io.files import atomic_write, json_bytes
 
     atomic_write(Path(path), lambda f: f.write(json_bytes(report, indent=1)))

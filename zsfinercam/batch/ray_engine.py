@@ -1,6 +1,6 @@
 """`zsfinercam batch --engine ray`: the same chunks, files and manifest, made on a Ray cluster.
 
-The driver (`run_batch` in zsfinercam.batch) finds the inputs, cuts them into the same fixed
+The driver (`run_batch` in zsfinercam.batch.run) finds the inputs, cuts them into the same fixed
 chunks as the local engine and owns the manifest; Ray Data turns the chunks still to do into
 a streaming pipeline:
 
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .batch_job import ChunkJob, decode_chunk, remove_leftovers
-from .errors import UsageError, WorkError, first_line
-from .options import LocateOptions
+from .job import ChunkJob, decode_chunk, remove_leftovers
+from ..errors import UsageError, WorkError, first_line
+from ..options import LocateOptions
 
 INSTALL_HINT = 'pip install "zsfinercam[ray]"'
 # Test-only switch: "N:FILE" makes a map worker exit (as if killed) after the Nth image it mapped, once,
@@ -177,7 +177,7 @@ class _MapWorker:
     def __init__(self, job: dict, test_exit: str | None = None):
         import torch
 
-        from .localizer import Localizer
+        from ..localizer import Localizer
 
         torch.set_num_threads(job["threads"])
         loc = Localizer.from_pretrained(**job["load_args"])

@@ -23,19 +23,21 @@ shortcut (timm's full path) give dO/dA directly and always take the direct path.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backends import Backend
-from .backends.shift import AttentionRecord, TokenRequest
+from .shift import AttentionRecord, TokenRequest
 from .bases import element_maps
 from .kernels import minmax
 from .objectives import Objective, objective_scores
-from .errors import UsageError
-from .options import BASES
+from ..errors import UsageError
+from ..options import BASES
+
+if TYPE_CHECKING:
+    from ..backends import Backend
 
 JACOBIAN_CHUNK = 256  # shift rows per backward when building G; bounds memory
 _ATTENTION_KEY = "reaches_attention"  # feats.cache: whether embed serves a TokenRequest at the attention

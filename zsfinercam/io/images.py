@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import UsageError, WorkError
-from .options import DEFAULT_MAX_PIXELS
+from ..errors import UsageError, WorkError
+from ..options import DEFAULT_MAX_PIXELS
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 

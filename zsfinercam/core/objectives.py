@@ -19,8 +19,8 @@ from typing import Sequence
 
 import torch
 
-from .errors import UsageError
-from .options import DEFAULT_ALPHA, OBJECTIVES, check_alpha, check_choice
+from ..errors import UsageError
+from ..options import DEFAULT_ALPHA, OBJECTIVES, check_alpha, check_choice
 
 __all__ = ["DEFAULT_ALPHA", "OBJECTIVES", "Objective", "objective_scores"]
 
@@ -30,7 +30,7 @@ class Objective:
     """One map to compute: the concept's index in the logits, its reference indices, the contrast strength.
 
     (The concept is the Finer-CAM papers' "target class"; in this package "target" means only
-    the target activation A, see `zsfinercam.engine`.)
+    the target activation A, see `zsfinercam.core.engine`.)
     """
 
     concept: int

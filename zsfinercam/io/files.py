@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
-from .errors import UsageError
+from ..errors import UsageError
 
 TMP_PREFIX = ".tmp-"  # names of atomic_write's temporary files (a killed run may leave some)
 RESULT_SUFFIXES = {"overlay": "_overlay.png", "heatmap": "_heatmap.npy", "json": ".json"}  # one result's files

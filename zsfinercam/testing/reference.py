@@ -54,7 +54,7 @@ class ZeroShotHead(nn.Module):
             return self.image(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .engine import logits
+        from ..core.engine import logits
 
         e = self.embed(x)
         return logits(e.to(torch.promote_types(e.dtype, torch.float32)), self.text, self.scale)

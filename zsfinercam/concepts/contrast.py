@@ -22,8 +22,8 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .errors import UsageError
-from .options import DEFAULT_NUM_REFERENCES, STRATEGIES, check_concepts
+from ..errors import UsageError
+from ..options import DEFAULT_NUM_REFERENCES, STRATEGIES, check_concepts
 
 Embed = Callable[[Sequence[str]], torch.Tensor]  # concepts -> normalised embeddings (K, E)
 SAME = 1e-6  # logit gaps (and 1 - cosines) at most this small mean the same concept in other words

@@ -13,9 +13,10 @@ from pathlib import Path
 import click
 
 from ..backends import list_backends
+from ..concepts.vocab import preflight
 from ..options import (BASES, DEFAULT_BASE, DEFAULT_MAX_PIXELS, METHODS, OBJECTIVES, STRATEGIES, LocateOptions,
                        OptionError)
-from ..progress import LOGGER, note
+from ..io.progress import LOGGER, note
 
 THREADS = "zsfinercam.threads"  # click context meta key: --threads, applied by load_localizer
 
@@ -80,7 +81,7 @@ class _Echo(logging.Handler):
 
 @contextlib.contextmanager
 def saying(quiet: bool):
-    """While a verb runs: notes and progress bars on stderr (zsfinercam.progress), or none with
+    """While a verb runs: notes and progress bars on stderr (zsfinercam.io.progress), or none with
     `quiet`; the logger is restored afterwards, so a caller of `main(argv)` keeps its own set-up."""
     handler, saved = _Echo(), (LOGGER.level, LOGGER.propagate)
     LOGGER.addHandler(handler)
@@ -167,7 +168,7 @@ def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, obje
 
     Raises:
         click.BadParameter: a value LocateOptions refuses, named by its flag (exit status 2).
-        UsageError: what `LocateOptions.preflight` refuses (exit status 2).
+        UsageError: what `concepts.vocab.preflight` refuses (exit status 2).
     """
     if part_vocab != "cub_parts" and not parts:
         warnings.warn("--part-vocab is used only with --parts; ignored", stacklevel=2)
@@ -175,7 +176,7 @@ def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, obje
         options = LocateOptions(vs=vs, vocab=vocab, contrast=contrast, category=category,
                                 parts=part_vocab if parts else None, alpha=alpha, method=method,
                                 objective=objective, base=base, templates=templates)
-        options.preflight()  # a misspelt --vocab or a conflict fails here, before the model loads
+        preflight(options)  # a misspelt --vocab or a conflict fails here, before the model loads
         return options
     except OptionError as err:
         raise click.BadParameter(str(err), param_hint=FLAGS.get(err.field, f"--{err.field.replace('_', '-')}")) \

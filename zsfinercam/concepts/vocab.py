@@ -58,7 +58,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional, Union
 
-from .errors import UsageError
+from ..errors import UsageError
+from ..options import LocateOptions, check_concepts, choose_strategy
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -383,3 +384,29 @@ def _dedupe(label: str, entries) -> list[str]:
         warnings.warn(f"{label}: dropped {len(dropped)} repeated {noun} "
                       f"(first occurrence kept): {shown}", UserWarning, stacklevel=3)
     return kept
+
+
+def preflight(options: LocateOptions) -> None:
+    """Check now what would otherwise fail only when maps are made, after the model loads:
+    the reference strategy's consistency (e.g. vs with contrast "text") and that the
+    vocabulary, templates and part vocabulary given by name or file exist and parse.
+
+    Reads those files (this module; imports neither torch nor numpy). Raises UsageError.
+    """
+    strategy = choose_strategy(options.contrast, options.vs, options.parts, options.alpha == 0)
+    if isinstance(options.vocab, str):
+        load_vocab(options.vocab)
+    if strategy == "generic" and options.category is None and (
+            not isinstance(options.vocab, str) or load_category(options.vocab) is None):
+        raise UsageError("contrast 'generic' needs the concepts' category: category='bird' (--category bird)")
+    if isinstance(options.templates, str):
+        load_templates(options.templates)
+    elif options.templates is not None:
+        for template in options.templates:
+            check_template(template)
+    if isinstance(options.parts, str) and options.alpha != 0:
+        load_parts(options.parts)
+    if options.vs is not None:
+        check_concepts(list(options.vs))
+    if options.category is not None:
+        check_concepts([options.category])

@@ -6,7 +6,7 @@ each) and writes, per image, the saved maps under `out/<image key>/` and one JSO
 appended to `out/manifest.jsonl`, flushed and fsynced, so a killed run loses at most the
 chunk in flight. A chunk is always the same images (those that load), so a resumed run
 writes the same bytes as an uninterrupted one. `engine="ray"` maps the same chunks on a Ray
-cluster (zsfinercam.batch_ray); both run `batch_job.ChunkJob`, the same per-chunk work.
+cluster (zsfinercam.batch.ray_engine); both run `batch_job.ChunkJob`, the same per-chunk work.
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from .batch_job import ChunkJob, remove_leftovers
-from .errors import UsageError, WorkError
-from .files import MANIFEST_NAME, atomic_write, check_out_dir, json_bytes
-from .options import LocateOptions, unique_concepts
+from .job import ChunkJob, remove_leftovers
+from ..errors import UsageError, WorkError
+from ..io.files import MANIFEST_NAME, atomic_write, check_out_dir, json_bytes
+from ..options import LocateOptions, unique_concepts
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
                             ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"})  # what a folder scan picks up
@@ -33,7 +33,7 @@ _STEM = r"(?:[\w-]+-)?[0-9a-f]{8}"  # what `safe_stem` makes: slug-digest, or th
 OUTPUT_FOLDER = re.compile(_STEM)  # out/<image key>/, one per image
 OUTPUT_FILE = re.compile(_STEM + r"(?:_overlay\.png|_heatmap\.npy|\.json)")  # in it, per concept
 DEFAULT_BATCH_SIZE = 8
-ENGINES = ("local", "ray")  # where the maps are made: this process, or a Ray cluster (zsfinercam.batch_ray)
+ENGINES = ("local", "ray")  # where the maps are made: this process, or a Ray cluster (zsfinercam.batch.ray_engine)
 
 
 def find_images(inputs: Iterable[str | os.PathLike], *, recursive: bool = False,
@@ -135,7 +135,7 @@ def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, 
         progress: tqdm bar on stderr; None = only when stderr is a terminal.
         engine: "local" (this process) or "ray" (an actor pool on a Ray cluster; needs
             `pip install "zsfinercam[ray]"`); both write the same files and records.
-        ray: for engine="ray", a `zsfinercam.batch_ray.RayOptions` (cluster address, workers,
+        ray: for engine="ray", a `zsfinercam.batch.ray_engine.RayOptions` (cluster address, workers,
             GPUs and CPUs per worker); None = a local cluster with one worker.
         options: what shapes the maps (a `LocateOptions`), recorded in out/run.json;
             or give its fields as keywords (vs=, vocab=, alpha=, method=, ...), not both.
@@ -158,7 +158,7 @@ def run_batch(loc, images: Sequence[str | os.PathLike], out: str | os.PathLike, 
         raise UsageError(f"--out {out} is one of the input files; choose another folder")
     check_out_dir(out, resume)
     if engine == "ray":
-        from .batch_ray import RayOptions, run_chunks_on_ray
+        from .ray_engine import RayOptions, run_chunks_on_ray
 
         chunks = run_chunks_on_ray(loc, out, names, paths, options, ray or RayOptions())
     else:

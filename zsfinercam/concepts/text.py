@@ -17,10 +17,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .backends import Backend
-from .errors import UsageError
-from .options import check_concepts
-from .progress import MANY_PROMPTS, bar, note
+from ..backends import Backend
+from ..errors import UsageError
+from ..options import check_concepts
+from ..io.progress import MANY_PROMPTS, bar, note
 
 TEXT_BATCH = 64  # prompts per text-tower call (each call is cut to its longest prompt)
 
@@ -106,7 +106,7 @@ class ConceptEncoder:
     def _save_disk(self, key: str) -> None:
         from safetensors.torch import save
 
-        from .files import atomic_write
+        from ..io.files import atomic_write
 
         names = [c for (k, c) in self._memory if k == key]
         table = torch.stack([self._memory[(key, c)] for c in names]).cpu().contiguous()

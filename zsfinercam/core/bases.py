@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .backends.shift import AttentionRecord
+from .shift import AttentionRecord
 
 ELEMENT_BASES = ("hirescam", "layercam")
 

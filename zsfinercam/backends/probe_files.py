@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .backends.probe import ProbeBackend, load_tower, probe_config, read_state_dict
-from .errors import UsageError
+from .probe import ProbeBackend, load_tower, probe_config, read_state_dict
+from ..errors import UsageError
 
 CONTAINER_KEYS = ("state_dict", "model", "classifier")  # where training scripts nest the weights
 LAYOUT = "expected a torch.nn.Linear state dict: weight (C, E) and optional bias (C,)"

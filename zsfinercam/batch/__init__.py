@@ -1,0 +1,1 @@
+"""`zsfinercam batch`: many images, resumable, on the local engine or on Ray."""

@@ -1,0 +1,1 @@
+"""The concept head: prompt templates and vocabularies, text encoding, contrast rules."""

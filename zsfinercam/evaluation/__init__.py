@@ -1,0 +1,1 @@
+"""`zsfinercam eval`: localisation metrics on labelled parts and the synthetic benchmark."""
