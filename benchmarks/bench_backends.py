@@ -41,7 +41,7 @@ from zsfinercam.bench.run import _device_name, _ratio, _sync  # noqa: E402
 from zsfinercam.errors import UsageError, WorkError  # noqa: E402
 from zsfinercam.io.images import to_pixels  # noqa: E402
 from zsfinercam.localizer import Localizer, resolve_device  # noqa: E402
-from zsfinercam.testing.reference import ImageFeatures, ZeroShotHead, finer_cam  # noqa: E402
+from zsfinercam.testing.reference import ImageTower, ZeroShotHead, finer_cam  # noqa: E402
 
 REFERENCES = 3
 VIT_B16 = dict(patch_size=16, image_size=224, hidden_size=768, intermediate_size=3072,
@@ -126,7 +126,7 @@ def _hf(kind: str, device: torch.device, n: int) -> Case:
     text = model.config.text_config
     tokenizer = OfflineTokenizer(text.max_position_embeddings, text.vocab_size)
     loc = Localizer(HFBackend.from_model(model, tokenizer, name=f"hf-{kind}-b16"), cache_dir=None)
-    return _zero_shot(loc, n, ImageFeatures(model, lambda m, x: m.get_image_features(pixel_values=x)), model)
+    return _zero_shot(loc, n, ImageTower(model, lambda m, x: m.get_image_features(pixel_values=x)), model)
 
 
 def _probe(device: torch.device, n: int) -> Case:

@@ -26,7 +26,7 @@ from zsfinercam.core.shift import TokenRequest, shifted_attention
 from zsfinercam.core.engine import ImageFeatures
 from zsfinercam.io.images import to_pixels
 from zsfinercam.core.objectives import Objective
-from zsfinercam.testing.reference import ImageFeatures as ImageTower
+from zsfinercam.testing.reference import ImageTower
 from zsfinercam.testing.reference import ZeroShotHead, finer_cam
 
 

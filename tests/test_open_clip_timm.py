@@ -13,7 +13,7 @@ from conftest import random_image
 from tiny_timm import save_tiny_siglip, siglip_cfg
 from zsfinercam.core import engine
 from zsfinercam.io.images import to_pixels
-from zsfinercam.testing.reference import ImageFeatures, ZeroShotHead, finer_cam
+from zsfinercam.testing.reference import ImageTower, ZeroShotHead, finer_cam
 from zsfinercam.io.render import minmax
 
 CONCEPTS = ["cat", "dog", "bird", "red fox", "grey wolf", "barn owl"]
@@ -48,7 +48,7 @@ def reference(loc, images, pairs):
     if loc.config.image_size != loc.config.native_image_size:
         trunk.set_input_size(img_size=loc.config.image_size)
     layer = trunk.norm if loc.config.pooling == "map" else trunk.blocks[-1].norm1
-    model = ZeroShotHead(ImageFeatures(clip, lambda m, x: m.encode_image(x)), loc.encode_text(CONCEPTS),
+    model = ZeroShotHead(ImageTower(clip, lambda m, x: m.encode_image(x)), loc.encode_text(CONCEPTS),
                          loc.backend.logit_scale)
     pixels = to_pixels(images, loc.config.image_size, loc.config.mean, loc.config.std)
     maps = finer_cam(model, layer, pixels, pairs, grid=loc.config.grid_size, prefix=loc.config.num_prefix_tokens)

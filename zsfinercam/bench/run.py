@@ -141,16 +141,13 @@ def setup(loc, pool: list[str], size: int, batches, *, k: int, references: int, 
     """Inputs for one run size on a loaded Localizer (any backend): `size` x `size` random images,
     pixels per batch size, the first `k` names of `pool` as concepts and the next `references` as
     references (their head rows warm), and the plain model as `head` (the floor and pytorch-grad-cam's)."""
-    from ..io.images import to_pixels
-
     warm, refs = pool[:k], pool[k:k + references]
     text = loc.head(warm + refs)  # text embeddings now in the in-memory cache (or a probe's rows)
     if loc.backend.tokenizer is not None:  # a text tower: warm the single-template prompts too
         loc.encode_text(refs, list(SINGLE_TEMPLATE))
     rng = np.random.RandomState(size)
     images = [(rng.rand(size, size, 3) * 255).astype(np.uint8) for _ in range(max(batches))]
-    c = loc.config
-    pixels = {b: to_pixels(images[:b], c.image_size, c.mean, c.std).to(loc.backend.device) for b in batches}
+    pixels = {b: loc.pixels(images[:b]) for b in batches}
     head = ZeroShotHead(_PlainImage(loc.backend), text, loc.backend.logit_scale, None)
     s = _Setup(size, loc, head, pixels, images, warm, refs, _fresh_names(pool[k + references:]), {})
     if cached:

@@ -42,7 +42,7 @@ def same_text(a: str, b: str) -> bool:
 class Plan:
     """How one concept's references are chosen."""
 
-    strategy: str  # one of STRATEGIES, or "none" for plain Grad-CAM
+    strategy: str  # one of STRATEGIES, or "none" for the base alone (no references)
     fixed: tuple[str, ...] = ()  # references known before the image is seen
     pools: tuple[tuple[str, ...], ...] = ()  # per image, the k closest logits of each pool join them
     part: str | None = None  # the concept's part (strategy "parts")
