@@ -258,8 +258,6 @@ class Localizer:
               use_jacobian: bool) -> list[list[LocateResult]]:
         """locate_many on encoded features: one list of results per image."""
         names = check_concepts(concepts)
-        if not names:
-            raise UsageError("no concepts given")
         plans, candidates = self._plans(names, options)
         table = list(dict.fromkeys([*names, *(c for p in plans for c in p.concepts), *candidates]))
         index = {n: i for i, n in enumerate(table)}
@@ -345,7 +343,7 @@ class Localizer:
             from .concepts.vocab import load_vocab
 
             return load_vocab(str(vocab))
-        return check_concepts(list(vocab))
+        return check_concepts(list(vocab), allow_empty=True)
 
     @staticmethod
     def _objective(concept: int, z_b, plan, index, options: LocateOptions) -> Objective:

@@ -234,10 +234,20 @@ def choose_strategy(contrast: str | None, vs, parts, plain: bool) -> str:
     return contrast or implied or "logits"
 
 
-def check_concepts(concepts: Sequence[str]) -> list[str]:
-    """Concepts as a list of non-blank strings (surrounding space stripped)."""
+NO_CONCEPTS = "no concepts given; give at least one, e.g. \"red-tailed hawk\""
+
+
+def check_concepts(concepts: Sequence[str], *, allow_empty: bool = False) -> list[str]:
+    """Concepts as a list of non-blank strings (surrounding space stripped): the one check of
+    concepts, wherever they come from (API, CLI, the lab, references, vocabularies).
+
+    Raises:
+        UsageError: not a list of strings, a blank one, or none (unless `allow_empty`).
+    """
     if isinstance(concepts, str) or not isinstance(concepts, Sequence):
         raise UsageError(f"expected a list of concept strings, got {type(concepts).__name__}")
+    if not concepts and not allow_empty:
+        raise UsageError(NO_CONCEPTS)
     out = []
     for c in concepts:
         if not isinstance(c, str):
@@ -252,8 +262,6 @@ def unique_concepts(concepts: Sequence[str]) -> list[str]:
     """Concepts stripped and checked, each kept once in first-seen order (with a warning
     naming the duplicates): one map, one set of files per concept."""
     names = check_concepts(list(concepts))
-    if not names:
-        raise UsageError("no concepts given; pass at least one, e.g. --concepts \"red-tailed hawk\"")
     kept = list(dict.fromkeys(names))
     if len(kept) < len(names):
         dups = [n for n in kept if names.count(n) > 1]

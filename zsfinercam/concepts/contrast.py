@@ -176,4 +176,4 @@ def part_table_of(parts) -> dict[str, list[str]]:
         return load_parts(str(parts))
     if not isinstance(parts, Mapping) or any(isinstance(v, str) for v in parts.values()):
         raise UsageError("parts must be a part vocabulary name or file, or a dict {part: [attributes]}")
-    return {str(p): check_concepts(list(v)) for p, v in parts.items()}
+    return {str(p): check_concepts(list(v), allow_empty=True) for p, v in parts.items()}

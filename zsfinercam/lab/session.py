@@ -71,10 +71,9 @@ def parse_request(concepts: str | None, references: str | None = "", contrast: s
             (the values of options are checked by `LocateOptions`, as everywhere).
     """
     from ..concepts.vocab import list_templates, list_vocabs
+    from ..options import check_concepts
 
-    names = parse_lines(concepts)
-    if not names:
-        raise UsageError("no concepts given; type one concept per line")
+    names = check_concepts(parse_lines(concepts))
     vocab = None if vocab in (None, "", MODEL_VOCAB) else vocab
     if vocab is not None and vocab not in list_vocabs():
         raise UsageError(f"unknown vocabulary {vocab!r}; shipped vocabularies: {', '.join(list_vocabs())}")
