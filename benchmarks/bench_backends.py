@@ -39,7 +39,6 @@ if str(ROOT) not in sys.path:
 
 from zsfinercam.bench.run import device_name, ratio, sync  # noqa: E402
 from zsfinercam.errors import UsageError, WorkError  # noqa: E402
-from zsfinercam.io.images import to_pixels  # noqa: E402
 from zsfinercam.localizer import Localizer, resolve_device  # noqa: E402
 from zsfinercam.testing.reference import ImageTower, ZeroShotHead, finer_cam  # noqa: E402
 
@@ -174,8 +173,7 @@ def _time_case(case: Case, ks, rounds: int, gradcam: bool, device: torch.device)
     """Median seconds per method; every round runs each method once, round 0 is a warm-up."""
     loc = case.loc
     image = (np.random.RandomState(0).rand(224, 224, 3) * 255).astype(np.uint8)
-    c = loc.config
-    pixels = to_pixels([image], c.image_size, c.mean, c.std).to(device)
+    pixels = loc.pixels([image]).to(device)
     feats = loc.encode_image(image)
     samples = defaultdict(list)
 

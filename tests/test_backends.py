@@ -141,10 +141,7 @@ def test_no_grad_state_or_hooks_leak(loc):
 
 # the Backend contract beyond the engine: plain forward, target module, randomized copy -----------
 def _pixels(loc, *images) -> torch.Tensor:
-    from zsfinercam.io.images import to_pixels
-
-    c = loc.config
-    return to_pixels(list(images), c.image_size, c.mean, c.std).to(loc.backend.device)
+    return loc.pixels(images)
 
 
 def _params(backend) -> list[torch.nn.Parameter]:

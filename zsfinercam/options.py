@@ -4,7 +4,7 @@ Everything a caller chooses about a map besides the image and the concepts lives
 the references (vs, vocab, contrast, category, parts, num_references), the objective and
 its strength (method, objective, alpha), the CAM base and the prompt templates. It is
 built from Python keywords (`Localizer.locate_many(..., alpha=0.5)`), from CLI flags
-(`cli.options.locate_options`), or from a batch's run.json (`from_json`), and validated
+(`cli.flags.locate_options`), or from a batch's run.json (`from_json`), and validated
 in `__post_init__` only: this module is the one place that says which values are allowed.
 
 Importing it loads neither torch, numpy nor cv2, so a CLI, a web form or a job scheduler

@@ -114,11 +114,11 @@ class Writer:
             record = {k: v for k, v in res.to_dict().items() if k != "token_map"}
             click.echo(json_bytes({**record, "files": files}).decode())
         else:
-            click.echo(summary(res, files))
+            click.echo(result_line(res, files))
         return files
 
 
-def summary(res, files: dict[str, str]) -> str:
+def result_line(res, files: dict[str, str]) -> str:
     """One line: the concept's logit and probability, its references and their logits, peak, box, files."""
     p = res.probability
     refs = ", ".join(res.references) or "-"
