@@ -37,11 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from zsfinercam.bench.run import _device_name, _ratio, _sync  # noqa: E402
+from zsfinercam.bench.run import device_name, ratio, sync  # noqa: E402
 from zsfinercam.errors import UsageError, WorkError  # noqa: E402
-from zsfinercam.io.images import to_pixels  # noqa: E402
 from zsfinercam.localizer import Localizer, resolve_device  # noqa: E402
-from zsfinercam.testing.reference import ImageFeatures, ZeroShotHead, finer_cam  # noqa: E402
+from zsfinercam.testing.reference import ImageTower, ZeroShotHead, finer_cam  # noqa: E402
 
 REFERENCES = 3
 VIT_B16 = dict(patch_size=16, image_size=224, hidden_size=768, intermediate_size=3072,
@@ -126,7 +125,7 @@ def _hf(kind: str, device: torch.device, n: int) -> Case:
     text = model.config.text_config
     tokenizer = OfflineTokenizer(text.max_position_embeddings, text.vocab_size)
     loc = Localizer(HFBackend.from_model(model, tokenizer, name=f"hf-{kind}-b16"), cache_dir=None)
-    return _zero_shot(loc, n, ImageFeatures(model, lambda m, x: m.get_image_features(pixel_values=x)), model)
+    return _zero_shot(loc, n, ImageTower(model, lambda m, x: m.get_image_features(pixel_values=x)), model)
 
 
 def _probe(device: torch.device, n: int) -> Case:
@@ -174,16 +173,15 @@ def _time_case(case: Case, ks, rounds: int, gradcam: bool, device: torch.device)
     """Median seconds per method; every round runs each method once, round 0 is a warm-up."""
     loc = case.loc
     image = (np.random.RandomState(0).rand(224, 224, 3) * 255).astype(np.uint8)
-    c = loc.config
-    pixels = to_pixels([image], c.image_size, c.mean, c.std).to(device)
+    pixels = loc.pixels([image]).to(device)
     feats = loc.encode_image(image)
     samples = defaultdict(list)
 
     def timed(key, fn) -> None:
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         samples[key].append(time.perf_counter() - start)
 
     def floor() -> None:
@@ -214,8 +212,8 @@ def _rows(name: str, med: dict, ks) -> list[list[str]]:
     for k in ks:
         ours, cached = med[("ours", k)], med[("cached", k)]
         gradcam = per_concept * k if per_concept is not None else None
-        rows.append([name, str(k), ms(floor), ms(ours), x(_ratio(ours, floor)), ms(cached),
-                     x(_ratio(cached, floor)), ("~" if k > 1 and gradcam else "") + ms(gradcam), x(_ratio(gradcam, ours))])
+        rows.append([name, str(k), ms(floor), ms(ours), x(ratio(ours, floor)), ms(cached),
+                     x(ratio(cached, floor)), ("~" if k > 1 and gradcam else "") + ms(gradcam), x(ratio(gradcam, ours))])
     return rows
 
 
@@ -252,7 +250,7 @@ def main(argv=None) -> None:
     args = _parse(argv)
     device = resolve_device(args.device)
     gradcam = not args.no_gradcam and importlib.util.find_spec("pytorch_grad_cam") is not None
-    print(f"device {device} ({_device_name(device)}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"device {device} ({device_name(device)}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.rounds} rounds + 1 warm-up, one 224 image, {REFERENCES} references")
     if not gradcam and not args.no_gradcam:
         print("gradcam columns skipped: pytorch-grad-cam is not installed")

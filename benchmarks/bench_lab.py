@@ -45,12 +45,12 @@ def server_part(loc, repeats: int) -> dict:
     """Server time of 4 new concepts on a cached image (text warm and cold) vs a plain forward."""
     import torch
 
-    from zsfinercam.io.images import load_image, to_pixels
+    from zsfinercam.io.images import load_image
     from zsfinercam.lab import session
     from zsfinercam.concepts.vocab import load_vocab
 
-    cfg, cache = loc.config, session.FeatureCache()
-    pixels = to_pixels([load_image(str(BIRD))[0]], cfg.image_size, cfg.mean, cfg.std).to(loc.backend.device)
+    cache = session.FeatureCache()
+    pixels = loc.pixels([load_image(str(BIRD))[0]])
     with torch.inference_mode():
         forward = median_s(lambda: loc.backend.encode_pixels(pixels), repeats)
     warm_pool, cold_pool = iter(load_vocab("cub200")), iter(load_vocab("imagenet1k"))

@@ -43,7 +43,7 @@ def main() -> None:
     token = np.asarray(Image.fromarray(rng.rand(4, 4).astype(np.float32)).resize((14, 14), Image.BICUBIC))
     small = rng.randint(0, 255, (args.height // 50, args.width // 50, 3), np.uint8)  # photo-like: smooth
     image = np.asarray(Image.fromarray(small).resize((args.width, args.height), Image.BICUBIC))
-    res = LocateResult("bird", ("cat",), {"bird": 2.0, "cat": 1.0}, np.clip(token, 0, None), image)
+    res = LocateResult("bird", ("cat",), {"bird": 2.0, "cat": 1.0}, np.clip(token, 0, None), image, base="hirescam")
     _ = res.heatmap
     options = inspect.signature(res.save).parameters
     print(f"# {args.width}x{args.height} result, zsfinercam from {args.root}, best of {args.rounds}")

@@ -102,7 +102,7 @@ def test_a_batch_equals_images_one_by_one(loc):
 def test_alpha_zero_is_grad_cam(loc):
     image = random_image(3)
     finer = loc.locate_many(image, concepts(loc), vocab=vocab(loc), alpha=0.0)
-    plain = loc.locate_many(image, concepts(loc), method="gradcam")
+    plain = loc.locate_many(image, concepts(loc), method="base")
     for x, y in zip(finer, plain):
         np.testing.assert_allclose(x.token_map, y.token_map, rtol=1e-6, atol=1e-9)
 
@@ -118,7 +118,7 @@ def test_text_cache_hit_returns_identical_tensors(loc, monkeypatch):
 
 def test_maps_change_with_the_concept(loc):
     names = vocab(loc)
-    maps = [r.token_map for r in loc.locate_many(random_image(6), names, method="gradcam")]
+    maps = [r.token_map for r in loc.locate_many(random_image(6), names, method="base")]
     for i in range(len(maps)):
         for j in range(i):
             assert not np.allclose(maps[i], maps[j], rtol=1e-4, atol=1e-7), (names[i], names[j])
@@ -141,10 +141,7 @@ def test_no_grad_state_or_hooks_leak(loc):
 
 # the Backend contract beyond the engine: plain forward, target module, randomized copy -----------
 def _pixels(loc, *images) -> torch.Tensor:
-    from zsfinercam.io.images import to_pixels
-
-    c = loc.config
-    return to_pixels(list(images), c.image_size, c.mean, c.std).to(loc.backend.device)
+    return loc.pixels(images)
 
 
 def _params(backend) -> list[torch.nn.Parameter]:
@@ -200,12 +197,12 @@ def test_eval_with_perturbation_and_the_randomized_baseline(loc):
     mask = np.zeros((36, 44), bool)
     mask[5:20, 10:30] = True
     items = [EvalItem(random_image(15, 36, 44), names[0], names[1:3], None, mask, (10, 5, 30, 20), "tiny")]
-    report = evaluate(loc, items, ("finer", "gradcam", "random", "randomized"), perturbation=True, progress=False)
-    assert [r["method"] for r in report.rows] == ["finer", "gradcam", "random", "randomized"]
+    report = evaluate(loc, items, ("finer", "base", "random", "randomized"), perturbation=True, progress=False)
+    assert [r["method"] for r in report.rows] == ["finer", "base", "random", "randomized"]
     for row in report.rows:
         assert 0.0 <= row["deletion"] <= 1.0 and 0.0 <= row["insertion"] <= 1.0 and np.isfinite(row["rd"])
         assert 0.0 <= row["iou"] <= 1.0 and 0.0 <= row["box_iou"] <= 1.0
-    assert set(report.summary()) == {"finer", "gradcam", "random", "randomized"}
+    assert set(report.summary()) == {"finer", "base", "random", "randomized"}
 
 
 def test_bench_plain_forward_baseline_and_gradcam_harness(loc):
@@ -286,7 +283,7 @@ def test_the_default_base_follows_what_the_backend_gives(tmp_path):
     backend written to the shift-only contract, where asking for an element-wise base is one line."""
     third = zf.Localizer(ThirdPartyBackend(), cache_dir=None)
     (res,) = third.locate_many(random_image(16), ["cat"], vs=["dog"])
-    assert res.base == "gradcam"
+    assert res.base == "gradcam" and third.options().base == "gradcam"
     with pytest.raises(zf.UsageError, match="no per-token gradients.*--base gradcam") as err:
         third.locate_many(random_image(16), ["cat"], vs=["dog"], base="hirescam")
     assert "\n" not in str(err.value)
@@ -295,6 +292,15 @@ def test_the_default_base_follows_what_the_backend_gives(tmp_path):
     (default,) = loc.locate_many(image, ["bird"], vs=["red tail"])
     (hires,) = loc.locate_many(image, ["bird"], vs=["red tail"], base="hirescam")
     assert default.base == "hirescam" and np.array_equal(default.token_map, hires.token_map)
+
+
+def test_the_registry_knows_each_builtins_token_gradients_without_importing_it():
+    """What the CLI resolves the default base with before a model loads agrees with the classes."""
+    from zsfinercam.backends.registry import BUILTIN_TOKEN_GRADIENTS, BUILTINS, get_backend, token_gradients
+
+    assert set(BUILTIN_TOKEN_GRADIENTS) == set(BUILTINS)
+    for name in BUILTINS:
+        assert token_gradients(name) is get_backend(name).token_gradients is BUILTIN_TOKEN_GRADIENTS[name]
 
 
 def test_a_backend_that_cannot_wrap_a_held_model_says_so():

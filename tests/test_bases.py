@@ -26,7 +26,7 @@ from zsfinercam.core.shift import TokenRequest, shifted_attention
 from zsfinercam.core.engine import ImageFeatures
 from zsfinercam.io.images import to_pixels
 from zsfinercam.core.objectives import Objective
-from zsfinercam.testing.reference import ImageFeatures as ImageTower
+from zsfinercam.testing.reference import ImageTower
 from zsfinercam.testing.reference import ZeroShotHead, finer_cam
 
 
@@ -151,7 +151,7 @@ def reference_cam(loc, images, text, objectives, base: str, scale: float | None)
     for m in range(len(objectives[0])):
         row = [objectives[b][m] for b in range(len(images))]
         out.append(finer_cam(model, layer, pixels, row, grid=cfg.grid_size, prefix=cfg.num_prefix_tokens,
-                             base=base, alone=all(o.is_gradcam for o in row), signed=True))
+                             base=base, alone=all(o.is_base_alone for o in row), signed=True))
     return np.stack(out, axis=1).astype(np.float64)
 
 

@@ -1,5 +1,5 @@
 """The benchmark as a library and a command, on the tiny model: one row per (size, B, K), figures
-that agree with their raw samples, targets judged at the issue's limits, JSON that round-trips.
+that agree with their raw samples, targets judged at their limits, JSON that round-trips.
 No timing is asserted."""
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def _row(size, k, **figures):
     return {**base, **figures}
 
 
-def test_targets_use_the_issue_limits_at_k16_b1():
+def test_targets_use_their_limits_at_k16_b1():
     rows = [_row(224, 16, ours_over_floor=1.0, speedup_vs_gradcam=39.9, mem_ours_over_floor=None,
                  cached_over_floor=0.05, cached_text_over_floor=0.3, cached_text1_over_floor=0.1),
             _row(224, 1, ours_over_floor=5.0), _row(448, 1, ours_over_floor=0.1)]

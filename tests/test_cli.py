@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,7 +210,7 @@ def test_locate_base_round_trip(tiny, tiny_files, image, tmp_path, base):
     np.testing.assert_allclose(np.load(record["files"]["heatmap"]), want.heatmap, atol=1e-5)
     other = tiny.locate(str(image), "red hawk", vs=["barn owl"], base="gradcam")
     assert not np.allclose(other.heatmap, want.heatmap, atol=1e-2), "the base must change the map"
-    assert "base" not in repr(other)
+    assert "base gradcam" in repr(other) and f"-{base}-" in Path(record["files"]["json"]).name
 
 
 def test_a_bad_base_is_one_line(tiny_files, image, tmp_path):

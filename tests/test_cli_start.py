@@ -1,5 +1,5 @@
 """The command line answers at once where no model is needed, checks before it loads one,
-says what it is doing, and names its files by their settings (issue 12)."""
+says what it is doing, and names its files by their settings."""
 from __future__ import annotations
 
 import json
@@ -150,8 +150,8 @@ def json_stems(out: str) -> list[str]:
 
 def test_other_settings_get_other_names_and_a_rerun_the_same(tiny_files, image, tmp_path):
     base = ["locate", image, "bird", "--vs", "owl", *tiny_args(tiny_files), "--out", tmp_path, "--json"]
-    variants = [[], ["--alpha", "0.5"], ["--objective", "mean"], ["--vs", "eagle"], ["--method", "gradcam"],
-                ["--templates", "single"]]
+    variants = [[], ["--alpha", "0.5"], ["--objective", "mean"], ["--vs", "eagle"], ["--method", "base"],
+                ["--templates", "single"], ["--base", "layercam"], ["--method", "base", "--base", "gradcam"]]
     stems = []
     for extra in variants:
         run = cli([*base, *extra])
@@ -159,7 +159,9 @@ def test_other_settings_get_other_names_and_a_rerun_the_same(tiny_files, image, 
         stems += json_stems(run.out)
     assert len(set(stems)) == len(variants)
     assert all(s.startswith(stems[0].split("_")[0] + "_bird-") for s in stems)  # the image, then the concept
-    assert "_finer-weighted-a0.5-" in stems[1] and "_finer-mean-a0.6-" in stems[2] and "_gradcam-" in stems[4]
+    assert "_finer-weighted-a0.5-hirescam-" in stems[1] and "_finer-mean-a0.6-hirescam-" in stems[2]
+    assert "_bird-" in stems[4] and stems[4].split("_")[2].startswith("hirescam-")  # the base alone: named by it
+    assert "_finer-weighted-a1-layercam-" in stems[6] and stems[7].split("_")[2].startswith("gradcam-")
     files = sorted(p.name for p in tmp_path.iterdir())
     again = cli([*base, "--alpha", "0.5"])
     assert json_stems(again.out) == [stems[1]] and sorted(p.name for p in tmp_path.iterdir()) == files
@@ -232,12 +234,13 @@ def test_interactive_with_nothing_on_stdin_maps_the_given_concepts(tiny_files, i
 
 
 def test_interactive_keeps_the_given_alpha_across_a_method_change(tiny_files, image, tmp_path):
-    """Plain Grad-CAM forces alpha 0; switching back to Finer-CAM restores the alpha the user gave."""
-    lines = ["bird", "method: finer", "bird", "alpha: 0.25", "method: gradcam", "method: finer", "bird"]
+    """The base alone forces alpha 0; switching back to Finer-CAM restores the alpha the user gave."""
+    lines = ["bird", "method: finer", "bird", "alpha: 0.25", "method: base", "method: finer", "bird"]
     proc = subprocess.run([sys.executable, "-m", "zsfinercam", "locate", str(image), "-i", "--vs", "owl", "--json",
-                           "--method", "gradcam", "--alpha", "0.5", "-q", *map(str, tiny_args(tiny_files)),
+                           "--method", "base", "--alpha", "0.5", "-q", *map(str, tiny_args(tiny_files)),
                            "--out", str(tmp_path)], input="\n".join(lines) + "\n", capture_output=True, text=True,
                           timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert [(r["method"], r["alpha"]) for r in records] == [("gradcam", 0.0), ("finer", 0.5), ("finer", 0.25)]
+    assert [(r["method"], r["alpha"]) for r in records] == [("base", 0.0), ("finer", 0.5), ("finer", 0.25)]
+    assert records[0]["objective"] == "logit" and records[0]["references"] == []

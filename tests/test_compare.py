@@ -1,4 +1,4 @@
-"""`compare`: Grad-CAM / Finer-CAM / difference grid, through the API and a real subprocess."""
+"""`compare`: the CAM base alone / Finer-CAM / difference grid, through the API and a real subprocess."""
 from __future__ import annotations
 
 import json
@@ -34,9 +34,9 @@ def test_layout_and_cells(tiny, comparison):
     top = lay.caption_height
     for i in range(3):
         x = lay.label_width + 60 * i
-        grad, finer = (cv2.resize(r.norm_map, (60, 40), interpolation=cv2.INTER_LINEAR).clip(0, 1)
-                       for r in (comparison.gradcam[i], comparison.finer[i]))
-        cells = [render.overlay(small, grad), render.overlay(small, finer), diverging(small, finer - grad)]
+        alone, finer = (cv2.resize(r.norm_map, (60, 40), interpolation=cv2.INTER_LINEAR).clip(0, 1)
+                        for r in (comparison.base_alone[i], comparison.finer[i]))
+        cells = [render.overlay(small, alone), render.overlay(small, finer), diverging(small, finer - alone)]
         for r, want in enumerate(cells):
             assert (grid[top + 40 * r:top + 40 * (r + 1), x:x + 60] == want).all()
     legend = grid[top + 3 * 40:]
@@ -72,11 +72,12 @@ def test_cells_keep_within_four_to_one(tiny):
 
 def test_rows_are_what_they_say(tiny, comparison):
     image = comparison.finer[0].image  # direct path (no Jacobian), one call per method
-    grads, finers = tiny.locate_many(image, CONCEPTS, method="gradcam"), tiny.locate_many(image, CONCEPTS)
-    for i, (grad, finer) in enumerate(zip(grads, finers)):
-        np.testing.assert_allclose(comparison.gradcam[i].token_map, grad.token_map, rtol=1e-4, atol=1e-7)
+    alones, finers = tiny.locate_many(image, CONCEPTS, method="base"), tiny.locate_many(image, CONCEPTS)
+    for i, (alone, finer) in enumerate(zip(alones, finers)):
+        np.testing.assert_allclose(comparison.base_alone[i].token_map, alone.token_map, rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(comparison.finer[i].token_map, finer.token_map, rtol=1e-4, atol=1e-7)
-        assert comparison.finer[i].references == finer.references and comparison.gradcam[i].references == ()
+        assert comparison.finer[i].references == finer.references and comparison.base_alone[i].references == ()
+        assert comparison.base_alone[i].objective == "logit" and comparison.base_alone[i].method == "base"
     diff = comparison.difference(0)
     assert diff.shape == (40, 60) and diff.min() >= -1 and diff.max() <= 1
 
@@ -86,8 +87,8 @@ def test_the_base_is_in_the_rows_and_the_json(tiny):
     comparison = tiny.compare(image, CONCEPTS[:2], base="layercam")
     assert comparison.base == "layercam" and comparison.rows == ("Layer-CAM", "Finer-CAM", "Finer - Layer")
     assert comparison.to_dict()["base"] == "layercam" and comparison.to_dict()["rows"] == list(comparison.rows)
-    alone = tiny.locate_many(image, CONCEPTS[:2], method="gradcam", base="layercam")
-    for got, want in zip(comparison.gradcam, alone):
+    alone = tiny.locate_many(image, CONCEPTS[:2], method="base", base="layercam")
+    for got, want in zip(comparison.base_alone, alone):
         assert got.base == want.base == "layercam"
         np.testing.assert_allclose(got.token_map, want.token_map, rtol=1e-4, atol=1e-7)
     assert tiny.compare(image, CONCEPTS[:2], base="gradcam").rows == ("Grad-CAM", "Finer-CAM", "Finer - Grad")
@@ -102,10 +103,10 @@ def test_diverging_colours():
 
 def test_compare_refuses(tiny):
     with pytest.raises(UsageError, match="both methods"):
-        tiny.compare(random_image(1), CONCEPTS, method="gradcam")
+        tiny.compare(random_image(1), CONCEPTS, method="base")
     with pytest.raises(UsageError, match="one image"):
         tiny.compare([random_image(1), random_image(2)], CONCEPTS)
-    with pytest.raises(ValueError, match="one Grad-CAM and one Finer-CAM"):
+    with pytest.raises(ValueError, match="one base-alone and one Finer-CAM"):
         Comparison([], [])
 
 

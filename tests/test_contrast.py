@@ -123,7 +123,7 @@ def test_the_paper_default_is_unchanged_without_a_strategy(tiny, feats):
     a = tiny.locate(feats, "cat", vocab=VOCAB)
     b = tiny.locate(feats, "cat", vocab=VOCAB, contrast="logits")
     assert a.references == b.references and (a.token_map == b.token_map).all()
-    assert tiny.locate(feats, "cat", vocab=VOCAB, method="gradcam").contrast == "none"
+    assert tiny.locate(feats, "cat", vocab=VOCAB, method="base").contrast == "none"
 
 
 @pytest.mark.parametrize("kwargs, message", [

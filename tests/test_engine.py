@@ -91,9 +91,7 @@ def test_embedding_equals_open_clip_encode_image(tiny_files, image_size):
     feats = loc.encode_image([random_image(6), random_image(7)])
     clip = copy.deepcopy(loc.backend.model)
     clip.visual.positional_embedding = torch.nn.Parameter(loc.backend.tower.pos_embed().detach())
-    from zsfinercam.io.images import to_pixels
-
-    pixels = to_pixels(feats.images, loc.config.image_size, loc.config.mean, loc.config.std)
+    pixels = loc.pixels(feats.images)
     with torch.no_grad():
         torch.testing.assert_close(feats.embedding, clip.encode_image(pixels), atol=1e-5, rtol=1e-5)
 
@@ -130,8 +128,6 @@ def test_the_official_epsilon_form_misses_the_limit_at_scale_100(tmp_path):
     from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
 
     import zsfinercam as zf
-    from zsfinercam.io.images import to_pixels
-
     cfg, weights = save_tiny(tmp_path, seed=3, logit_scale=100.0)
     loc = zf.Localizer.from_pretrained("t", str(weights), model_config=str(cfg), device="cpu", cache_dir=None)
     feats = loc.encode_image(random_image(8))
@@ -140,7 +136,7 @@ def test_the_official_epsilon_form_misses_the_limit_at_scale_100(tmp_path):
     _, want = engine.token_maps(feats, limit, impl="torch")
 
     clip = loc.backend.model
-    pixels = to_pixels(feats.images, loc.config.image_size, loc.config.mean, loc.config.std)
+    pixels = loc.pixels(feats.images)
     stash = {}
     handle = clip.visual.transformer.resblocks[-1].ln_1.register_forward_hook(
         lambda mod, inp, out: stash.update(a=out.retain_grad() or out))

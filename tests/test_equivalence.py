@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from conftest import random_image
-from zsfinercam.io.images import to_pixels
-from zsfinercam.testing.reference import ImageFeatures, ZeroShotHead, finer_cam
+from zsfinercam.testing.reference import ImageTower, ZeroShotHead, finer_cam
 from zsfinercam.io.render import minmax
 
 CLASSES = ["cat", "dog", "bird", "red fox", "grey wolf", "barn owl"]
@@ -25,8 +24,8 @@ def reference_model(loc):
 def reference_maps(loc, images, targets_and_refs, alpha):
     clip = reference_model(loc)
     text = loc.encode_text(CLASSES)
-    model = ZeroShotHead(ImageFeatures(clip, lambda m, x: m.encode_image(x)), text, loc.backend.logit_scale)
-    pixels = to_pixels(images, loc.config.image_size, loc.config.mean, loc.config.std)
+    model = ZeroShotHead(ImageTower(clip, lambda m, x: m.encode_image(x)), text, loc.backend.logit_scale)
+    pixels = loc.pixels(images)
     # alpha 0: FinerCAM's own choice of references (they cancel out)
     targets = targets_and_refs[0][0] if alpha == 0 else targets_and_refs
     maps = finer_cam(model, clip.visual.transformer.resblocks[-1].ln_1, pixels, targets,

@@ -1,4 +1,4 @@
-"""Ground truth: on synthetic birds with one-part references, Finer-CAM beats Grad-CAM."""
+"""Ground truth: on synthetic birds with one-part references, Finer-CAM beats its CAM base alone."""
 from __future__ import annotations
 
 import json
@@ -31,14 +31,14 @@ def toy_at_scale(folder, scale):
 
 
 @pytest.mark.parametrize("scale", [None, 100.0])
-def test_finer_cam_finds_the_distinguishing_part_better_than_grad_cam(items, scale, tmp_path):
+def test_finer_cam_finds_the_distinguishing_part_better_than_the_base_alone(items, scale, tmp_path):
     loc = zf.Localizer.from_pretrained("toy", device="cpu", cache_dir=None) if scale is None \
         else toy_at_scale(tmp_path, scale)
     if scale is not None:
         assert loc.backend.logit_scale == pytest.approx(scale, rel=1e-4)
-    summary = evaluate(loc, items, ("finer", "gradcam", "random"), progress=False).summary()
-    finer, grad, rand = summary["finer"], summary["gradcam"], summary["random"]
-    assert finer["pointing"] > grad["pointing"] + 0.1 and finer["energy"] > grad["energy"] + 0.03
+    summary = evaluate(loc, items, ("finer", "base", "random"), progress=False).summary()
+    finer, alone, rand = summary["finer"], summary["base"], summary["random"]
+    assert finer["pointing"] > alone["pointing"] + 0.1 and finer["energy"] > alone["energy"] + 0.03
     assert finer["pointing"] > rand["pointing"] and finer["energy"] > rand["energy"]
 
 
@@ -61,7 +61,7 @@ def test_synthetic_references_differ_in_exactly_one_part(items):
 def test_manifest_round_trip_through_the_cli(tmp_path):
     def run(*args):
         proc = subprocess.run([sys.executable, "-m", "zsfinercam", "eval", *map(str, args), "--methods",
-                               "finer,gradcam", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+                               "finer,base", "--device", "cpu"], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         return proc
 
@@ -93,18 +93,18 @@ def test_several_bases_give_one_row_each(items):
 
     loc = zf.Localizer.from_pretrained("toy", device="cpu", cache_dir=None)
     few = items[:6]
-    report = evaluate(loc, few, ("finer", "gradcam", "random"), bases=["gradcam", "hirescam", "layercam"],
+    report = evaluate(loc, few, ("finer", "base", "random"), bases=["gradcam", "hirescam", "layercam"],
                       progress=False)
     summary = report.summary()
     assert list(summary) == ["finer/gradcam", "finer/hirescam", "finer/layercam",
-                             "gradcam/gradcam", "gradcam/hirescam", "gradcam/layercam", "random"]
+                             "base/gradcam", "base/hirescam", "base/layercam", "random"]
     assert all(s["n"] == 6 for s in summary.values())
     assert {r["base"] for r in report.rows if r["method"] != "random"} == {"gradcam", "hirescam", "layercam"}
     assert [line.split()[0] for line in report.table().splitlines()] == ["method", *summary]
-    plain = evaluate(loc, few, ("finer", "gradcam"), progress=False)  # no bases: the default, named by method
-    assert list(plain.summary()) == ["finer", "gradcam"] and all(r["base"] == DEFAULT_BASE for r in plain.rows)
+    plain = evaluate(loc, few, ("finer", "base"), progress=False)  # no bases: the default, named by method
+    assert list(plain.summary()) == ["finer", "base"] and all(r["base"] == DEFAULT_BASE for r in plain.rows)
     assert plain.table().splitlines()[-1] == f"CAM base: {DEFAULT_BASE}"  # which base rows named by method use
-    for method in ("finer", "gradcam"):
+    for method in ("finer", "base"):
         assert plain.summary()[method] == summary[f"{method}/{DEFAULT_BASE}"]
     with pytest.raises(UsageError, match="unknown base 'scorecam'"):
         evaluate(loc, few, ("finer",), bases=["scorecam"], progress=False)
@@ -117,7 +117,7 @@ def test_logit_scale_changes_only_the_heads_scale(items, tmp_path):
     own = loc.backend.logit_scale
     at_100 = with_logit_scale(loc, 100.0)
     assert at_100.backend.logit_scale == 100.0 and loc.backend.logit_scale == own  # the original is untouched
-    args = (items[:6], ("finer", "gradcam"))
+    args = (items[:6], ("finer", "base"))
     want = evaluate(toy_at_scale(tmp_path, 100.0), *args, bases=["gradcam", "hirescam"], progress=False).summary()
     got = evaluate(at_100, *args, bases=["gradcam", "hirescam"], progress=False).summary()
     assert got.keys() == want.keys()
@@ -128,16 +128,20 @@ def test_logit_scale_changes_only_the_heads_scale(items, tmp_path):
 
 
 def test_eval_cli_compares_bases(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "zsfinercam", "eval", "--synthetic", "3", "--methods", "finer,gradcam",
+    proc = subprocess.run([sys.executable, "-m", "zsfinercam", "eval", "--synthetic", "3", "--methods", "finer,base",
                            "--base", "hirescam,layercam", "--logit-scale", "100", "--device", "cpu",
                            "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    labels = ["finer/hirescam", "finer/layercam", "gradcam/hirescam", "gradcam/layercam"]
+    labels = ["finer/hirescam", "finer/layercam", "base/hirescam", "base/layercam"]
     assert [line.split()[0] for line in proc.stdout.splitlines()[1:]] == labels
     assert list(json.loads((tmp_path / "r.json").read_text())["summary"]) == labels
     bad = subprocess.run([sys.executable, "-m", "zsfinercam", "eval", "--synthetic", "3", "--base", "gradcam,nope"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--base" in bad.stderr
+    assert "unknown base 'nope'" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    old = subprocess.run([sys.executable, "-m", "zsfinercam", "eval", "--synthetic", "3", "--methods", "gradcam"],
+                         capture_output=True, text=True, timeout=300)
+    assert old.returncode == 2 and "--methods" in old.stderr and "finer, base, random, randomized" in old.stderr
 
 
 def test_the_report_never_replaces_the_manifest(tmp_path):

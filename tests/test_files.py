@@ -13,7 +13,8 @@ from conftest import random_image
 from zsfinercam.batch.run import find_images, run_batch
 from zsfinercam.cli import main
 from zsfinercam.errors import UsageError
-from zsfinercam.io.files import TMP_PREFIX, atomic_write, image_stem, json_bytes, refuse_overwriting_inputs
+from zsfinercam.io.files import (RESULT_FILE, TMP_PREFIX, atomic_write, image_stem, json_bytes,
+                                 refuse_overwriting_inputs, result_name_pattern, safe_stem, source_stem)
 
 
 @pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])
@@ -119,3 +120,55 @@ def test_json_bytes_round_trips_odd_file_names():
     data.decode("utf-8")
     assert json.loads(data) == {"image": name, "concept": "鳥"}
     assert "鳥" in json_bytes({"c": "鳥"}).decode("utf-8")
+
+
+# the one naming rule ------------------------------------------------------------------
+def test_one_naming_rule_for_save_locate_and_batch(tiny, tiny_files, tmp_path, capsys):
+    """`LocateResult.save`, `locate` and `batch` (which the Ray engine shares) name a map alike:
+    image, concept, settings label, then a hash of the settings and references."""
+    image = tmp_path / "Bird.png"
+    Image.fromarray(random_image(4)).save(image)
+    res = tiny.locate(str(image), "red hawk", vs=["barn owl"])
+    stem = res.default_stem()
+    assert stem == f"{image_stem(image)}_{safe_stem('red hawk')}_finer-weighted-a1-hirescam-{stem[-8:]}"
+    assert Path(res.save(tmp_path / "api")["json"]).name == f"{stem}.json"
+    main(["locate", str(image), "red hawk", "--vs", "barn owl", *model_args(tiny_files), "--out",
+          str(tmp_path / "cli"), "--json", "-q"])
+    assert Path(json.loads(capsys.readouterr().out)["files"]["json"]).name == f"{stem}.json"
+    run_batch(tiny, [image], tmp_path / "batch", ["red hawk"], vs=["barn owl"], progress=False)
+    (record,) = [json.loads(line) for line in (tmp_path / "batch" / "manifest.jsonl").read_text().splitlines()]
+    assert record["outputs"][0]["files"]["json"] == f"{image_stem(image)}/{stem}.json"
+    assert RESULT_FILE.fullmatch(f"{stem}_overlay.png") and RESULT_FILE.fullmatch(f"{stem}_heatmap.png")
+
+
+@pytest.mark.parametrize("change", [dict(alpha=0.5), dict(objective="mean"), dict(base="layercam"),
+                                    dict(templates=["a {}."]), dict(vs=["eagle"]), dict(method="base")])
+def test_other_settings_get_other_names_the_same_settings_the_same(tiny, change):
+    image = random_image(4)
+    first = tiny.locate(image, "red hawk", vs=["barn owl"])
+    assert tiny.locate(image, "red hawk", vs=["barn owl"]).default_stem() == first.default_stem()
+    other = tiny.locate(image, "red hawk", **{"vs": ["barn owl"], **change})
+    assert other.default_stem() != first.default_stem()
+    assert result_name_pattern(source_stem("array"), "red hawk", other.settings()).fullmatch(
+        f"{other.default_stem()}_heatmap.npy")
+
+
+def test_the_locate_guard_checks_the_names_it_will_write_before_loading(tiny_files, tmp_path, monkeypatch, capsys):
+    """An image in --out named as a result of these settings would be (whatever the references:
+    their hash is not known before the model runs): refused before the model loads."""
+    from zsfinercam.io import files
+
+    monkeypatch.setattr(files, "image_stem", lambda path: "bird")  # a real stem hashes the image's own name
+    clash = tmp_path / f"bird_{safe_stem('red hawk')}_finer-weighted-a1-hirescam-0123abcd_overlay.png"
+    other = tmp_path / f"bird_{safe_stem('red hawk')}_finer-weighted-a1-layercam-0123abcd_overlay.png"
+    for path in (clash, other):
+        Image.fromarray(random_image(4)).save(path)
+    missing = [*model_args(tiny_files)[:4], "--pretrained", str(tmp_path / "no-weights.safetensors"), "--device", "cpu"]
+    with pytest.raises(SystemExit) as done:
+        main(["locate", str(clash), "red hawk", *missing, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "would overwrite the input" in err and "loading" not in err
+    with pytest.raises(SystemExit):  # another base's name cannot be written: the model loads (and fails here)
+        main(["locate", str(other), "red hawk", *missing, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "loading" in err and "overwrite" not in err

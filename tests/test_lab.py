@@ -54,17 +54,17 @@ def test_parse_request_refuses_bad_input_with_one_line(kwargs, message):
     assert "\n" not in str(err.value)
 
 
-def test_locate_options_maps_every_field():
+def test_request_options_maps_every_field():
     from zsfinercam.options import LocateOptions
 
     req = session.parse_request("a\nb", "c", "parts", "cub200", 0.5, "short", "finer", "mean")
-    assert session.locate_options(req) == LocateOptions(vs=("c",), vocab="cub200", contrast="parts",
-                                                        parts="cub_parts", alpha=0.5, objective="mean",
-                                                        templates="short")
-    assert session.locate_options(session.parse_request("a", method="gradcam")).alpha == 0.0
-    assert session.locate_options(session.parse_request("a")) == LocateOptions()
-    req = session.parse_request("a", method="gradcam", base="layercam")
-    assert req.base == "layercam" and session.locate_options(req) == LocateOptions(alpha=0.0, base="layercam")
+    assert session.request_options(req) == LocateOptions(vs=("c",), vocab="cub200", contrast="parts",
+                                                         parts="cub_parts", alpha=0.5, objective="mean",
+                                                         templates="short")
+    assert session.request_options(session.parse_request("a", method="base")).alpha == 0.0
+    assert session.request_options(session.parse_request("a")) == LocateOptions()
+    req = session.parse_request("a", method="base", base="layercam")
+    assert req.base == "layercam" and session.request_options(req) == LocateOptions(alpha=0.0, base="layercam")
 
 
 def test_the_request_carries_the_base_to_the_maps_and_captions(loc):
@@ -84,8 +84,8 @@ def test_run_request_gives_locates_maps(loc, references, objective):
     result = session.run_request(loc, cache, BIRD, req)
     finer = loc.locate_many(str(BIRD), ["red tail", "bird"], vs=references.split("\n") if references else None,
                             objective=objective)
-    grad = loc.locate_many(str(BIRD), list(req.concepts), method="gradcam")
-    for mine, theirs in [(result.comparison.finer, finer), (result.comparison.gradcam, grad)]:
+    alone = loc.locate_many(str(BIRD), list(req.concepts), method="base")
+    for mine, theirs in [(result.comparison.finer, finer), (result.comparison.base_alone, alone)]:
         for a, b in zip(mine, theirs):
             assert (a.concept, a.references) == (b.concept, b.references)
             np.testing.assert_allclose(a.token_map, b.token_map, rtol=1e-4, atol=1e-5)
@@ -138,8 +138,10 @@ def test_layout_scores_references_neighbours_and_downloads(loc, tmp_path):
     assert len(session.gallery(result)) == 6 and session.gallery(result)[1][1] == "red tail · Finer-CAM"
     files = session.write_downloads(result, tmp_path / "dl")
     names = sorted(Path(f).name for f in files)
-    assert names[-2:] == ["red-tail-ba9bb7d2_overlay.png", "results.json"]
-    assert any(n.endswith("_heatmap.npy") for n in names) and "compare_grid.png" in names
+    stems = [res.default_stem() for res in result.comparison.finer]  # the one naming rule
+    assert stems[0].startswith("bird-") and "_red-tail-" in stems[0] and "_finer-weighted-a1-hirescam-" in stems[0]
+    assert names == sorted([*(f"{s}{end}" for s in stems for end in ("_overlay.png", "_heatmap.npy", ".json")),
+                            "compare_grid.png", "results.json"])
     record = json.loads((tmp_path / "dl" / "results.json").read_text())
     assert record["results"][0]["peak"] == list(result.comparison.finer[0].peak)
     assert "token_map" not in record["results"][0]
@@ -157,7 +159,7 @@ def test_results_display_themselves_in_notebooks(loc):
         text = repr(obj)
         assert "\n" not in text and "array" not in text and len(text) < 400, text
     assert repr(res) == (f"LocateResult('red tail', score {res.scores['red tail']:.3f}, vs [blue head], "
-                         f"peak {res.peak}, bbox {res.bbox()}, finer)")
+                         f"peak {res.peak}, bbox {res.bbox()}, finer, base gradcam)")
     assert res.overlay(size=300).size == (300, 300)
     from PIL import Image
     import io
@@ -242,6 +244,21 @@ def test_the_api_takes_a_base_and_defaults_it(served):
 
     assert _locate(served, BIRD, "bird", base="layercam")[4]["results"][0]["base"] == "layercam"
     assert _locate(served, BIRD, "bird")[4]["results"][0]["base"] == DEFAULT_BASE
+
+
+@pytest.mark.parametrize("base", ["gradcam", "hirescam", "layercam"])
+def test_an_empty_base_alone_map_flows_through_the_page(served, tmp_path, base):
+    """A solid colour gives the base alone nothing to point at (peak None): the page answers anyway."""
+    from PIL import Image
+
+    red = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(red)
+    gallery, _, _, _, record, files, status, *_ = _locate(served, red, "striped wings", references="a tree",
+                                                         base=base)
+    (result,) = record["results"]
+    assert result["base"] == base and result["base_alone"] == {"peak": None, "bbox": None}
+    assert result["concept"] == "striped wings" and result["references"] == ["a tree"]
+    assert len(gallery) == 3 and any(Path(f).name == "compare_grid.png" for f in files) and "ms" in status
 
 
 def test_a_server_path_named_by_the_browser_is_never_read(served, loc, tmp_path):

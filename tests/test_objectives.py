@@ -23,8 +23,8 @@ Z = torch.tensor([2.0, 1.0, 0.5, -1.0])
 @pytest.mark.parametrize("objective, expected", [
     (Objective(0, (1,), 1.0, "compare"), 1.0),                      # 2 - 1
     (Objective(0, (1, 2), 0.6, "mean"), 2.0 - 0.6 * 0.75),          # z_t - gamma * mean(1, 0.5)
-    (Objective(0, (), 1.0), 2.0),                                  # no references: Grad-CAM
-    (Objective(2, (0, 1), 0.0), 0.5),                              # alpha 0: Grad-CAM
+    (Objective(0, (), 1.0), 2.0),                                  # no references: the base alone
+    (Objective(2, (0, 1), 0.0), 0.5),                              # alpha 0: the base alone
     (Objective(0, (1, 2), 1.0),                                    # softmax over the references only
      2.0 - (math.e * 1.0 + math.exp(0.5) * 0.5) / (math.e + math.exp(0.5))),
 ])
@@ -82,3 +82,13 @@ def test_the_epsilon_form_breaks_at_clip_scale():
 def test_invalid_objectives(kwargs, message):
     with pytest.raises(UsageError, match=message):
         Objective(0, **{"references": (1,), **kwargs})
+
+
+@pytest.mark.parametrize("objective, alone", [
+    (Objective(0), True), (Objective(2, (0, 1), 0.0), True), (Objective(2, (0,), 0.5), False),
+    (Objective(1, (0,), 1.0, "mean"), False),
+])
+def test_is_base_alone_means_the_concepts_logit(objective, alone):
+    z = torch.tensor([[2.0, -1.0, 0.5]])
+    assert objective.is_base_alone is alone
+    assert (objective(z).item() == z[0, objective.concept].item()) is alone

@@ -12,8 +12,7 @@ import zsfinercam as zf
 from conftest import random_image
 from tiny_timm import save_tiny_siglip, siglip_cfg
 from zsfinercam.core import engine
-from zsfinercam.io.images import to_pixels
-from zsfinercam.testing.reference import ImageFeatures, ZeroShotHead, finer_cam
+from zsfinercam.testing.reference import ImageTower, ZeroShotHead, finer_cam
 from zsfinercam.io.render import minmax
 
 CONCEPTS = ["cat", "dog", "bird", "red fox", "grey wolf", "barn owl"]
@@ -48,9 +47,9 @@ def reference(loc, images, pairs):
     if loc.config.image_size != loc.config.native_image_size:
         trunk.set_input_size(img_size=loc.config.image_size)
     layer = trunk.norm if loc.config.pooling == "map" else trunk.blocks[-1].norm1
-    model = ZeroShotHead(ImageFeatures(clip, lambda m, x: m.encode_image(x)), loc.encode_text(CONCEPTS),
+    model = ZeroShotHead(ImageTower(clip, lambda m, x: m.encode_image(x)), loc.encode_text(CONCEPTS),
                          loc.backend.logit_scale)
-    pixels = to_pixels(images, loc.config.image_size, loc.config.mean, loc.config.std)
+    pixels = loc.pixels(images)
     maps = finer_cam(model, layer, pixels, pairs, grid=loc.config.grid_size, prefix=loc.config.num_prefix_tokens)
     return maps, model(pixels).detach()
 
@@ -91,7 +90,7 @@ def test_siglip_scores_are_the_models_logits(files):
     loc = load(files)
     image = random_image(4)
     z = loc.scores(image, CONCEPTS[:3])[0]
-    pixels = to_pixels([image], loc.config.image_size, loc.config.mean, loc.config.std)
+    pixels = loc.pixels([image])
     with torch.no_grad():
         e = F.normalize(loc.backend.model.encode_image(pixels), dim=-1)
     want = loc.backend.logit_scale * e @ loc.encode_text(CONCEPTS[:3]).T + loc.backend.model.logit_bias.detach()
@@ -132,7 +131,7 @@ def test_jacobian_path_equals_direct_path(files):
 def test_embedding_matches_open_clip(files):
     loc = load(files, "map-register", image_size=None)  # the model's own size: encode_image runs as is
     image = random_image(9)
-    pixels = to_pixels([image], loc.config.image_size, loc.config.mean, loc.config.std)
+    pixels = loc.pixels([image])
     with torch.no_grad():
         want = loc.backend.model.encode_image(pixels)
     torch.testing.assert_close(engine.encode(loc.backend, pixels)[2], want, atol=1e-5, rtol=1e-5)

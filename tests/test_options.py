@@ -11,8 +11,8 @@ import pytest
 
 from conftest import random_image
 from zsfinercam.errors import UsageError
-from zsfinercam.options import (BASES, DEFAULT_ALPHA, DEFAULT_NUM_REFERENCES, METHODS, OBJECTIVES, STRATEGIES,
-                                LocateOptions, OptionError)
+from zsfinercam.options import (BASES, DEFAULT_ALPHA, DEFAULT_BASE, DEFAULT_NUM_REFERENCES, FALLBACK_BASE, METHODS,
+                                OBJECTIVES, STRATEGIES, LocateOptions, OptionError)
 
 VOCAB = ["cat", "dog", "bird", "red fox", "grey wolf"]
 
@@ -21,14 +21,14 @@ VOCAB = ["cat", "dog", "bird", "red fox", "grey wolf"]
     ({}, "alpha", 1.0),
     ({"objective": "mean"}, "alpha", 0.6),
     ({"objective": "compare"}, "alpha", 1.0),
-    ({"method": "gradcam"}, "alpha", 0.0),
-    ({"method": "gradcam", "alpha": 0.5}, "alpha", 0.0),
+    ({"method": "base"}, "alpha", 0.0),
+    ({"method": "base", "alpha": 0.5}, "alpha", 0.0),
     ({"alpha": 0}, "alpha", 0.0),
     ({"alpha": 2}, "alpha", 2.0),
     ({"alpha": np.float32(0.25)}, "alpha", 0.25),
     ({"num_references": np.int64(2)}, "num_references", 2),
     ({}, "num_references", DEFAULT_NUM_REFERENCES),
-    ({}, "base", None),  # resolved per backend by the Localizer: DEFAULT_BASE where it gives per-token gradients
+    ({}, "base", None),  # resolved per backend by `resolved` (the Localizer's façade), see below
     ({"base": "layercam"}, "base", "layercam"),
     ({"vs": "dog"}, "vs", ("dog",)),
     ({"vs": ["dog", "fox"]}, "vs", ("dog", "fox")),
@@ -53,8 +53,9 @@ def test_values_are_resolved(kwargs, field, want):
     ({"alpha": -1.0}, "alpha", "alpha must be a finite number >= 0"),
     ({"alpha": True}, "alpha", "alpha must be"),
     ({"alpha": "1"}, "alpha", "alpha must be"),
-    ({"method": "gradcam", "alpha": float("nan")}, "alpha", "alpha must be"),
-    ({"method": "cam"}, "method", "unknown method 'cam'; choose one of: finer, gradcam"),
+    ({"method": "base", "alpha": float("nan")}, "alpha", "alpha must be"),
+    ({"method": "cam"}, "method", "unknown method 'cam'; choose one of: finer, base"),
+    ({"method": "gradcam"}, "method", "unknown method 'gradcam'; choose one of: finer, base"),
     ({"objective": "best"}, "objective", "unknown objective 'best'; choose one of: weighted, mean, compare"),
     ({"base": "scorecam"}, "base", "unknown base 'scorecam'; choose one of: gradcam, hirescam, layercam"),
     ({"contrast": "nope"}, "contrast", "unknown contrast 'nope'"),
@@ -73,24 +74,46 @@ def test_bad_values_name_the_option(kwargs, field, message):
     assert err.value.field == field and isinstance(err.value, UsageError)
 
 
-def test_constants_agree():
-    assert set(DEFAULT_ALPHA) == set(OBJECTIVES) and METHODS == ("finer", "gradcam")
+def test_constants_agree_and_live_in_options_only():
+    assert set(DEFAULT_ALPHA) == set(OBJECTIVES) and METHODS == ("finer", "base")
     assert BASES == ("gradcam", "hirescam", "layercam") and "parts" in STRATEGIES
+    assert {DEFAULT_BASE, FALLBACK_BASE} <= set(BASES)
     from zsfinercam import localizer
-    from zsfinercam.concepts import contrast
     from zsfinercam.core import objectives
     from zsfinercam.evaluation import evaluate
+    from zsfinercam.options import EVAL_METHODS
 
-    assert contrast.STRATEGIES is STRATEGIES and objectives.OBJECTIVES is OBJECTIVES
-    assert objectives.DEFAULT_ALPHA is DEFAULT_ALPHA and localizer.METHODS is METHODS
-    assert evaluate.EVAL_METHODS[:2] == METHODS and not hasattr(evaluate, "METHODS")
+    assert EVAL_METHODS == ("finer", "base", "random", "randomized")
+    assert not hasattr(localizer, "METHODS") and "METHODS" not in localizer.__all__
+    assert not hasattr(objectives, "__all__") and not hasattr(objectives, "DEFAULT_ALPHA")
+    assert evaluate.EVAL_METHODS is EVAL_METHODS and not hasattr(evaluate, "METHODS")
+
+
+@pytest.mark.parametrize("given, token_gradients, want", [
+    (None, True, DEFAULT_BASE), (None, False, FALLBACK_BASE), ("layercam", True, "layercam"),
+    ("hirescam", False, "hirescam"),  # kept: the engine refuses it on such a backend, naming the fix
+])
+def test_resolved_fills_the_base_for_a_backend(given, token_gradients, want):
+    options = LocateOptions(base=given, alpha=0.5)
+    got = options.resolved(token_gradients)
+    assert got.base == want and got.replace(base=None) == options.replace(base=None)
+    assert got.resolved(not token_gradients) == got  # resolving twice changes nothing
+
+
+def test_the_facade_resolves_every_field(tiny):
+    from zsfinercam.backends import token_gradients
+
+    got = tiny.options(objective="mean")
+    assert (got.base, got.alpha) == (DEFAULT_BASE, 0.6)
+    assert token_gradients(tiny.backend.name) is type(tiny.backend).token_gradients is True
+    assert tiny.options(LocateOptions(base="gradcam")).base == "gradcam"
 
 
 @pytest.mark.parametrize("options", [
     LocateOptions(),
     LocateOptions(vs=["dog", "fox"], objective="mean", alpha=0.3, templates=["a {}.", "the {}"], base="hirescam"),
     LocateOptions(vocab=VOCAB, contrast="text", num_references=2, category="animal"),
-    LocateOptions(parts={"tail": ["red tail", "blue tail"], "wing": ["red wings"]}, method="gradcam"),
+    LocateOptions(parts={"tail": ["red tail", "blue tail"], "wing": ["red wings"]}, method="base"),
 ])
 def test_json_round_trip_is_exact(options):
     data = options.to_json()
@@ -112,9 +135,9 @@ def test_replace_validates_and_keeps_the_rest():
     assert base.replace(objective="mean", alpha=None).alpha == 0.6  # ... unless asked to resolve again
     with pytest.raises(OptionError, match="alpha"):
         base.replace(alpha=-1)
-    plain = base.gradcam()
+    plain = base.base_alone()
     assert (plain.method, plain.alpha, plain.vs, plain.templates, plain.base) == \
-        ("gradcam", 0.0, None, ("a {}.",), "layercam")
+        ("base", 0.0, None, ("a {}.",), "layercam")
 
 
 def test_options_are_frozen():
@@ -167,12 +190,9 @@ def test_keywords_and_options_together_are_refused(tiny):
         tiny.locate_many(random_image(3), ["cat", "dog"], alhpa=0.5)
 
 
-def test_old_positional_vs_still_works_with_a_warning(tiny):
-    image = random_image(3)
-    with pytest.warns(DeprecationWarning, match="vs="):
-        (old,) = tiny.locate_many(image, ["cat"], ["dog"])
-    assert old.references == ("dog",)
-    assert old.token_map.tolist() == tiny.locate(image, "cat", vs=["dog"]).token_map.tolist()
+def test_references_as_the_third_argument_are_refused(tiny):
+    with pytest.raises(UsageError, match="options must be a LocateOptions, got list"):
+        tiny.locate_many(random_image(3), ["cat"], ["dog"])
 
 
 @pytest.mark.parametrize("make, nested, count", [
@@ -200,13 +220,14 @@ def test_compare_rows_follow_the_options(tiny):
     options = LocateOptions(vs=["bird"], objective="mean", templates=["a photo of a {}."])
     comparison = tiny.compare(image, ["cat", "dog"], options)
     finer = tiny.locate_many(image, ["cat", "dog"], options)
-    grad = tiny.locate_many(image, ["cat", "dog"], options.gradcam())
-    for got, want in [*zip(comparison.finer, finer), *zip(comparison.gradcam, grad)]:
+    alone = tiny.locate_many(image, ["cat", "dog"], options.base_alone())
+    for got, want in [*zip(comparison.finer, finer), *zip(comparison.base_alone, alone)]:
         assert (got.references, got.objective, got.alpha) == (want.references, want.objective, want.alpha)
         np.testing.assert_allclose(got.token_map, want.token_map, rtol=1e-4, atol=1e-7)
-    assert comparison.finer[0].alpha == 0.6 and comparison.gradcam[0].references == ()
+    assert comparison.finer[0].alpha == 0.6 and comparison.base_alone[0].references == ()
+    assert (comparison.base_alone[0].method, comparison.base_alone[0].objective) == ("base", "logit")
     with pytest.raises(UsageError, match="drop method="):
-        tiny.compare(image, ["cat", "dog"], options.replace(method="gradcam"))
+        tiny.compare(image, ["cat", "dog"], options.replace(method="base"))
 
 
 def test_batch_records_the_options_and_resumes_only_with_the_same(tiny, tmp_path):

@@ -15,7 +15,6 @@ from conftest import random_image, save_tiny
 from tiny_timm import PROBE_CLASSES, TINY_DINO, load_tiny_probe, save_tiny_probe, tiny_dino
 from zsfinercam.backends.probe import load_timm_weights
 from zsfinercam.concepts.contrast import nearest_by_logit
-from zsfinercam.io.images import to_pixels
 from zsfinercam.testing.reference import finer_cam
 from zsfinercam.io.render import minmax
 
@@ -54,7 +53,7 @@ class PooledProbe(torch.nn.Module):
 
 
 def grad_cam(model, layer, loc, images, pairs, alpha=1.0):
-    pixels = to_pixels(images, loc.config.image_size, loc.config.mean, loc.config.std)
+    pixels = loc.pixels(images)
     maps = finer_cam(model, layer, pixels, pairs, grid=loc.config.grid_size, prefix=loc.config.num_prefix_tokens,
                      alpha=alpha)
     return maps, model(pixels).detach()

@@ -132,7 +132,7 @@ def test_safe_stems_of_distinct_texts_are_distinct():
 
 def make_result(**over):
     kw = dict(concept="hawk", references=("owl",), scores={"hawk": 2.0, "owl": 1.0},
-              token_map=hand_map(), image=np.zeros((12, 16, 3), np.uint8))
+              token_map=hand_map(), image=np.zeros((12, 16, 3), np.uint8), base="hirescam")
     kw.update(over)
     return LocateResult(**kw)
 

@@ -16,8 +16,9 @@ from PIL import Image, ImageDraw
 from .io import render
 from .result import LocateResult
 
-ROWS = ("Grad-CAM", "Finer-CAM", "Finer - Grad")  # the row labels with the Grad-CAM base
-BASE_NAMES = {"gradcam": ("Grad-CAM", "Grad"), "hirescam": ("HiResCAM", "HiRes"), "layercam": ("Layer-CAM", "Layer")}
+ROW_COUNT = 3  # the base alone, Finer-CAM, their difference (labels: `Comparison.rows`)
+BASE_NAMES = {"gradcam": ("Grad-CAM", "Grad"), "hirescam": ("HiResCAM", "HiRes"),
+              "layercam": ("Layer-CAM", "Layer")}  # options.BASES -> (row label, short name)
 DEFAULT_CELL = 192  # cell width, pixels
 MAX_ASPECT = 4.0  # cells are at most this many times taller than wide, or wider than tall
 LEGEND = ("{0}, {1}: each map scaled to its own maximum, colour from low to high",
@@ -39,20 +40,20 @@ class Layout:
     def size(self, columns: int) -> tuple[int, int]:
         """(width, height) of a grid with `columns` concepts."""
         return (self.label_width + columns * self.cell_width,
-                self.caption_height + len(ROWS) * self.cell_height + self.legend_height)
+                self.caption_height + ROW_COUNT * self.cell_height + self.legend_height)
 
 
 @dataclass
 class Comparison:
-    """Base-alone ("gradcam", whatever the base) and Finer-CAM results of the same concepts on one image."""
+    """Results of the CAM base alone and of Finer-CAM (on that base) for the same concepts on one image."""
 
-    gradcam: list[LocateResult]
+    base_alone: list[LocateResult]
     finer: list[LocateResult]
 
     def __post_init__(self) -> None:
-        if len(self.gradcam) != len(self.finer) or not self.finer:
-            raise ValueError(f"expected one Grad-CAM and one Finer-CAM result per concept, "
-                             f"got {len(self.gradcam)} and {len(self.finer)}")
+        if len(self.base_alone) != len(self.finer) or not self.finer:
+            raise ValueError(f"expected one base-alone and one Finer-CAM result per concept, "
+                             f"got {len(self.base_alone)} and {len(self.finer)}")
 
     def __repr__(self) -> str:
         parts = [f"{f.concept!r} {f.scores[f.concept]:.3f} vs [{', '.join(f.references) or '-'}] peak {f.peak}"
@@ -71,7 +72,7 @@ class Comparison:
 
     @property
     def rows(self) -> tuple[str, str, str]:
-        """Row labels: the base alone, Finer-CAM, their difference (ROWS for the Grad-CAM base)."""
+        """Row labels: the base alone (BASE_NAMES), Finer-CAM, their difference."""
         name, short = BASE_NAMES.get(self.base, (self.base, self.base))
         return name, "Finer-CAM", f"Finer - {short}"
 
@@ -80,8 +81,8 @@ class Comparison:
         return [r.concept for r in self.finer]
 
     def difference(self, i: int) -> np.ndarray:
-        """Finer-CAM minus Grad-CAM heatmap of concept i, float32 (H, W) in [-1, 1]."""
-        return self.finer[i].heatmap - self.gradcam[i].heatmap
+        """Finer-CAM minus base-alone heatmap of concept i, float32 (H, W) in [-1, 1]."""
+        return self.finer[i].heatmap - self.base_alone[i].heatmap
 
     def cell_height(self, cell: int) -> int:
         """Height of a cell `cell` pixels wide: the image's aspect ratio, kept within MAX_ASPECT."""
@@ -94,8 +95,8 @@ class Comparison:
         no more than a small one."""
         size = (self.cell_height(cell), cell)
         image = np.asarray(Image.fromarray(self.finer[i].image).resize(size[::-1], Image.BILINEAR))
-        grad, finer = (render.upsample(r.norm_map, size) for r in (self.gradcam[i], self.finer[i]))
-        return [render.overlay(image, grad), render.overlay(image, finer), diverging(image, finer - grad)]
+        alone, finer = (render.upsample(r.norm_map, size) for r in (self.base_alone[i], self.finer[i]))
+        return [render.overlay(image, alone), render.overlay(image, finer), diverging(image, finer - alone)]
 
     def layout(self, cell: int = DEFAULT_CELL) -> Layout:
         """The grid's sizes for cells `cell` pixels wide: the font grows with the cell, captions
@@ -141,7 +142,7 @@ class Comparison:
                 canvas.paste(Image.fromarray(im), (x, top + r * ch))
             for line, text in enumerate(self.caption(i, draw, face, cell - 6)):
                 draw.text((x + 3, 3 + line * lay.pitch), text, fill="black", font=face)
-        self._legend(canvas, draw, face, lay, top + len(ROWS) * ch + 4)
+        self._legend(canvas, draw, face, lay, top + ROW_COUNT * ch + 4)
         return canvas
 
     def _legend(self, canvas: Image.Image, draw: ImageDraw.ImageDraw, face, lay: Layout, y: int) -> None:
@@ -160,15 +161,11 @@ class Comparison:
 
     def to_dict(self) -> dict:
         """JSON-ready summary: per concept its score, references, and both maps' peak and box."""
-        def where(res: LocateResult) -> dict:
-            box = res.bbox()
-            return {"peak": list(res.peak) if res.peak else None, "bbox": list(box) if box else None}
-
         return {"source": self.finer[0].source, "base": self.base, "rows": list(self.rows), "concepts": [
             {"concept": f.concept, "score": round(float(f.scores[f.concept]), 6),
              "probability": None if f.probability is None else round(f.probability, 6), "contrast": f.contrast,
-             "references": list(f.references), "gradcam": where(g), "finer": where(f)}
-            for g, f in zip(self.gradcam, self.finer)]}
+             "references": list(f.references), "base_alone": a.location(), "finer": f.location()}
+            for a, f in zip(self.base_alone, self.finer)]}
 
 
 def diverging(image: np.ndarray, diff: np.ndarray) -> np.ndarray:

@@ -15,14 +15,14 @@ from .core.engine import ImageFeatures
 from .errors import UsageError
 from .io.images import DEFAULT_MAX_PIXELS, ImageInput, check_max_pixels, load_image, to_pixels
 from .core.objectives import Objective
-from .options import DEFAULT_BASE, METHODS, LocateOptions, check_concepts, choose_strategy
-from .result import LocateResult
+from .options import LocateOptions, check_concepts, choose_strategy
+from .result import LOGIT, LocateResult
 from .concepts.text import ConceptEncoder, default_cache_dir
 
 if TYPE_CHECKING:
     from .compare import Comparison
 
-__all__ = ["METHODS", "Localizer", "resolve_device"]  # METHODS: re-exported from zsfinercam.options
+__all__ = ["Localizer", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -134,6 +134,12 @@ class Localizer:
     def config(self):
         return self.backend.config
 
+    @property
+    def model_key(self) -> str:
+        """Names this loaded model (backend, model, instance): ImageFeatures carry it, so features
+        made by one model are never used with another."""
+        return f"{self.backend.name}:{self.config.name}:{id(self.backend)}"
+
     def head(self, concepts: Sequence[str], templates: str | Sequence[str] | None = None) -> torch.Tensor:
         """Rows of the linear head for `concepts`: encoded prompts, or a linear probe's classifier rows."""
         rows = self.backend.head_rows(check_concepts(concepts), templates)
@@ -150,12 +156,17 @@ class Localizer:
             raise UsageError("no images given")
         loaded = [load_image(im, max_pixels=self.max_pixels) for im in many]
         arrays = [a for a, _ in loaded]
+        stream, target, embedding, cache = engine.encode(self.backend, self.pixels(arrays))
         cfg = self.config
-        pixels = to_pixels(arrays, cfg.image_size, cfg.mean, cfg.std).to(self.backend.device)
-        stream, target, embedding, cache = engine.encode(self.backend, pixels)
         return ImageFeatures(stream, target, embedding, cfg.grid_size, cfg.num_prefix_tokens, arrays,
-                             [s for _, s in loaded], self._key(), cache=cache,
+                             [s for _, s in loaded], self.model_key, cache=cache,
                              from_list=isinstance(images, (list, tuple)))
+
+    def pixels(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        """The model's input (B, 3, H, W) on its device for RGB uint8 arrays (`io.images.to_pixels`
+        at the config's size, mean and std): the one pixel pipeline of every caller."""
+        cfg = self.config
+        return to_pixels(list(arrays), cfg.image_size, cfg.mean, cfg.std).to(self.backend.device)
 
     def scores(self, image, concepts: Sequence[str], templates=None) -> list[dict[str, float]]:
         """Zero-shot logits {concept: z} for each image."""
@@ -183,12 +194,13 @@ class Localizer:
 
     def compare(self, image, concepts: Sequence[str], options: LocateOptions | None = None,
                 **keywords) -> "Comparison":
-        """Grad-CAM and Finer-CAM maps of several concepts in one image, for a side-by-side grid.
+        """Maps of the CAM base alone and of Finer-CAM for several concepts in one image, for a
+        side-by-side grid.
 
         The trunk runs once (or not at all for ImageFeatures, which then reuse the image's
         Jacobian, so each extra concept costs text encoding and small matrix products).
-        `options` (or keywords, as for `locate_many`) shape the Finer-CAM row; the Grad-CAM
-        row is `options.gradcam()` (same templates and base, no references).
+        `options` (or keywords, as for `locate_many`) shape the Finer-CAM row; the base-alone
+        row is `options.base_alone()` (same templates and base, no references).
         """
         from .compare import Comparison
 
@@ -200,8 +212,8 @@ class Localizer:
             raise UsageError(f"compare takes one image, got {len(feats)}")
         use_jacobian = self._use_jacobian(image, feats, options.base)
         finer = self._maps(feats, concepts, options, use_jacobian)[0]
-        grad = self._maps(feats, concepts, options.gradcam(), use_jacobian)[0]
-        return Comparison(gradcam=grad, finer=finer)
+        alone = self._maps(feats, concepts, options.base_alone(), use_jacobian)[0]
+        return Comparison(base_alone=alone, finer=finer)
 
     def locate(self, image, concept: str, vs: Sequence[str] | None = None, options: LocateOptions | None = None,
                **keywords) -> LocateResult:
@@ -236,10 +248,6 @@ class Localizer:
         Raises:
             UsageError: bad options, both `options` and keywords, or bad concepts.
         """
-        if options is not None and not isinstance(options, LocateOptions):  # the old positional `vs`
-            warnings.warn("locate_many's third argument is now options=; pass references as vs=",
-                          DeprecationWarning, stacklevel=2)
-            keywords, options = {"vs": options, **keywords}, None
         options = self.options(options, **keywords)
         feats = self._features(images)
         out = self._maps(feats, concepts, options, self._use_jacobian(images, feats, options.base))
@@ -250,8 +258,6 @@ class Localizer:
               use_jacobian: bool) -> list[list[LocateResult]]:
         """locate_many on encoded features: one list of results per image."""
         names = check_concepts(concepts)
-        if not names:
-            raise UsageError("no concepts given")
         plans, candidates = self._plans(names, options)
         table = list(dict.fromkeys([*names, *(c for p in plans for c in p.concepts), *candidates]))
         index = {n: i for i, n in enumerate(table)}
@@ -269,7 +275,7 @@ class Localizer:
 
     def _features(self, images) -> ImageFeatures:
         if isinstance(images, ImageFeatures):
-            if images.model_key != self._key():
+            if images.model_key != self.model_key:
                 raise UsageError("these ImageFeatures were made by another model; encode the image with this one")
             return images
         return self.encode_image(images)
@@ -279,15 +285,12 @@ class Localizer:
         return engine.logits(feats.embedding, head, self.backend.logit_scale) + self.config.logit_bias
 
     def options(self, options: LocateOptions | None = None, **keywords) -> LocateOptions:
-        """The options a locate call with these arguments uses: built once (an options object or
-        its fields as keywords), with the default base resolved for this backend: DEFAULT_BASE
-        where it gives per-token gradients (`Backend.token_gradients`), else "gradcam"."""
-        options = LocateOptions.build(options, **keywords)
-        if options.base is None:
-            options = options.replace(base=DEFAULT_BASE if self.backend.token_gradients else "gradcam")
-        return options
+        """The options a locate call with these arguments uses, fully resolved: built once (an
+        options object or its fields as keywords; alpha resolved there), the default base resolved
+        for this backend (`LocateOptions.resolved`). Everything below this façade gets these."""
+        return LocateOptions.build(options, **keywords).resolved(self.backend.token_gradients)
 
-    def _use_jacobian(self, images, feats: ImageFeatures, base: str = "gradcam") -> bool:
+    def _use_jacobian(self, images, feats: ImageFeatures, base: str) -> bool:
         """Cached features reuse the per-image Jacobian of `base` (the shift's for Grad-CAM, the
         attention output's, `output_jacobian`, for the element-wise bases), built on first use;
         not on towers whose Jacobian costs a last block per embedding row (`jacobian_chunk`),
@@ -296,9 +299,6 @@ class Localizer:
             return False
         built = feats.jacobian if base == "gradcam" else feats.output_jacobian
         return built is not None or not self.backend.jacobian_chunk
-
-    def _key(self) -> str:
-        return f"{self.backend.name}:{self.config.name}:{id(self.backend)}"
 
     def _templates(self, templates) -> list[str]:
         from .concepts.vocab import DEFAULT_TEMPLATES, check_template, load_templates
@@ -323,7 +323,7 @@ class Localizer:
         if strategy in ("logits", "text") and not [c for c in pool if c not in names] and len(names) < 2:
             where = "the vocabulary holds nothing besides the concept" if candidates else "nothing to contrast with"
             raise UsageError(f"{where}: give references (vs= / --vs), a larger vocabulary (vocab= / --vocab), "
-                             "several concepts, or use plain Grad-CAM (method='gradcam' / --method gradcam)")
+                             "several concepts, or map the base alone (method='base' / --method base)")
         if strategy == "generic" and category is None and isinstance(vocab, str):
             from .concepts.vocab import load_category
 
@@ -343,7 +343,7 @@ class Localizer:
             from .concepts.vocab import load_vocab
 
             return load_vocab(str(vocab))
-        return check_concepts(list(vocab))
+        return check_concepts(list(vocab), allow_empty=True)
 
     @staticmethod
     def _objective(concept: int, z_b, plan, index, options: LocateOptions) -> Objective:
@@ -360,10 +360,9 @@ class Localizer:
     def _result(feats, b, obj, table, z_b, maps, vocab_idx, options: LocateOptions, contrast) -> LocateResult:
         """LocateResult of objective `obj` on image b; `maps` = its (raw, normalised) token maps."""
         shown = [obj.concept, *obj.references, *vocab_idx]
-        finer = options.method == "finer"
         return LocateResult(
             concept=table[obj.concept], references=tuple(table[r] for r in obj.references),
             scores={table[i]: z_b[i] for i in dict.fromkeys(shown)},
             token_map=maps[0], norm_map=maps[1], image=feats.images[b], method=options.method,
-            objective=options.objective if finer else "gradcam", alpha=options.alpha,
-            contrast=contrast, source=feats.sources[b], base=options.base)
+            objective=options.objective if options.method == "finer" else LOGIT, alpha=options.alpha,
+            contrast=contrast, source=feats.sources[b], base=options.base, templates=options.templates)

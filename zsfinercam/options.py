@@ -4,7 +4,7 @@ Everything a caller chooses about a map besides the image and the concepts lives
 the references (vs, vocab, contrast, category, parts, num_references), the objective and
 its strength (method, objective, alpha), the CAM base and the prompt templates. It is
 built from Python keywords (`Localizer.locate_many(..., alpha=0.5)`), from CLI flags
-(`cli.options.locate_options`), or from a batch's run.json (`from_json`), and validated
+(`cli.flags.locate_options`), or from a batch's run.json (`from_json`), and validated
 in `__post_init__` only: this module is the one place that says which values are allowed.
 
 Importing it loads neither torch, numpy nor cv2, so a CLI, a web form or a job scheduler
@@ -22,15 +22,16 @@ from typing import Any, Mapping, Sequence
 
 from .errors import UsageError
 
-METHODS = ("finer", "gradcam")  # how a map is computed: Finer-CAM, or plain Grad-CAM on the concept's logit
+METHODS = ("finer", "base")  # how a map is computed: Finer-CAM, or the CAM base alone on the concept's logit
 EVAL_METHODS = (*METHODS, "random", "randomized")  # what `zsfinercam eval` scores: METHODS and two sanity baselines
 OBJECTIVES = ("weighted", "mean", "compare")  # Finer-CAM objectives (see zsfinercam.core.objectives)
 DEFAULT_ALPHA = {"weighted": 1.0, "mean": 0.6, "compare": 1.0}  # contrast strength when none is given
 STRATEGIES = ("logits", "text", "vs", "generic", "parts")  # how references are chosen (see zsfinercam.concepts.contrast)
 BASES = ("gradcam", "hirescam", "layercam")  # how a gradient becomes a map (engine.maps' `base`)
-# base=None: HiResCAM, the best on the synthetic benchmark (README, "Evaluation"), on every backend that
-# gives per-token gradients (all built-ins); Grad-CAM on one that gives only channel weights
+# base=None resolves (`LocateOptions.resolved`) to HiResCAM, the best on the synthetic benchmark (README,
+# "Evaluation"), on every backend that gives per-token gradients (all built-ins); else to FALLBACK_BASE
 DEFAULT_BASE = "hirescam"
+FALLBACK_BASE = "gradcam"  # the base of a backend that gives only channel weights (no per-token gradients)
 DEFAULT_NUM_REFERENCES = 3  # references per pool ("logits", "parts") and neighbours ("text")
 DEFAULT_MAX_PIXELS = 89_478_485  # image files with more pixels (w x h) are refused: PIL's own warning level
 
@@ -71,17 +72,18 @@ class LocateOptions:
         vocab: vocabulary name or file (see `zsfinercam prompts`), or the entries themselves;
             None = the model's own classes if it has them, else the other concepts of the call.
         alpha: contrast strength, always a float once built: None gives
-            DEFAULT_ALPHA[objective], and method "gradcam" gives 0.0 (0 = Grad-CAM).
+            DEFAULT_ALPHA[objective], and method "base" gives 0.0 (0 = the base alone).
             `replace` keeps it as resolved; pass alpha=None to resolve it again.
-        method: one of METHODS: "finer" (Finer-CAM) or "gradcam" (plain Grad-CAM).
+        method: one of METHODS: "finer" (Finer-CAM) or "base" (the CAM base alone, on the
+            concept's logit: no references).
         objective: one of OBJECTIVES: "weighted" (official Finer-CAM), "mean" (the paper's)
             or "compare" (one reference; the name of an objective, not of `Localizer.compare`).
         base: one of BASES, how the gradient becomes a map (passed to `engine.maps`):
             "gradcam" (channel weights = token-mean gradient), "hirescam" (gradient x
             activation per token, summed over channels) or "layercam" (ReLU(gradient) x
-            activation); None (default): DEFAULT_BASE ("hirescam") where the backend gives
-            per-token gradients (`Backend.token_gradients`, every built-in backend), else
-            "gradcam". Results record the base used.
+            activation); None (default): resolved once by `resolved` (`Localizer.options`)
+            to DEFAULT_BASE ("hirescam") where the backend gives per-token gradients
+            (`Backend.token_gradients`, every built-in backend), else FALLBACK_BASE.
         templates: template set name or file, or format strings each with one "{}";
             None = the model's own, else the default set.
         num_references: references picked per pool by "logits" and "parts", and the
@@ -121,9 +123,9 @@ class LocateOptions:
         if self.category is not None and not isinstance(self.category, str):
             raise OptionError("category", f"category must be one concept string, got {self.category!r}")
         alpha = DEFAULT_ALPHA[self.objective] if self.alpha is None else self.alpha
-        alpha = check_alpha(alpha)  # checked even for Grad-CAM: a NaN is a mistake either way
+        alpha = check_alpha(alpha)  # checked even for the base alone: a NaN is a mistake either way
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen)
-        set_("alpha", 0.0 if self.method == "gradcam" else alpha)
+        set_("alpha", 0.0 if self.method == "base" else alpha)
         set_("num_references", int(k))
         set_("vs", _texts("vs", [self.vs] if isinstance(self.vs, str) else self.vs) or None)
         set_("vocab", _name_or_texts("vocab", self.vocab))
@@ -150,10 +152,18 @@ class LocateOptions:
         """A copy with `changes` applied and validated (alpha stays as resolved unless changed)."""
         return LocateOptions.build(**{**self.to_json(), **changes})
 
-    def gradcam(self) -> "LocateOptions":
-        """Plain Grad-CAM with the same base, templates and reference count (no references)."""
-        return self.replace(method="gradcam", alpha=None, vs=None, vocab=None, contrast=None,
+    def base_alone(self) -> "LocateOptions":
+        """The CAM base alone (method "base"): the same base, templates and reference count, no references."""
+        return self.replace(method="base", alpha=None, vs=None, vocab=None, contrast=None,
                             category=None, parts=None)
+
+    def resolved(self, token_gradients: bool) -> "LocateOptions":
+        """These options with the default base resolved for a backend: DEFAULT_BASE where it gives
+        per-token gradients (`Backend.token_gradients`), else FALLBACK_BASE; a given base is kept.
+        (alpha is resolved when the options are built.)"""
+        if self.base is not None:
+            return self
+        return self.replace(base=DEFAULT_BASE if token_gradients else FALLBACK_BASE)
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict of JSON types (lists for sequences, an object for a parts table)."""
@@ -210,7 +220,7 @@ def _parts(value) -> str | Parts | None:
 
 def choose_strategy(contrast: str | None, vs, parts, plain: bool) -> str:
     """The strategy named (one of STRATEGIES, checked by LocateOptions), or implied by `vs` /
-    `parts`; "none" for plain Grad-CAM (`plain`)."""
+    `parts`; "none" for the base alone (`plain`: alpha 0)."""
     implied = "vs" if vs is not None else ("parts" if parts is not None else None)
     if vs is not None and parts is not None:
         raise UsageError("vs (--vs) and parts (--parts) choose references in different ways; give one of them")
@@ -224,10 +234,20 @@ def choose_strategy(contrast: str | None, vs, parts, plain: bool) -> str:
     return contrast or implied or "logits"
 
 
-def check_concepts(concepts: Sequence[str]) -> list[str]:
-    """Concepts as a list of non-blank strings (surrounding space stripped)."""
+NO_CONCEPTS = "no concepts given; give at least one, e.g. \"red-tailed hawk\""
+
+
+def check_concepts(concepts: Sequence[str], *, allow_empty: bool = False) -> list[str]:
+    """Concepts as a list of non-blank strings (surrounding space stripped): the one check of
+    concepts, wherever they come from (API, CLI, the lab, references, vocabularies).
+
+    Raises:
+        UsageError: not a list of strings, a blank one, or none (unless `allow_empty`).
+    """
     if isinstance(concepts, str) or not isinstance(concepts, Sequence):
         raise UsageError(f"expected a list of concept strings, got {type(concepts).__name__}")
+    if not concepts and not allow_empty:
+        raise UsageError(NO_CONCEPTS)
     out = []
     for c in concepts:
         if not isinstance(c, str):
@@ -242,8 +262,6 @@ def unique_concepts(concepts: Sequence[str]) -> list[str]:
     """Concepts stripped and checked, each kept once in first-seen order (with a warning
     naming the duplicates): one map, one set of files per concept."""
     names = check_concepts(list(concepts))
-    if not names:
-        raise UsageError("no concepts given; pass at least one, e.g. --concepts \"red-tailed hawk\"")
     kept = list(dict.fromkeys(names))
     if len(kept) < len(names):
         dups = [n for n in kept if names.count(n) > 1]

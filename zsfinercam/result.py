@@ -12,9 +12,10 @@ import numpy as np
 from PIL import Image
 
 from .io import render
-from .io.files import (HEATMAP_FORMATS, SAVE_KINDS, atomic_write, json_bytes, result_paths, result_stem,
-                    source_stem)
+from .io.files import (HEATMAP_FORMATS, SAVE_KINDS, atomic_write, check_save_kinds, json_bytes, result_paths,
+                       result_stem, source_stem)
 
+LOGIT = "logit"  # the objective a base-alone map records: the concept's logit, no references
 DISPLAY_SIZE = 384  # pixels on the longer side of an overlay shown in a notebook, at least
 MAX_DISPLAY_SIZE = 768
 
@@ -34,13 +35,14 @@ class LocateResult:
     scores: dict[str, float]  # logit of the target and of every concept it was compared with
     token_map: np.ndarray  # (h, w) float32 >= 0
     image: np.ndarray = field(repr=False)  # (H, W, 3) uint8, the image as loaded
-    method: str = "finer"  # "finer" or "gradcam"
-    objective: str = "weighted"
+    method: str = "finer"  # options.METHODS: "finer" or "base" (the CAM base alone)
+    objective: str = "weighted"  # options.OBJECTIVES for Finer-CAM; LOGIT for the base alone
     alpha: float = 1.0
     contrast: str = "vs"  # how references were chosen: "vs", "logits", "none"
     source: str = "image"
-    base: str = "gradcam"  # the CAM base: "gradcam", "hirescam" or "layercam" (options.BASES)
     norm_map: np.ndarray | None = field(default=None, repr=False)  # (h, w) min-max of token_map; None: computed
+    base: str = field(kw_only=True)  # the CAM base used, resolved (options.BASES)
+    templates: str | tuple[str, ...] | None = field(default=None, kw_only=True)  # as given; None: the model's
 
     def __post_init__(self) -> None:
         self.token_map = np.asarray(self.token_map, dtype=np.float32)
@@ -69,15 +71,18 @@ class LocateResult:
         references outscore the concept everywhere) or flat. Such a map has no peak and no box."""
         return not np.any(self.norm_map > 0)
 
+    def probabilities(self) -> dict[str, float]:
+        """Softmax of the logits of the concept and its references, by name (the concept first)."""
+        names = [self.concept, *self.references]
+        z = np.array([self.scores[n] for n in names], dtype=np.float64)
+        e = np.exp(z - z.max())
+        return dict(zip(names, (e / e.sum()).tolist()))
+
     @property
     def probability(self) -> float | None:
-        """The concept's probability against its references: softmax of the logits of the
-        concept and its references, at the concept. None without references."""
-        if not self.references:
-            return None
-        z = np.array([self.scores[self.concept], *(self.scores[r] for r in self.references)], dtype=np.float64)
-        e = np.exp(z - z.max())
-        return float(e[0] / e.sum())
+        """The concept's probability against its references (`probabilities`, at the concept).
+        None without references."""
+        return self.probabilities()[self.concept] if self.references else None
 
     @functools.cached_property
     def peak(self) -> tuple[int, int] | None:
@@ -132,9 +137,8 @@ class LocateResult:
 
     def __repr__(self) -> str:
         refs = ", ".join(self.references) or "-"
-        base = "" if self.base == "gradcam" else f", base {self.base}"
         return (f"LocateResult({self.concept!r}, score {self.scores[self.concept]:.3f}, vs [{refs}], "
-                f"peak {self.peak}, bbox {self.bbox()}, {self.method}{base})")
+                f"peak {self.peak}, bbox {self.bbox()}, {self.method}, base {self.base})")
 
     def caption_lines(self) -> list[str]:
         """Concept with its logit and probability; then each reference with its logit."""
@@ -142,7 +146,7 @@ class LocateResult:
         head = f"{self.concept}   z {self.scores[self.concept]:.2f}" + (f"   p {p:.2f}" if p is not None else "")
         refs = ", ".join(f"{r} ({self.scores[r]:.2f})" for r in self.references) or "-"
         where = "  (empty map: no peak)" if self.empty else ""
-        return [head + where, f"vs {refs}   [{self.method}, {self.objective}, alpha {self.alpha:g}]"]
+        return [head + where, f"vs {refs}   [{self.method}, {self.objective}, alpha {self.alpha:g}, {self.base}]"]
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no image pixels; the token map as nested lists)."""
@@ -151,24 +155,29 @@ class LocateResult:
             "references": list(self.references),
             "scores": {k: round(float(v), 6) for k, v in self.scores.items()},
             "probability": None if (p := self.probability) is None else round(p, 6),
-            "method": self.method,
-            "objective": self.objective,
-            "alpha": self.alpha,
-            "base": self.base,
-            "contrast": self.contrast,
+            **self.settings(),
             "source": self.source,
             "image_size": [int(self.image.shape[1]), int(self.image.shape[0])],
-            "peak": list(self.peak) if self.peak else None,
-            "bbox": list(b) if (b := self.bbox()) else None,
+            **self.location(),
             "token_map": np.round(self.token_map, 6).tolist(),
         }
 
+    def location(self) -> dict:
+        """{"peak": [x, y], "bbox": [x0, y0, x1, y1]} in image pixels, each None for an empty map."""
+        box = self.bbox()
+        return {"peak": list(self.peak) if self.peak else None, "bbox": list(box) if box else None}
+
+    def settings(self) -> dict:
+        """How this map was made, as the result records it: method, objective, alpha, base,
+        templates and contrast. With the image, the concept and the references they fix the map."""
+        templates = list(self.templates) if isinstance(self.templates, tuple) else self.templates
+        return {"method": self.method, "objective": self.objective, "alpha": self.alpha, "base": self.base,
+                "templates": templates, "contrast": self.contrast}
+
     def default_stem(self) -> str:
-        """`files.result_stem` of the image's name (`source`), the concept, the settings the
-        result records (method, objective, alpha, contrast, base) and its references."""
-        settings = {"method": self.method, "objective": self.objective, "alpha": self.alpha,
-                    "contrast": self.contrast, "base": self.base}
-        return result_stem(source_stem(self.source), self.concept, settings, self.references)
+        """The stem of this result's files, by the one naming rule (`files.result_stem`) every
+        surface uses: the image's name (`source`), the concept, `settings()` and the references."""
+        return result_stem(source_stem(self.source), self.concept, self.settings(), self.references)
 
     def save(self, directory: str | os.PathLike, stem: str | None = None, files: Sequence[str] = SAVE_KINDS,
              heatmap_format: str = "npy", caption: bool = False) -> dict[str, str]:
@@ -205,14 +214,6 @@ class LocateResult:
 def display_size(shape: tuple[int, int]) -> int:
     """Longer side for notebook display: the image's own, kept within DISPLAY_SIZE..MAX_DISPLAY_SIZE."""
     return min(max(max(shape), DISPLAY_SIZE), MAX_DISPLAY_SIZE)
-
-
-def check_save_kinds(files: Sequence[str]) -> tuple[str, ...]:
-    """The kinds of file to write, validated and in SAVE_KINDS order."""
-    unknown = [f for f in files if f not in SAVE_KINDS]
-    if unknown or not files:
-        raise ValueError(f"expected some of {', '.join(SAVE_KINDS)} to save, got {', '.join(files) or 'nothing'}")
-    return tuple(k for k in SAVE_KINDS if k in files)
 
 
 def heatmap_bytes(heatmap: np.ndarray, heatmap_format: str = "npy") -> bytes:

@@ -3,9 +3,9 @@
 Importing this package imports neither torch nor any backend: the registry lists the
 built-ins by name and `get_backend` imports one when asked. `Backend` is loaded on first access.
 """
-from .registry import get_backend, list_backends, register_backend
+from .registry import get_backend, list_backends, register_backend, token_gradients
 
-__all__ = ["Backend", "get_backend", "list_backends", "register_backend"]
+__all__ = ["Backend", "get_backend", "list_backends", "register_backend", "token_gradients"]
 
 
 def __getattr__(name: str):

@@ -192,6 +192,14 @@ class Backend(ABC):
         inner = {id(m) for top in tops for m in top.modules() if m is not top}
         return [top for top in tops if id(top) not in inner]
 
+    def with_config(self, config) -> "Backend":
+        """A shallow copy reading `config` (e.g. another logit scale): the weights are shared, this
+        backend is untouched, and the copy's `fingerprint` is computed afresh."""
+        clone = copy.copy(self)
+        clone.config = config
+        clone._fingerprint = None
+        return clone
+
     def randomized(self, seed: int = 0) -> "Backend":
         """A deep copy whose weight matrices are redrawn (`redraw_matrices`); the tokenizer is shared."""
         clone = copy.deepcopy(self, memo={id(self.tokenizer): self.tokenizer})

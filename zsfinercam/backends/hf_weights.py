@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import OPENAI_MEAN, OPENAI_STD
 from ..errors import UsageError, WeightsUnavailableError, WorkError, first_line
-from .open_clip_weights import HF_PREFIX, LOCAL_PREFIX, _cached, _hub_reachable, hub_cache_dir, read_json_object
+from .open_clip_weights import HF_PREFIX, LOCAL_PREFIX, cached_file, hub_reachable, hub_cache_dir, read_json_object
 
 # model_type in config.json -> (transformers class, default mean, default std)
 SUPPORTED = {
@@ -124,12 +124,12 @@ def hub_folder(repo_id: str) -> Path:
     """The cached snapshot of a hub repo, downloaded first when the hub is reachable."""
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise UsageError(f"hub repo ids look like ORG/REPO, got {repo_id!r}")
-    config = _cached(repo_id, "config.json")
+    config = cached_file(repo_id, "config.json")
     if config:
         folder = Path(config).parent
         if any((folder / n).is_file() for n in WEIGHT_NAMES) and any((folder / n).is_file() for n in TOKENIZER_NAMES):
             return check_folder(folder)
-    if not _hub_reachable():
+    if not hub_reachable():
         raise WeightsUnavailableError(
             f"model hf-hub:{repo_id} is not in the Hugging Face cache ({hub_cache_dir()}) and the hub cannot be "
             f"reached (offline?); download it on a machine with network (hf download {repo_id}), "

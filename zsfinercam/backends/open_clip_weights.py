@@ -150,14 +150,14 @@ def hub_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def _cached(repo_id: str, filename: str) -> str | None:
+def cached_file(repo_id: str, filename: str) -> str | None:
     from huggingface_hub import try_to_load_from_cache
 
     hit = try_to_load_from_cache(repo_id, filename)
     return hit if isinstance(hit, str) else None
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """False when HF_HUB_OFFLINE is set or the hub's host cannot be reached quickly."""
     from huggingface_hub import constants
 
@@ -179,12 +179,12 @@ def _unavailable(what: str, where: str, hint: str = LOCAL_HINT) -> WeightsUnavai
     )
 
 
-def _hub_file(repo_id: str, names: tuple[str, ...], what: str, hint: str = LOCAL_HINT) -> str:
+def hub_file(repo_id: str, names: tuple[str, ...], what: str, hint: str = LOCAL_HINT) -> str:
     """The first of `names` cached for repo_id, else downloaded when the hub is reachable."""
     for filename in names:
-        if hit := _cached(repo_id, filename):
+        if hit := cached_file(repo_id, filename):
             return hit
-    if not _hub_reachable():
+    if not hub_reachable():
         raise _unavailable(what, f"{hub_cache_dir()}, repo {repo_id}", hint)
     from huggingface_hub import hf_hub_download
 
@@ -198,8 +198,8 @@ def _hub_file(repo_id: str, names: tuple[str, ...], what: str, hint: str = LOCAL
 
 
 def _hub_snapshot(repo_id: str) -> Path:
-    config = _hub_file(repo_id, ("open_clip_config.json",), f"hf-hub:{repo_id}")
-    _hub_file(repo_id, CHECKPOINT_NAMES, f"hf-hub:{repo_id}")
+    config = hub_file(repo_id, ("open_clip_config.json",), f"hf-hub:{repo_id}")
+    hub_file(repo_id, CHECKPOINT_NAMES, f"hf-hub:{repo_id}")
     return Path(config).parent
 
 
@@ -207,7 +207,7 @@ def is_cached(cfg: dict) -> bool:
     """Whether the weights of an open_clip pretrained config are already on this machine."""
     if hub := cfg.get("hf_hub"):
         repo_id, filename = os.path.split(hub)
-        return any(_cached(repo_id, n) for n in ((filename,) if filename else CHECKPOINT_NAMES))
+        return any(cached_file(repo_id, n) for n in ((filename,) if filename else CHECKPOINT_NAMES))
     url = cfg.get("url", "")
     return bool(url) and (Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(urlparse(url).path)).is_file()
 
@@ -217,12 +217,12 @@ def _fetch_tag(name: str, tag: str, cfg: dict) -> str:
     if hub := cfg.get("hf_hub"):
         repo_id, filename = os.path.split(hub)  # "org/repo/" names no file: use the default names
         names = (filename,) if filename else CHECKPOINT_NAMES
-        return _hub_file(repo_id, names, what)
+        return hub_file(repo_id, names, what)
     url = cfg.get("url", "")
     target = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(urlparse(url).path)
     if target.is_file():
         return str(target)
-    if not _hub_reachable():
+    if not hub_reachable():
         raise _unavailable(what, str(target))
     from open_clip.pretrained import download_pretrained_from_url
 

@@ -36,7 +36,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import UsageError, WorkError, first_line
 from .base import Backend, TowerImage, trunk_dtype
-from .open_clip_weights import _hub_file, read_json_object
+from .open_clip_weights import hub_file, read_json_object
 from .timm_vit import TimmViT, check_vit, vit_fields
 
 TIMM_PREFIX = "timm:"
@@ -189,7 +189,7 @@ def _timm_hub_weights(name: str, vit) -> str:
     hub_id = (getattr(vit, "pretrained_cfg", {}) or {}).get("hf_hub_id")
     if not hub_id:
         raise UsageError(f"timm:{name} has no Hugging Face hub weights; pass pretrained=/path/to/weights")
-    return _hub_file(hub_id, ("model.safetensors", "pytorch_model.bin"), f"timm:{name}",
+    return hub_file(hub_id, ("model.safetensors", "pytorch_model.bin"), f"timm:{name}",
                      hint="pretrained=/path/to/weights.safetensors (timm or original .pth layout)")
 
 

@@ -17,6 +17,7 @@ BUILTINS = {  # one line per built-in backend: name -> "module:Class"
     "open_clip": "zsfinercam.backends.open_clip:OpenClipBackend",
     "hf": "zsfinercam.backends.hf:HFBackend",
 }
+BUILTIN_TOKEN_GRADIENTS = {"open_clip": True, "hf": True}  # each built-in's `Backend.token_gradients`
 _BACKENDS: dict[str, type | str] = dict(BUILTINS)
 T = TypeVar("T", bound=type)
 
@@ -43,6 +44,15 @@ def register_backend(name: str) -> Callable[[T], T]:
 def list_backends(pattern: str = "*") -> list[str]:
     """Registered backend names matching a shell-style wildcard, sorted (imports no backend)."""
     return sorted(n for n in _BACKENDS if fnmatch.fnmatch(n, pattern))
+
+
+def token_gradients(name: str) -> bool:
+    """`Backend.token_gradients` of the backend registered as `name`, without importing a built-in
+    (so options can be resolved before a model loads, e.g. by the CLI)."""
+    held = _BACKENDS.get(name)
+    if isinstance(held, str):
+        return BUILTIN_TOKEN_GRADIENTS[name]
+    return bool(get_backend(name).token_gradients)
 
 
 def get_backend(name: str) -> type:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import UsageError, WorkError
-from ..io.files import TMP_PREFIX, image_stem, refuse_overwriting_inputs, result_paths, safe_stem
+from ..io.files import TMP_PREFIX, image_stem, refuse_overwriting_inputs, result_paths
 from ..options import LocateOptions
 
 
@@ -57,14 +57,15 @@ class ChunkJob:
 
     def _save(self, path: Path, results) -> dict:
         folder = self.out / image_stem(path)
-        stems = [safe_stem(res.concept) for res in results]
+        for res in results:
+            res.source = str(path)  # the file, not the array it was decoded into: names and records say it
+        stems = [res.default_stem() for res in results]  # the one naming rule, as locate's
         try:
             refuse_overwriting_inputs((p for s in stems for p in result_paths(folder, s).values()), self.inputs)
         except UsageError as err:
             return _error(path, f"{path}: {err}")
         outputs = []
         for res, stem in zip(results, stems):
-            res.source = str(path)
             files = res.save(folder, stem)
             _fsync(files.values())
             record = {k: v for k, v in res.to_dict().items() if k not in ("token_map", "source", "image_size")}

@@ -23,15 +23,13 @@ from typing import Iterable, Iterator, Sequence
 
 from .job import ChunkJob, remove_leftovers
 from ..errors import UsageError, WorkError
-from ..io.files import MANIFEST_NAME, atomic_write, check_out_dir, json_bytes
+from ..io.files import MANIFEST_NAME, RESULT_FILE, SAFE_STEM, atomic_write, check_out_dir, json_bytes
 from ..options import LocateOptions, unique_concepts
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
                             ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"})  # what a folder scan picks up
 SETTINGS_NAME = "run.json"  # what the maps mean (concepts, contrast, model); --resume must match it
-_STEM = r"(?:[\w-]+-)?[0-9a-f]{8}"  # what `safe_stem` makes: slug-digest, or the digest alone
-OUTPUT_FOLDER = re.compile(_STEM)  # out/<image key>/, one per image
-OUTPUT_FILE = re.compile(_STEM + r"(?:_overlay\.png|_heatmap\.npy|\.json)")  # in it, per concept
+OUTPUT_FOLDER = re.compile(SAFE_STEM)  # out/<image key>/, one per image, holding its results' files
 DEFAULT_BATCH_SIZE = 8
 ENGINES = ("local", "ray")  # where the maps are made: this process, or a Ray cluster (zsfinercam.batch.ray_engine)
 
@@ -97,7 +95,7 @@ def _written_by_batch(path: Path, out: Path) -> bool:
     one of the maps in out/<image key>/ (recognised by name, as `safe_stem` makes them)."""
     if path.name in (MANIFEST_NAME, SETTINGS_NAME):
         return path.parent.resolve() == out
-    return bool(OUTPUT_FILE.fullmatch(path.name) and OUTPUT_FOLDER.fullmatch(path.parent.name)
+    return bool(RESULT_FILE.fullmatch(path.name) and OUTPUT_FOLDER.fullmatch(path.parent.name)
                 and path.parent.parent.resolve() == out)
 
 

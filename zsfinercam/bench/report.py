@@ -1,4 +1,4 @@
-"""Reporting for `zsfinercam bench`: the issue's targets, the fixed-width table, JSON."""
+"""Reporting for `zsfinercam bench`: the project's speed and memory targets, the fixed-width table, JSON."""
 from __future__ import annotations
 
 import os
@@ -19,7 +19,7 @@ TARGETS = (  # (row key, limit or None = reported only, what, unit)
 
 
 def evaluate_targets(rows: list[dict], default_templates: int | None = None) -> list[dict]:
-    """The issue's targets at K=16, B=1 for every size measured: met True/False; None where not
+    """The targets (TARGETS) at K=16, B=1 for every size measured: met True/False; None where not
     measured or reported only."""
     out = []
     for size in sorted({r["size"] for r in rows}):

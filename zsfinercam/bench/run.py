@@ -141,16 +141,13 @@ def setup(loc, pool: list[str], size: int, batches, *, k: int, references: int, 
     """Inputs for one run size on a loaded Localizer (any backend): `size` x `size` random images,
     pixels per batch size, the first `k` names of `pool` as concepts and the next `references` as
     references (their head rows warm), and the plain model as `head` (the floor and pytorch-grad-cam's)."""
-    from ..io.images import to_pixels
-
     warm, refs = pool[:k], pool[k:k + references]
     text = loc.head(warm + refs)  # text embeddings now in the in-memory cache (or a probe's rows)
     if loc.backend.tokenizer is not None:  # a text tower: warm the single-template prompts too
         loc.encode_text(refs, list(SINGLE_TEMPLATE))
     rng = np.random.RandomState(size)
     images = [(rng.rand(size, size, 3) * 255).astype(np.uint8) for _ in range(max(batches))]
-    c = loc.config
-    pixels = {b: to_pixels(images[:b], c.image_size, c.mean, c.std).to(loc.backend.device) for b in batches}
+    pixels = {b: loc.pixels(images[:b]) for b in batches}
     head = ZeroShotHead(_PlainImage(loc.backend), text, loc.backend.logit_scale, None)
     s = _Setup(size, loc, head, pixels, images, warm, refs, _fresh_names(pool[k + references:]), {})
     if cached:
@@ -176,7 +173,7 @@ def _gradcam(s: _Setup, b: int, concept: str):
                      prefix=s.loc.config.num_prefix_tokens, batch_first=None, on_grid=False)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -184,10 +181,10 @@ def _sync(device: torch.device) -> None:
 def _round(cfg: BenchConfig, setups, batches, samples, device) -> None:
     """Every method once per (size, B, K); samples None = warm-up (one pytorch-grad-cam call)."""
     def timed(key, fn) -> None:
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         if samples is not None:
             samples[key].append(time.perf_counter() - start)
 
@@ -281,7 +278,7 @@ def _measure_memory(method: str, spec: dict) -> dict:
 
 
 # results ----------------------------------------------------------------------------------
-def _ratio(a, b) -> float | None:
+def ratio(a, b) -> float | None:
     return a / b if a is not None and b else None
 
 
@@ -294,15 +291,15 @@ def _row(cfg: BenchConfig, size: int, b: int, k: int, samples, memory) -> dict:
     gradcam = med["gradcam"] if cfg.gradcam_full else per_concept * k if per_concept is not None else None
     floor, ours = med["floor"], med["ours"]
     row = {"size": size, "batch": b, "k": k, "floor_s": floor, "ours_s": ours,
-           "ours_over_floor": _ratio(ours, floor), "gradcam_s": gradcam, "gradcam_per_concept_s": per_concept,
+           "ours_over_floor": ratio(ours, floor), "gradcam_s": gradcam, "gradcam_per_concept_s": per_concept,
            "gradcam_extrapolated": gradcam is not None and not cfg.gradcam_full,
-           "speedup_vs_gradcam": _ratio(gradcam, ours), "jacobian_s": med["jacobian"]}
+           "speedup_vs_gradcam": ratio(gradcam, ours), "jacobian_s": med["jacobian"]}
     for key in ("cached", "cached_text", "cached_text1"):
-        row.update({f"{key}_s": med[key], f"{key}_over_floor": _ratio(med[key], floor)})
+        row.update({f"{key}_s": med[key], f"{key}_over_floor": ratio(med[key], floor)})
     for m in ("floor", "ours", "gradcam"):
         warm, cold = memory.get((size, b, k if m == "ours" else 0, m)) or (None, None)
         row.update({f"mem_{m}_mb": warm, f"mem_{m}_cold_mb": cold})
-    row["mem_ours_over_floor"] = _ratio(row["mem_ours_mb"], row["mem_floor_mb"])
+    row["mem_ours_over_floor"] = ratio(row["mem_ours_mb"], row["mem_floor_mb"])
     row["samples"] = raw
     return row
 
@@ -364,7 +361,7 @@ def _others_share(before, after) -> float | None:
     return max(0.0, other / ((after[0] - before[0]) * (os.cpu_count() or 1)))
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -383,7 +380,7 @@ def _meta(cfg: BenchConfig, loc, device, batches, rounds) -> dict:
 
     templates = loc.config.default_templates or load_templates(DEFAULT_TEMPLATES)
     return {"config": {**dataclasses.asdict(cfg), "batches": list(batches), "rounds": rounds},
-            "device": str(device), "device_name": _device_name(device), "threads": torch.get_num_threads(),
+            "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "open_clip": open_clip.__version__,
             "autocast": str(loc.backend.autocast_dtype), "default_templates": len(templates),
             "single_template": SINGLE_TEMPLATE[0], "references": cfg.references,

@@ -53,7 +53,7 @@ def batch(inputs, concepts, out, recursive, resume, batch_size, engine, ray_addr
     from ..io.progress import talking
 
     ray = _ray_options(engine, ray_address, workers, gpus_per_worker, cpus_per_worker)
-    options = locate_options(**contrast)
+    options = locate_options(**contrast, backend=backend)
     names = unique_concepts(concepts)
     check_out_dir(out, resume)
     images = find_images(inputs, recursive=recursive, exclude=out)

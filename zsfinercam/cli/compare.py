@@ -1,4 +1,4 @@
-"""`zsfinercam compare IMAGE CONCEPT...`: one grid of Grad-CAM and Finer-CAM maps, a column per concept."""
+"""`zsfinercam compare IMAGE CONCEPT...`: one grid of the CAM base alone and Finer-CAM, a column per concept."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,12 +29,13 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
     from ..io.files import atomic_write, image_stem, json_bytes, refuse_overwriting_inputs, result_stem
     from ..options import unique_concepts
 
-    options = locate_options(**contrast)
+    options = locate_options(**contrast, backend=backend)
     names = unique_concepts(concepts)
     loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
     comparison = loc.compare(str(image), names, options)
-    settings = {**options.replace(base=comparison.base).to_json(), "cell": cell, "concepts": names}
-    stem = result_stem(image_stem(image), "compare " + " ".join(names), settings, ())  # readable + a hash
+    settings = {**comparison.finer[0].settings(), "cell": cell, "concepts": names}  # the one naming rule
+    references = [r for res in comparison.finer for r in (res.concept, *res.references)]
+    stem = result_stem(image_stem(image), "compare " + " ".join(names), settings, references)
     paths = {"grid": out / f"{stem}.png", "json": out / f"{stem}.json"}
     refuse_overwriting_inputs(paths.values(), [image])
     grid = comparison.grid(cell)
@@ -49,7 +50,7 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
         for c in record["concepts"]:
             p = f", p {c['probability']:.3f}" if c["probability"] is not None else ""
             click.echo(f"{c['concept']}: score {c['score']:.3f}{p} vs [{', '.join(c['references']) or '-'}] "
-                       f"peak {comparison.rows[0]} {_point(c['gradcam']['peak'])} "
+                       f"peak {comparison.rows[0]} {_point(c['base_alone']['peak'])} "
                        f"Finer-CAM {_point(c['finer']['peak'])}")
         click.echo(f"grid {grid.size[0]}x{grid.size[1]} -> {paths['grid']}")
 

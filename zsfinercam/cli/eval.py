@@ -1,11 +1,11 @@
-"""`zsfinercam eval`: localisation metrics against ground truth, Finer-CAM vs Grad-CAM."""
+"""`zsfinercam eval`: localisation metrics against ground truth, Finer-CAM vs the CAM base alone."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from ..options import BASES, EVAL_METHODS
+from ..options import BASES, EVAL_METHODS, LocateOptions, OptionError
 from .flags import json_option, load_localizer, model_options, report_path, run_options
 
 
@@ -21,10 +21,12 @@ def _bases(ctx, param, value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-    bad = [n for n in names if n not in BASES]
-    if bad or not names:
+    if not names:
         raise click.BadParameter(f"choose from {', '.join(BASES)} (comma-separated), got {value!r}")
-    return names
+    try:
+        return tuple(LocateOptions(base=name).base for name in names)  # checked where every base is
+    except OptionError as err:
+        raise click.BadParameter(f"{err} (comma-separated)") from None
 
 
 @click.command("eval")
@@ -34,8 +36,9 @@ def _bases(ctx, param, value: str | None) -> tuple[str, ...] | None:
 @click.option("--split", type=click.Choice(["all", "train", "heldout"]), default="all", show_default=True,
               help="Synthetic classes to draw from (heldout: never seen in the toy model's training).")
 @click.option("--seed", type=int, default=12345, show_default=True, help="Synthetic set seed.")
-@click.option("--methods", default="finer,gradcam,random,randomized", show_default=True, callback=_methods,
-              help="finer, gradcam; sanity baselines: random (map), randomized (model weights).")
+@click.option("--methods", default=",".join(EVAL_METHODS), show_default=True, callback=_methods,
+              help="finer (Finer-CAM), base (the CAM base alone); sanity baselines: random (map), "
+                   "randomized (model weights).")
 @click.option("--base", "bases", default=None, callback=_bases, metavar="BASE[,BASE...]",
               help=f"CAM bases to compare ({', '.join(BASES)}), one row each (method/base); "
                    "default: the default base, rows named by method.")

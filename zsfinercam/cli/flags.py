@@ -12,10 +12,10 @@ from pathlib import Path
 
 import click
 
-from ..backends import list_backends
+from ..backends import list_backends, token_gradients
 from ..concepts.vocab import preflight
-from ..options import (BASES, DEFAULT_BASE, DEFAULT_MAX_PIXELS, METHODS, OBJECTIVES, STRATEGIES, LocateOptions,
-                       OptionError)
+from ..options import (BASES, DEFAULT_BASE, DEFAULT_MAX_PIXELS, FALLBACK_BASE, METHODS, OBJECTIVES, STRATEGIES,
+                       LocateOptions, OptionError)
 from ..io.progress import LOGGER, note
 
 THREADS = "zsfinercam.threads"  # click context meta key: --threads, applied by load_localizer
@@ -142,10 +142,10 @@ def contrast_options(func):
         click.option("--part-vocab", default="cub_parts", show_default=True, metavar="NAME|FILE",
                      help="Part vocabulary for --parts ([part] sections or a JSON 'parts' object)."),
         click.option("--alpha", type=float, default=None, show_default="1.0; 0.6 for --objective mean",
-                     help="Contrast strength; 0 gives plain Grad-CAM."),
+                     help="Contrast strength; 0 gives the CAM base alone."),
         click.option("--objective", type=click.Choice(OBJECTIVES), default="weighted", show_default=True),
         click.option("--base", type=click.Choice(BASES), default=None,
-                     show_default=f"{DEFAULT_BASE}; gradcam on a backend without per-token gradients",
+                     show_default=f"{DEFAULT_BASE}; {FALLBACK_BASE} on a backend without per-token gradients",
                      help="CAM base: gradcam (channel weights = mean gradient), hirescam (gradient x "
                           "activation per patch) or layercam (positive gradient x activation)."),
         click.option("--templates", default=None, metavar="NAME|FILE", help="Prompt template set or file."),
@@ -156,15 +156,16 @@ def contrast_options(func):
 
 
 method_option = click.option("--method", type=click.Choice(METHODS), default="finer", show_default=True,
-                             help="finer = Finer-CAM; gradcam = plain Grad-CAM on the concept's logit.")
+                             help="finer = Finer-CAM; base = the CAM base (--base) alone, on the concept's logit.")
 
 
 FLAGS = {"parts": "--part-vocab"}  # LocateOptions fields whose flag is not --<field>
 
 
 def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, objective, templates,
-                   method: str = "finer", base: str | None = None) -> LocateOptions:
-    """The LocateOptions of contrast_options' (and method_option's) values.
+                   method: str = "finer", base: str | None = None, *, backend: str) -> LocateOptions:
+    """The LocateOptions of contrast_options' (and method_option's) values, resolved for the
+    --backend (`LocateOptions.resolved`) as `Localizer.options` will resolve them.
 
     Raises:
         click.BadParameter: a value LocateOptions refuses, named by its flag (exit status 2).
@@ -177,7 +178,7 @@ def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, obje
                                 parts=part_vocab if parts else None, alpha=alpha, method=method,
                                 objective=objective, base=base, templates=templates)
         preflight(options)  # a misspelt --vocab or a conflict fails here, before the model loads
-        return options
+        return options.resolved(token_gradients(backend))
     except OptionError as err:
         raise click.BadParameter(str(err), param_hint=FLAGS.get(err.field, f"--{err.field.replace('_', '-')}")) \
             from None

@@ -3,7 +3,7 @@
 A line is a concept (mapped against the current settings: its line printed, its files
 written, as `locate` does), a setting `NAME: VALUE`, `reset`, `help`, or `quit`. Settings
 are LocateOptions fields: `vs: a; b` (references separated by ';', empty to clear),
-`alpha: 0.5`, `objective: mean`, `method: gradcam`, `base: hirescam`, `contrast: text`,
+`alpha: 0.5`, `objective: mean`, `method: base`, `base: layercam`, `contrast: text`,
 `vocab: cub200`, `templates: NAME`, `category: bird` (an empty value clears the last four).
 A bad line prints the usual one-line error and the session goes on.
 """
@@ -32,7 +32,7 @@ def session(loc, image: Path, options, writer, first=(), *, given_alpha: float |
         options: the LocateOptions the session starts from (`reset` returns to them).
         writer: `locate.Writer`: saves each result and prints its line.
         given_alpha: the command line's --alpha, None when not given: then changing the objective
-            or the method takes that objective's default alpha (and plain Grad-CAM's 0 is never
+            or the method takes that objective's default alpha (and the base alone's 0 is never
             carried over to Finer-CAM).
     """
     feats = loc.encode_image(str(image))
@@ -63,7 +63,7 @@ def session(loc, image: Path, options, writer, first=(), *, given_alpha: float |
 
 def _locate(loc, feats, concept: str, options, writer) -> None:
     for res in loc.locate_many(feats, [concept], options):
-        writer.emit(res, options)
+        writer.emit(res)
 
 
 def _setting(line: str) -> tuple[str, str] | None:

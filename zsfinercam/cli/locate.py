@@ -6,19 +6,18 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
-from ..io.files import HEATMAP_FORMATS, SAVE_KINDS
+from ..io.files import HEATMAP_FORMATS, SAVE_KINDS, check_save_kinds
 from ..io.progress import note
 from .flags import (contrast_options, load_localizer, locate_options, max_pixels_option, method_option,
                       model_options, run_options)
 
 
 def _save_kinds(ctx, param, value: str) -> tuple[str, ...]:
-    """--save's comma list, checked before anything loads."""
-    kinds = [k.strip() for k in value.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in SAVE_KINDS]
-    if unknown or not kinds:
-        raise click.BadParameter(f"expected a comma list of {', '.join(SAVE_KINDS)}, got {value!r}")
-    return tuple(k for k in SAVE_KINDS if k in kinds)
+    """--save's comma list, checked (`files.check_save_kinds`) before anything loads."""
+    try:
+        return check_save_kinds(k.strip() for k in value.split(",") if k.strip())
+    except ValueError as err:
+        raise click.BadParameter(f"{err} (a comma list)") from None
 
 
 @click.command()
@@ -46,7 +45,8 @@ def locate(image, concepts, model, pretrained, model_config, backend, device, im
     """Show where IMAGE holds the evidence for each CONCEPT, against similar concepts.
 
     Each concept's files are named after the image, the concept and the settings (with a
-    hash of them), so other settings never overwrite them and a rerun rewrites its own.
+    hash of them and of the references), so other settings never overwrite them and a rerun
+    rewrites its own: the names batch, compare and the lab give too.
 
     Examples:
 
@@ -62,7 +62,7 @@ def locate(image, concepts, model, pretrained, model_config, backend, device, im
     """
     from ..options import unique_concepts
 
-    options = locate_options(**contrast)
+    options = locate_options(**contrast, backend=backend)
     if not concepts and not interactive:
         raise UsageError("no concepts given; pass at least one after IMAGE, e.g. \"red-tailed hawk\", "
                          "or --interactive to type them")
@@ -76,34 +76,36 @@ def locate(image, concepts, model, pretrained, model_config, backend, device, im
         session(loc, image, options, writer, names, given_alpha=contrast["alpha"])
         return
     for res in loc.locate_many(str(image), names, options):
-        writer.emit(res, options)
+        writer.emit(res)
 
 
 class Writer:
     """Saves one result's files and prints its line (or JSON), for `locate` and `--interactive`."""
 
     def __init__(self, image: Path, out: Path, kinds, heatmap_format: str, caption: bool, as_json: bool):
-        from ..io.files import image_stem
-
         self.image, self.out, self.kinds = image, out, kinds
         self.heatmap_format, self.caption, self.as_json = heatmap_format, caption, as_json
-        self.prefix = image_stem(image)
 
     def check(self, concepts, options) -> None:
-        """Refuse, before anything loads, an --out whose files would overwrite the image."""
-        from ..io.files import refuse_overwriting_inputs, result_paths
+        """Refuse, before anything loads, an --out whose files would overwrite the image: the
+        image lies in --out with a name the results of `concepts` under the resolved `options`
+        can have (`files.result_name_pattern`: every name but the references' hash is known)."""
+        from ..io.files import image_stem, result_name_pattern
 
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out} is a file; give a folder")
-        for concept in concepts:  # the references are not known yet: their hash is left out
-            refuse_overwriting_inputs(result_paths(self.out, self._stem(concept, options, ()), self.kinds,
-                                                   self.heatmap_format).values(), [self.image])
+        if self.image.resolve().parent != self.out.resolve():
+            return
+        for concept in concepts:
+            if result_name_pattern(image_stem(self.image), concept, options.to_json()).fullmatch(self.image.name):
+                raise UsageError(f"an output would overwrite the input {self.image.resolve()}; choose another --out")
 
-    def emit(self, res, options) -> dict[str, str]:
-        """Write `res`'s files (named by `files.result_stem`), print its line; returns the paths."""
+    def emit(self, res) -> dict[str, str]:
+        """Write `res`'s files (named by the one rule, `LocateResult.default_stem`), print its line;
+        returns the paths."""
         from ..io.files import json_bytes, refuse_overwriting_inputs, result_paths
 
-        stem = self._stem(res.concept, options.replace(base=res.base), res.references)  # the base used
+        stem = res.default_stem()
         refuse_overwriting_inputs(result_paths(self.out, stem, self.kinds, self.heatmap_format).values(), [self.image])
         files = res.save(self.out, stem, files=self.kinds, heatmap_format=self.heatmap_format, caption=self.caption)
         if res.empty:
@@ -112,16 +114,11 @@ class Writer:
             record = {k: v for k, v in res.to_dict().items() if k != "token_map"}
             click.echo(json_bytes({**record, "files": files}).decode())
         else:
-            click.echo(summary(res, files))
+            click.echo(result_line(res, files))
         return files
 
-    def _stem(self, concept: str, options, references) -> str:
-        from ..io.files import result_stem
 
-        return result_stem(self.prefix, concept, options.to_json(), references)
-
-
-def summary(res, files: dict[str, str]) -> str:
+def result_line(res, files: dict[str, str]) -> str:
     """One line: the concept's logit and probability, its references and their logits, peak, box, files."""
     p = res.probability
     refs = ", ".join(res.references) or "-"

@@ -42,7 +42,7 @@ def same_text(a: str, b: str) -> bool:
 class Plan:
     """How one concept's references are chosen."""
 
-    strategy: str  # one of STRATEGIES, or "none" for plain Grad-CAM
+    strategy: str  # one of STRATEGIES, or "none" for the base alone (no references)
     fixed: tuple[str, ...] = ()  # references known before the image is seen
     pools: tuple[tuple[str, ...], ...] = ()  # per image, the k closest logits of each pool join them
     part: str | None = None  # the concept's part (strategy "parts")
@@ -176,4 +176,4 @@ def part_table_of(parts) -> dict[str, list[str]]:
         return load_parts(str(parts))
     if not isinstance(parts, Mapping) or any(isinstance(v, str) for v in parts.values()):
         raise UsageError("parts must be a part vocabulary name or file, or a dict {part: [attributes]}")
-    return {str(p): check_concepts(list(v)) for p, v in parts.items()}
+    return {str(p): check_concepts(list(v), allow_empty=True) for p, v in parts.items()}

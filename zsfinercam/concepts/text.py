@@ -40,7 +40,7 @@ class ConceptEncoder:
 
     def __call__(self, concepts: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Normalised embeddings (K, E), one row per concept, in order."""
-        concepts = check_concepts(concepts)
+        concepts = check_concepts(concepts, allow_empty=True)
         templates = list(templates)
         if not templates:
             raise UsageError("the template list is empty; give at least one template such as 'a photo of a {}.'")

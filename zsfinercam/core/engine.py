@@ -123,7 +123,7 @@ def maps(
     text: torch.Tensor,
     objectives: Sequence[Sequence[Objective]],
     *,
-    base: str = "gradcam",
+    base: str,
     use_jacobian: bool = False,
     impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:

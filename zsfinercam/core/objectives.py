@@ -9,8 +9,8 @@ dominates, the gradient through p changes sign and the map points away from the
 distinguishing part. We therefore drop the epsilon and normalise over the references.
 `mean` (the paper's form): O = mean_i (z_t - gamma z_i), gamma = 0.6 by default.
 `compare`: O = z_t - alpha z_r for exactly one reference r. (The objective's name only:
-`Localizer.compare` and `zsfinercam compare` show Grad-CAM beside Finer-CAM, any objective.)
-alpha = 0, or no references, is plain Grad-CAM: O = z_t.
+`Localizer.compare` and `zsfinercam compare` show the CAM base alone beside Finer-CAM, any objective.)
+alpha = 0, or no references, is the base alone: O = z_t, the concept's logit.
 """
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ from typing import Sequence
 import torch
 
 from ..errors import UsageError
-from ..options import DEFAULT_ALPHA, OBJECTIVES, check_alpha, check_choice
-
-__all__ = ["DEFAULT_ALPHA", "OBJECTIVES", "Objective", "objective_scores"]
+from ..options import OBJECTIVES, check_alpha, check_choice
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,8 @@ class Objective:
         object.__setattr__(self, "references", tuple(int(r) for r in self.references))
 
     @property
-    def is_gradcam(self) -> bool:
+    def is_base_alone(self) -> bool:
+        """True when O is the concept's logit alone (alpha 0, or no references)."""
         return self.alpha == 0 or not self.references
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
@@ -77,7 +76,7 @@ def objective_scores(z: torch.Tensor, objectives: Sequence[Sequence[Objective]])
 
 
 def _index_tensors(objectives: Sequence[Sequence[Objective]], device: torch.device):
-    """Pad reference lists; plain Grad-CAM rows reference the concept itself with alpha 0."""
+    """Pad reference lists; base-alone rows reference the concept itself with alpha 0."""
     width = max((len(o.references) for row in objectives for o in row), default=0) or 1
     concept, refs, valid, alpha, is_mean = [], [], [], [], []
     for row in objectives:
@@ -85,7 +84,7 @@ def _index_tensors(objectives: Sequence[Sequence[Objective]], device: torch.devi
         refs.append([list(o.references or (o.concept,)) + [o.concept] * (width - len(o.references or (0,)))
                      for o in row])
         valid.append([[j < max(len(o.references), 1) for j in range(width)] for o in row])
-        alpha.append([0.0 if o.is_gradcam else float(o.alpha) for o in row])
+        alpha.append([0.0 if o.is_base_alone else float(o.alpha) for o in row])
         is_mean.append([o.kind == "mean" for o in row])
     as_tensor = lambda data, dtype: torch.tensor(data, dtype=dtype, device=device)  # noqa: E731
     return (as_tensor(concept, torch.long), as_tensor(refs, torch.long), as_tensor(valid, torch.bool),

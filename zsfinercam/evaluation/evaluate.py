@@ -14,11 +14,10 @@ pointing game, energy inside the mask, mask IoU at 0.5 (box IoU for boxes) and, 
 its references. Sanity baselines: "random" is a random map; "randomized" is Finer-CAM on
 a copy of the model whose weight matrices are redrawn (the map should collapse to chance).
 With several CAM `bases`, each map method is scored once per base, in rows labelled
-"method/base" ("gradcam/hirescam" is the base alone, alpha 0).
+"method/base" ("base/hirescam" is HiResCAM alone, "finer/hirescam" Finer-CAM on it).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -33,7 +32,7 @@ from . import metrics
 from ..errors import UsageError, WorkError
 from ..io.files import atomic_write
 from ..io.images import load_image
-from ..options import BASES, EVAL_METHODS, LocateOptions, check_choice
+from ..options import BASES, EVAL_METHODS, LocateOptions
 
 MASK_METRICS = ("pointing", "energy", "iou")
 PERTURBATION_METRICS = ("deletion", "insertion", "rd")
@@ -171,17 +170,16 @@ def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHO
     """Score every method on every item; the trunk runs once per item for all methods.
 
     Args:
-        bases: CAM bases (options.BASES) to compare; None = the default base only, rows
-            labelled by method alone. Given, every method but "random" has one row per base,
-            labelled "method/base", and each row records its "base".
+        bases: CAM bases (options.BASES) to compare; None = the model's default base only
+            (`Localizer.options`), rows labelled by method alone. Given, every method but "random"
+            has one row per base, labelled "method/base". Every row but "random" records its "base".
     """
     from tqdm import tqdm
 
     bad = [m for m in methods if m not in EVAL_METHODS]
     if bad:
         raise UsageError(f"unknown method {bad[0]!r}; choose from: {', '.join(EVAL_METHODS)}")
-    default_base = loc.options().base  # what rows without --base use (recorded in each row)
-    runs = _runs(methods, bases)
+    runs = _runs(methods, bases, loc.options().base)
     items = list(items)
     report = EvalReport()
     scrambled = _randomized(loc) if "randomized" in methods else None
@@ -197,8 +195,8 @@ def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHO
                 heat, used = _heatmap(loc, feats, item, method, base, seed=k)
             refs = refs or used
             row = {"item": k, "label": item.label, "concept": item.concept, "method": label}
-            if method != "random":
-                row["base"] = base or default_base
+            if base is not None:
+                row["base"] = base
             row.update(_mask_metrics(heat, item))
             if perturbation:
                 row.update(_perturbation_metrics(loc, image, heat, [item.concept, *(refs or [])], top_percent))
@@ -206,15 +204,15 @@ def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHO
     return report
 
 
-def _runs(methods: Sequence[str], bases: Sequence[str] | None) -> list[tuple[str, str, str | None]]:
-    """(row label, method, base) per scored map: one per method, or per method and base."""
-    if bases is None:
-        return [(m, m, None) for m in methods]
-    if isinstance(bases, str) or not bases:
+def _runs(methods: Sequence[str], bases: Sequence[str] | None, default: str) -> list[tuple[str, str, str | None]]:
+    """(row label, method, base) per scored map: one per method on the `default` base (rows
+    labelled by method), or per method and base (labelled "method/base"); "random" has no base."""
+    if bases is not None and (isinstance(bases, str) or not bases):
         raise UsageError(f"bases must be a non-empty list of: {', '.join(BASES)}")
-    bases = [check_choice("base", b, BASES) for b in dict.fromkeys(bases)]
-    return [(m, m, None) if m == "random" else (f"{m}/{b}", m, b) for m in methods
-            for b in (bases[:1] if m == "random" else bases)]
+    chosen = [LocateOptions(base=b).base for b in dict.fromkeys(bases)] if bases is not None else [default]
+    label = (lambda m, b: m) if bases is None else (lambda m, b: f"{m}/{b}")  # noqa: E731
+    return [(m, m, None) if m == "random" else (label(m, b), m, b) for m in methods
+            for b in (chosen[:1] if m == "random" else chosen)]
 
 
 def with_logit_scale(loc, scale: float):
@@ -229,9 +227,7 @@ def with_logit_scale(loc, scale: float):
         raise UsageError("--logit-scale applies to zero-shot (cosine) heads only; this model has a linear head")
     if not np.isfinite(scale) or scale <= 0:
         raise UsageError(f"the logit scale must be a positive number, got {scale!r}")
-    backend = copy.copy(loc.backend)
-    backend.config = dataclasses.replace(loc.config, logit_scale=float(scale))
-    backend._fingerprint = None
+    backend = loc.backend.with_config(dataclasses.replace(loc.config, logit_scale=float(scale)))
     return Localizer(backend, cache_dir=loc.text.cache_dir, kernel=loc.kernel, max_pixels=loc.max_pixels)
 
 
@@ -243,10 +239,10 @@ def _randomized(loc):
 
 
 def _heatmap(loc, feats, item: EvalItem, method: str, base: str | None, seed: int) -> tuple[np.ndarray, list[str]]:
-    """The method's heatmap at image size (`base` None: the default base), and the references Finer-CAM used."""
+    """The method's heatmap at image size on `base` (None for "random"), and the references Finer-CAM used."""
     if method == "random":
         return metrics.resize_map(metrics.random_map(loc.config.grid_size, seed), feats.images[0].shape[:2]), []
-    options = LocateOptions(vs=item.references, vocab=item.vocab, method=method, **({"base": base} if base else {}))
+    options = LocateOptions(vs=item.references, vocab=item.vocab, method=method, base=base)
     res = loc.locate_many(feats, [item.concept], options)[0]
     return res.heatmap, list(res.references)
 
@@ -270,14 +266,13 @@ def _perturbation_metrics(loc, image: np.ndarray, heat: np.ndarray, classes: lis
     import torch
 
     from ..core.engine import logits
-    from ..io.images import to_pixels
 
-    head, cfg = loc.head(classes), loc.config  # text embeddings, or a linear probe's classifier rows
+    head = loc.head(classes)  # text embeddings, or a linear probe's classifier rows
 
     def score_fn(batch: np.ndarray) -> np.ndarray:
         arrays = [np.clip(np.round(b), 0, 255).astype(np.uint8) for b in batch]
         with torch.no_grad():
-            e = loc.backend.encode_pixels(to_pixels(arrays, cfg.image_size, cfg.mean, cfg.std).to(loc.backend.device))
+            e = loc.backend.encode_pixels(loc.pixels(arrays))
             return torch.softmax(logits(e, head, loc.backend.logit_scale), dim=-1).cpu().numpy()
 
     out = {"deletion": metrics.deletion_auc(image, heat, score_fn, target=0),

@@ -24,6 +24,9 @@ SAVE_KINDS = tuple(RESULT_SUFFIXES)  # the files `LocateResult.save` can write
 HEATMAP_FORMATS = ("npy", "npy16", "png16")  # float32 .npy, float16 .npy, 16-bit PNG
 IMAGE_STEM_LEN = 40  # readable part of an image's stem
 MANIFEST_NAME = "manifest.jsonl"  # a batch run's record per image, in its --out folder
+SAFE_STEM = r"(?:[\w-]+-)?[0-9a-f]{8}"  # what `safe_stem` makes: slug-digest, or the digest alone
+RESULT_FILE = re.compile(  # the name of any file `result_stem` names: image, concept, label-digest, suffix
+    SAFE_STEM + "_" + SAFE_STEM + r"_[\w.+-]+-[0-9a-f]{8}(?:_overlay\.png|_heatmap\.npy|_heatmap\.png|\.json)")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
@@ -94,23 +97,51 @@ def source_stem(source: str) -> str:
 
 
 def result_stem(prefix: str, concept: str, settings: Mapping[str, Any], references: Iterable[str]) -> str:
-    """The stem of one result's files: `<prefix>_<concept>_<settings>`.
+    """The one naming rule for result files (locate, compare, batch, the lab, `LocateResult.save`):
+    `<prefix>_<concept>_<label>-<hash>`.
 
-    <concept> is `safe_stem(concept)`; <settings> names the method (and, for Finer-CAM, the
-    objective and alpha; the base when it is not Grad-CAM's) and ends in 8 hex digits of a
-    hash of every setting (e.g. `LocateOptions.to_json()`) and of the references, e.g.
-    `bird-1a2b3c4d_red-tail-5e6f7a8b_finer-weighted-a1-0c1d2e3f`. So maps made with other
-    settings get other names, and the same command writes the same names again.
+    <prefix> is the image's stem (`source_stem`); <concept> is `safe_stem(concept)`; <label>
+    (`settings_label`) names the method and base, and for Finer-CAM the objective and alpha;
+    <hash> is 8 hex digits of a hash of every setting (`LocateResult.settings()`: method,
+    objective, alpha, base, templates, contrast) and of the references. E.g.
+    `bird-1a2b3c4d_red-tail-5e6f7a8b_finer-weighted-a1-hirescam-0c1d2e3f`, or
+    `bird-1a2b3c4d_red-tail-5e6f7a8b_hirescam-9a8b7c6d` for the base alone. So maps made with
+    other settings get other names, and the same map gets the same name in every run, engine
+    and surface.
     """
-    method = str(settings.get("method", "finer"))
-    label = [method] if method == "gradcam" else [method, str(settings.get("objective", "weighted")),
-                                                    f"a{float(settings.get('alpha') or 0):g}"]
-    if settings.get("base", "gradcam") != "gradcam":
-        label.append(str(settings["base"]))
     key = json.dumps({"settings": dict(settings), "references": list(references)}, sort_keys=True,
                      ensure_ascii=False)
     digest = hashlib.sha1(_utf8(key)).hexdigest()[:8]
-    return f"{prefix}_{safe_stem(concept)}_{'-'.join(label)}-{digest}"
+    return f"{prefix}_{safe_stem(concept)}_{settings_label(settings)}-{digest}"
+
+
+def settings_label(settings: Mapping[str, Any]) -> str:
+    """The readable part of `result_stem`'s settings: `<base>` for the base alone (method "base"),
+    `finer-<objective>-a<alpha>-<base>` for Finer-CAM (the settings must be resolved)."""
+    if settings["method"] == "base":
+        return str(settings["base"])
+    return f"finer-{settings['objective']}-a{float(settings['alpha']):g}-{settings['base']}"
+
+
+def result_name_pattern(prefix: str, concept: str, settings: Mapping[str, Any]) -> re.Pattern:
+    """Every file name `result_stem` can give with these settings, whatever the references (which
+    are known only once the model has run): for checks made before the model loads."""
+    stem = re.escape(f"{prefix}_{safe_stem(concept)}_{settings_label(settings)}-") + "[0-9a-f]{8}"
+    suffixes = "|".join(re.escape(s) for s in {*RESULT_SUFFIXES.values(), "_heatmap.png"})
+    return re.compile(f"{stem}(?:{suffixes})")
+
+
+def check_save_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
+    """The kinds of file to write (some of SAVE_KINDS), validated, in SAVE_KINDS order.
+
+    Raises:
+        ValueError: an unknown kind, or none.
+    """
+    kinds = list(kinds)
+    unknown = [k for k in kinds if k not in SAVE_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"expected some of {', '.join(SAVE_KINDS)} to save, got {', '.join(kinds) or 'nothing'}")
+    return tuple(k for k in SAVE_KINDS if k in kinds)
 
 
 def check_out_dir(out: str | os.PathLike, resume: bool) -> None:

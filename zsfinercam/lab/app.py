@@ -68,7 +68,7 @@ def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
     def locate(image, concepts, references=None, contrast=session.DEFAULT_CONTRAST, vocab=session.MODEL_VOCAB,
                alpha=None, templates=None, method="finer", objective="weighted", base=None, folder=None):
         """The CAM base alone, Finer-CAM and their difference for each concept (one per line) in
-        the image; `base` (the CAM base, the last input) defaults to options.DEFAULT_BASE."""
+        the image; `base` (the CAM base, the last input) defaults to the model's (`Localizer.options`)."""
         try:
             request = session.parse_request(concepts, references, contrast, vocab, alpha, templates, method,
                                             objective, base)
@@ -88,7 +88,7 @@ def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
 
 def _input_widgets(gr, loc: "Localizer", examples):
     """([image, concepts, references, contrast, vocab, alpha, templates, method, objective, base], the button)."""
-    from ..options import BASES, OBJECTIVES, STRATEGIES
+    from ..options import BASES, METHODS, OBJECTIVES, STRATEGIES
     from ..concepts.vocab import list_templates, list_vocabs
 
     image = _image_input(label="image", type="filepath", sources=["upload", "clipboard"], elem_id="image", height=320)
@@ -104,7 +104,7 @@ def _input_widgets(gr, loc: "Localizer", examples):
                             allow_custom_value=True)  # checked by parse_request, with the CLI's message
         templates = gr.Dropdown(list_templates(), value=None, label="templates (empty: the model's)")
         alpha = gr.Number(None, label="alpha (empty: 1.0, or 0.6 for objective mean)", minimum=0)
-        method = gr.Radio(["finer", "gradcam"], value="finer", label="method")
+        method = gr.Radio(list(METHODS), value="finer", label="method (base: the CAM base alone)")
         objective = gr.Dropdown(list(OBJECTIVES), value="weighted", label="objective")
         base = gr.Dropdown(list(BASES), value=loc.options().base, label="CAM base", elem_id="base")
         h, w = loc.config.image_size

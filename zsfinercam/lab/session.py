@@ -7,7 +7,6 @@ small matrix products (the per-image Jacobian is built on first use and kept).
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import shutil
 import tempfile
@@ -36,7 +35,7 @@ RULES = {
     "vs": "the references you gave",
     "generic": "the vocabulary's category",
     "parts": "the other attributes of the concept's part, and the same trait on other parts",
-    "none": "none (plain Grad-CAM)",
+    "none": "none (the CAM base alone)",
 }
 
 
@@ -52,7 +51,7 @@ class LabRequest:
     alpha: float | None = None
     method: str = "finer"
     objective: str = "weighted"
-    base: str | None = None  # the CAM base (options.BASES); None: options.DEFAULT_BASE
+    base: str | None = None  # the CAM base (options.BASES); None: the model's default (`Localizer.options`)
 
 
 def parse_lines(text: str | None) -> list[str]:
@@ -68,39 +67,37 @@ def parse_request(concepts: str | None, references: str | None = "", contrast: s
     shipped names (a browser never names a server file).
 
     Raises:
-        UsageError: blank concepts, an unknown vocabulary, template set, rule or base, a bad alpha.
+        UsageError: blank concepts, an unknown vocabulary, template set, rule or base, a bad alpha
+            (the values of options are checked by `LocateOptions`, as everywhere).
     """
-    from ..options import BASES, METHODS, OBJECTIVES, STRATEGIES, check_alpha, check_choice
     from ..concepts.vocab import list_templates, list_vocabs
+    from ..options import check_concepts
 
-    names = parse_lines(concepts)
-    if not names:
-        raise UsageError("no concepts given; type one concept per line")
-    contrast = None if contrast in (None, "", DEFAULT_CONTRAST) else check_choice("contrast", contrast, STRATEGIES)
+    names = check_concepts(parse_lines(concepts))
     vocab = None if vocab in (None, "", MODEL_VOCAB) else vocab
     if vocab is not None and vocab not in list_vocabs():
         raise UsageError(f"unknown vocabulary {vocab!r}; shipped vocabularies: {', '.join(list_vocabs())}")
-    check_choice("method", method, METHODS)
-    check_choice("objective", objective, OBJECTIVES)
-    base = None if base in (None, "") else check_choice("base", base, BASES)
     templates = templates or None
     if templates is not None and templates not in list_templates():
         raise UsageError(f"unknown template set {templates!r}; shipped template sets: {', '.join(list_templates())}")
-    alpha = None if alpha is None else check_alpha(alpha)
-    return LabRequest(tuple(names), tuple(parse_lines(references)), contrast, vocab, templates,
-                      alpha, method, objective, base)
+    request = LabRequest(tuple(names), tuple(parse_lines(references)),
+                         None if contrast in (None, "", DEFAULT_CONTRAST) else contrast, vocab, templates,
+                         alpha, method, objective, base or None)
+    request_options(request)  # LocateOptions checks the rule, alpha, method, objective and base
+    return request
 
 
-def locate_options(request: LabRequest) -> "LocateOptions":
+def request_options(request: LabRequest) -> "LocateOptions":
     """The LocateOptions of a request (the Finer-CAM row of the page): the ONE place a lab
-    request becomes locate's options. The parts rule uses the shipped `cub_parts`."""
+    request becomes locate's options. The parts rule uses the shipped `cub_parts`; method
+    "base" shows the base alone in the Finer-CAM row too (alpha 0)."""
     from ..options import LocateOptions
 
     parts = "cub_parts" if request.contrast == "parts" else None
-    alpha = 0.0 if request.method == "gradcam" else request.alpha  # compare's Finer-CAM row as plain Grad-CAM
-    base = {"base": request.base} if request.base is not None else {}
     return LocateOptions(vs=request.references or None, vocab=request.vocab, contrast=request.contrast,
-                         parts=parts, alpha=alpha, objective=request.objective, templates=request.templates, **base)
+                         parts=parts, alpha=0.0 if request.method == "base" else request.alpha,
+                         method="finer" if request.method == "base" else request.method,
+                         objective=request.objective, templates=request.templates, base=request.base)
 
 
 class FeatureCache:
@@ -162,7 +159,7 @@ def features_nbytes(feats: "ImageFeatures") -> int:
 def image_key(loc: "Localizer", path: str | os.PathLike) -> str:
     """Cache key of an image file: the model and the sha256 of the file's bytes."""
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return f"{loc._key()}:{digest}"
+    return f"{loc.model_key}:{digest}"
 
 
 def features_for(loc: "Localizer", cache: FeatureCache, path: str | os.PathLike) -> tuple["ImageFeatures", bool]:
@@ -200,11 +197,11 @@ class LabResult:
 
 
 def run_request(loc: "Localizer", cache: FeatureCache, image: str | os.PathLike, request: LabRequest) -> LabResult:
-    """Grad-CAM and Finer-CAM of the request's concepts on the image, with its neighbours."""
+    """The CAM base alone and Finer-CAM of the request's concepts on the image, with its neighbours."""
     start = time.perf_counter()
     feats, cached = features_for(loc, cache, image)
-    comparison = loc.compare(feats, list(request.concepts), locate_options(request))
-    for res in (*comparison.gradcam, *comparison.finer):  # the cache is shared: the name is this upload's
+    comparison = loc.compare(feats, list(request.concepts), request_options(request))
+    for res in (*comparison.base_alone, *comparison.finer):  # the cache is shared: the name is this upload's
         res.source = Path(image).name
     cache.trim()  # the Jacobian may have been added
     neighbours = {c: neighbours_of(loc, c, request) for c in request.concepts}
@@ -219,20 +216,12 @@ def neighbours_of(loc: "Localizer", concept: str, request: LabRequest) -> list[t
 
 
 # layout --------------------------------------------------------------------
-def softmax(values: list[float]) -> list[float]:
-    top = max(values)
-    exps = [math.exp(v - top) for v in values]
-    return [e / sum(exps) for e in exps]
-
-
 def score_rows(result: LabResult) -> list[list]:
     """Rows [concept, entry, role, logit, probability]: each concept then its references; the
-    probability is a softmax over the concept and its references."""
+    probability is a softmax over the concept and its references (`LocateResult.probabilities`)."""
     rows = []
     for res in result.comparison.finer:
-        names = [res.concept, *res.references]
-        probs = softmax([res.scores[n] for n in names])
-        for i, (name, p) in enumerate(zip(names, probs)):
+        for i, (name, p) in enumerate(res.probabilities().items()):
             rows.append([res.concept, name, "concept" if i == 0 else "reference",
                          round(res.scores[name], 4), round(p, 4)])
     return rows
@@ -242,7 +231,7 @@ SCORE_HEADERS = ["concept", "entry", "role", "logit", "p vs refs"]  # p: softmax
 
 
 def gallery(result: LabResult, cell: int = CELL) -> list[tuple[Any, str]]:
-    """(RGB array, caption) per map: for each concept Grad-CAM, Finer-CAM and their difference."""
+    """(RGB array, caption) per map: for each concept the base alone, Finer-CAM and their difference."""
     comp, items = result.comparison, []
     for i, concept in enumerate(comp.concepts):
         items += [(im, f"{concept} · {row}") for im, row in zip(comp.cells(i, cell), comp.rows)]
@@ -277,13 +266,13 @@ def status_text(result: LabResult, image_size: tuple[int, int]) -> str:
 
 
 def summary(result: LabResult) -> dict:
-    """The JSON the API returns: to_dict() of each Finer-CAM result (arrays left out), its
-    Grad-CAM peak and box, and whether the features were cached."""
+    """The JSON the API returns: to_dict() of each Finer-CAM result (arrays left out), the
+    base-alone map's peak and box (`location`; None for an empty map), and whether the features
+    were cached."""
     out = []
-    for grad, finer in zip(result.comparison.gradcam, result.comparison.finer):
+    for alone, finer in zip(result.comparison.base_alone, result.comparison.finer):
         record = {k: v for k, v in finer.to_dict().items() if k != "token_map"}
-        box = grad.bbox()
-        record["gradcam"] = {"peak": list(grad.peak), "bbox": list(box) if box else None}
+        record["base_alone"] = alone.location()
         out.append(record)
     return {"cached": result.cached, "seconds": round(result.seconds, 6), "results": out}
 
@@ -291,14 +280,14 @@ def summary(result: LabResult) -> dict:
 def write_downloads(result: LabResult, folder: str | os.PathLike) -> list[str]:
     """Overlay PNGs, heatmaps (.npy) and JSON of every concept (files replaced in `folder`),
     plus the whole compare grid; returns the paths."""
-    from ..io.files import atomic_write, json_bytes, safe_stem
+    from ..io.files import atomic_write, json_bytes
 
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     paths = []
     for res in result.comparison.finer:
-        paths += res.save(folder, safe_stem(res.concept)).values()
+        paths += res.save(folder).values()  # the one naming rule (`LocateResult.default_stem`)
     grid = folder / "compare_grid.png"
     atomic_write(grid, lambda f: result.comparison.grid().save(f, format="PNG"))
     summary_path = folder / "results.json"

@@ -38,12 +38,8 @@ _PHRASE_NOUN = {"head": "head", "tail": "tail", "wings": "wings"}
 # Held-out combinations (head, tail, wings): every value of every part still occurs in
 # training, only these combinations are never seen.
 HELDOUT: tuple[tuple[str, str, str], ...] = (
-    ("red", "green", "spotted"),
-    ("blue", "yellow", "plain"),
-    ("yellow", "red", "striped"),
-    ("green", "blue", "spotted"),
-    ("red", "blue", "plain"),
-    ("yellow", "green", "spotted"),
+    ("red", "green", "spotted"), ("blue", "yellow", "plain"), ("yellow", "red", "striped"),
+    ("green", "blue", "spotted"), ("red", "blue", "plain"), ("yellow", "green", "spotted"),
 )
 
 SPLITS: tuple[str, ...] = ("train", "heldout", "all")

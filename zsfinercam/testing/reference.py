@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 
-class ImageFeatures(nn.Module):
+class ImageTower(nn.Module):
     """An image tower as a module: x -> `call(model, x)`, a (B, E) tensor.
 
     `call` defaults to `model(x)`; e.g. `lambda m, x: m.encode_image(x)` for open_clip or
