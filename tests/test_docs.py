@@ -115,7 +115,7 @@ def shims(tmp_path_factory):
 @pytest.mark.parametrize("block", ALL, ids=[b.name for b in ALL])
 def test_the_commands_of_the_docs_run(block, shims, tmp_path):
     if block.skip:
-        pytest.skip(f"not run: {block.skip}")
+        pytest.skip(f"{block.name} not run: {block.skip}")
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     env = {**os.environ, "PATH": f"{shims}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -136,9 +136,15 @@ def test_the_readme_is_short_and_its_links_resolve():
     assert local and [t for t in local if not (ROOT / t).exists()] == []
 
 
+def test_the_readme_shows_the_test_command_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    command = ci[ci.index("# README test command:") + 1]
+    assert f"$ python3 -m venv .venv && . .venv/bin/activate && {command}" in (ROOT / "README.md").read_text()
+
+
 def test_the_site_builds_strict_and_offline(tmp_path):
     """mkdocs build --strict: every page in the nav, every link and API reference resolves."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_MKDOCS_2_WARNING": "1"}
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(ROOT / "mkdocs.yml"),
                            "-d", str(tmp_path / "site")], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
