@@ -128,6 +128,31 @@ def test_the_commands_of_the_docs_run(block, shims, tmp_path):
         assert not missing, f"{block.name}: `{command}` did not print {missing}:\n{output[-2000:]}"
 
 
+def figure_tables(text: str) -> list[tuple[int, str]]:
+    """(first line, the text around it) of each Markdown table holding 3 or more decimal figures;
+    the text around is 8 lines before the table and 4 after it."""
+    lines, found, i = text.splitlines(), [], 0
+    while i < len(lines):
+        if not lines[i].startswith("|"):
+            i += 1
+            continue
+        end = i
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        if len(re.findall(r"\b\d+\.\d+", "\n".join(lines[i:end]))) >= 3:
+            found.append((i + 1, "\n".join(lines[max(0, i - 8):i] + lines[end:end + 4])))
+        i = end
+    return found
+
+
+def test_every_table_of_figures_names_the_command_that_produced_it():
+    text = "x\nmade by `zsfinercam eval --synthetic 9`:\n\n| a | b |\n|---|---|\n| 0.1 | 0.2 |\n| 0.3 | 1 |\n"
+    assert figure_tables(text) == [(4, "x\nmade by `zsfinercam eval --synthetic 9`:\n")]
+    unnamed = [f"{page.name}:{line}" for page in PAGES for line, around in figure_tables(page.read_text())
+               if not re.search(r"`(zsfinercam|python) [^`]+`", around)]
+    assert unnamed == []
+
+
 def test_the_readme_is_short_and_its_links_resolve():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(text.splitlines()) <= README_LINES
