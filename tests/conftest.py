@@ -45,9 +45,12 @@ def tiny(tiny_files):
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """No test writes to the user's cache or reaches a hub."""
+    """No test writes to the user's cache, reaches a hub, or reads the user's default model."""
     monkeypatch.setenv("ZSFINERCAM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in ("ZSFINERCAM_MODEL", "ZSFINERCAM_PRETRAINED", "ZSFINERCAM_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def random_image(seed: int, h: int = 40, w: int = 52) -> np.ndarray:

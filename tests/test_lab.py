@@ -147,6 +147,15 @@ def test_layout_scores_references_neighbours_and_downloads(loc, tmp_path):
     assert "token_map" not in record["results"][0]
 
 
+def test_the_status_says_when_the_toy_cannot_read_a_concept(loc):
+    known = session.run_request(loc, session.FeatureCache(), BIRD, session.parse_request("red tail", "blue tail"))
+    assert known.notice is None and "\n" not in session.status_text(known, (64, 64))
+    req = session.parse_request("red tail\nred-tailed hawk", "osprey")
+    status = session.status_text(session.run_request(loc, session.FeatureCache(), BIRD, req), (64, 64))
+    assert "**Note:** the toy model knows only synthetic birds" in status
+    assert "'hawk' in 'red-tailed hawk'; 'osprey' in 'osprey'" in status and "--model ViT-B-16" in status
+
+
 # notebook display ----------------------------------------------------------------
 def test_results_display_themselves_in_notebooks(loc):
     feats = loc.encode_image(str(BIRD))

@@ -30,6 +30,9 @@ class ModelConfig:
     context_length: int  # text tokens per prompt
     default_templates: tuple[str, ...] | None = None  # prompt templates the weights were trained with
     default_vocab: tuple[str, ...] | None = None  # concepts to contrast with when none are given
+    # Every word the text tower was trained on, for a closed-vocabulary demo model (the toy's
+    # synthetic-bird captions); None: an open vocabulary (a real CLIP).
+    known_words: tuple[str, ...] | None = None
     # b in the model's own logits s * cos + b (SigLIP). The same for every concept, so it moves no
     # map and no softmax over references; reported scores include it.
     logit_bias: float = 0.0

@@ -17,7 +17,7 @@ from .io.images import DEFAULT_MAX_PIXELS, ImageInput, check_max_pixels, load_im
 from .core.objectives import Objective
 from .options import LocateOptions, check_concepts, choose_strategy
 from .result import LOGIT, LocateResult
-from .concepts.text import ConceptEncoder, default_cache_dir
+from .concepts.text import ConceptEncoder, default_cache_dir, vocabulary_notice
 
 if TYPE_CHECKING:
     from .compare import Comparison
@@ -258,6 +258,9 @@ class Localizer:
               use_jacobian: bool) -> list[list[LocateResult]]:
         """locate_many on encoded features: one list of results per image."""
         names = check_concepts(concepts)
+        typed = [*names, *(options.vs or ()), *([options.category] if options.category else [])]
+        if notice := vocabulary_notice(self.config.known_words, typed):
+            warnings.warn(notice, stacklevel=3)
         plans, candidates = self._plans(names, options)
         table = list(dict.fromkeys([*names, *(c for p in plans for c in p.concepts), *candidates]))
         index = {n: i for i, n in enumerate(table)}

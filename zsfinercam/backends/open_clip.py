@@ -181,4 +181,5 @@ def model_fields(model: nn.Module, name: str, pretrained: str | None, resolved: 
         context_length=int(getattr(model, "context_length", 0) or getattr(text, "context_length", 77)),
         default_templates=tuple(extras["templates"]) if "templates" in extras else None,
         default_vocab=tuple(extras["classes"]) if "classes" in extras else None,
+        known_words=tuple(extras["words"]) if "words" in extras else None,
     )

@@ -14,30 +14,46 @@ import click
 
 from ..backends import list_backends, token_gradients
 from ..concepts.vocab import preflight
+from ..errors import UsageError
 from ..options import (BASES, DEFAULT_BASE, DEFAULT_MAX_PIXELS, FALLBACK_BASE, METHODS, OBJECTIVES, STRATEGIES,
                        LocateOptions, OptionError)
 from ..io.progress import LOGGER, note
+from .defaults import choose_model
 
 THREADS = "zsfinercam.threads"  # click context meta key: --threads, applied by load_localizer
+MODEL_SOURCE = "zsfinercam.model_source"  # click context meta key: where the model came from (ModelChoice.source)
 
 
 def model_options(func):
-    """--model, --pretrained, --model-config, --backend, --device, --image-size."""
+    """--model, --pretrained, --model-config, --backend, --device, --image-size. Without --model the
+    model comes from $ZSFINERCAM_MODEL, the config file, or is the toy (`defaults.choose_model`); the
+    command receives the chosen model, weights and backend."""
     options = [
-        click.option("--model", "model", default="toy", show_default=True, metavar="NAME",
+        click.option("--model", "model", default=None, metavar="NAME",
+                     show_default="$ZSFINERCAM_MODEL, else the config file's, else toy",
                      help="open_clip architecture (ViT-B-16), hf-hub:ORG/REPO, local-dir:PATH, or toy."),
         click.option("--pretrained", default=None, metavar="TAG|PATH",
                      help="Weights tag (e.g. openai) or a .safetensors/.pt/.bin file."),
         click.option("--model-config", type=click.Path(dir_okay=False), default=None, metavar="JSON",
                      help="open_clip model config for a custom architecture."),
-        click.option("--backend", type=click.Choice(list_backends()), default="open_clip", show_default=True),
+        click.option("--backend", type=click.Choice(list_backends()), default=None, show_default="open_clip"),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
         click.option("--image-size", type=click.IntRange(min=1), default=None, metavar="N",
                      help="Run the image tower at N x N (position embeddings resampled)."),
     ]
+
+    @functools.wraps(func)
+    def wrapper(*args, model, pretrained, backend, **kwargs):
+        choice = choose_model(model, pretrained, backend)
+        if choice.backend not in list_backends():
+            raise UsageError(f"unknown backend {choice.backend!r} in {choice.source}; choose one of: "
+                             f"{', '.join(list_backends())}")
+        click.get_current_context().meta[MODEL_SOURCE] = choice.source
+        return func(*args, model=choice.model, pretrained=choice.pretrained, backend=choice.backend, **kwargs)
+
     for option in reversed(options):
-        func = option(func)
-    return func
+        wrapper = option(wrapper)
+    return wrapper
 
 
 max_pixels_option = click.option(
@@ -56,7 +72,9 @@ def load_localizer(model, pretrained, model_config, backend, device, image_size,
     threads = ctx.meta.get(THREADS) if ctx is not None else None
     if threads:
         torch.set_num_threads(threads)
-    note(f"loading {model} ({_weights(model, pretrained, backend)}) on {resolve_device(device)} ...")
+    source = ctx.meta.get(MODEL_SOURCE, "default") if ctx is not None else "default"
+    origin = "" if source in ("--model", "default") else f", named by {source}"
+    note(f"loading {model} ({_weights(model, pretrained, backend)}{origin}) on {resolve_device(device)} ...")
     return Localizer.from_pretrained(model, pretrained, model_config=model_config, backend=backend,
                                      device=device, image_size=image_size, max_pixels=max_pixels)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +29,31 @@ TEXT_BATCH = 64  # prompts per text-tower call (each call is cut to its longest 
 def default_cache_dir() -> Path:
     """$ZSFINERCAM_CACHE, else ~/.cache/zsfinercam (read when called, not at import)."""
     return Path(os.environ.get("ZSFINERCAM_CACHE") or Path.home() / ".cache" / "zsfinercam")
+
+
+REAL_CLIP = "--model ViT-B-16 --pretrained openai"  # the command-line flags of a real CLIP
+
+
+def unknown_words(known: Sequence[str] | None, texts: Sequence[str]) -> dict[str, list[str]]:
+    """{text: its words outside `known`} for each text with such words; none for an open vocabulary
+    (`known` None). Words are runs of letters, compared in lower case."""
+    if known is None:
+        return {}
+    vocabulary = set(known)
+    found = {t: [w for w in re.findall(r"[a-z]+", t.lower()) if w not in vocabulary] for t in texts}
+    return {t: words for t, words in found.items() if words}
+
+
+def vocabulary_notice(known: Sequence[str] | None, texts: Sequence[str]) -> str | None:
+    """One line for texts a closed-vocabulary model (the toy) cannot read, naming a real CLIP; None if all read."""
+    unknown = unknown_words(known, texts)
+    if not unknown:
+        return None
+    shown = "; ".join(f"{', '.join(map(repr, dict.fromkeys(w)))} in {t!r}" for t, w in list(unknown.items())[:3])
+    more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
+    return (f"the toy model knows only synthetic birds (red, blue, yellow or green heads and tails; plain, "
+            f"striped or spotted wings), not {shown}{more}; for real images use a real CLIP ({REAL_CLIP}), "
+            f"or set a default model once with ZSFINERCAM_MODEL and ZSFINERCAM_PRETRAINED")
 
 
 class ConceptEncoder:

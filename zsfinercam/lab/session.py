@@ -194,10 +194,13 @@ class LabResult:
     cached: bool  # the image's features came from the cache (the trunk did not run)
     seconds: float  # server time for the request
     neighbours: dict[str, list[tuple[str, float]]]
+    notice: str | None = None  # concepts or references the model cannot read (the toy), and what to use instead
 
 
 def run_request(loc: "Localizer", cache: FeatureCache, image: str | os.PathLike, request: LabRequest) -> LabResult:
     """The CAM base alone and Finer-CAM of the request's concepts on the image, with its neighbours."""
+    from ..concepts.text import vocabulary_notice
+
     start = time.perf_counter()
     feats, cached = features_for(loc, cache, image)
     comparison = loc.compare(feats, list(request.concepts), request_options(request))
@@ -205,7 +208,8 @@ def run_request(loc: "Localizer", cache: FeatureCache, image: str | os.PathLike,
         res.source = Path(image).name
     cache.trim()  # the Jacobian may have been added
     neighbours = {c: neighbours_of(loc, c, request) for c in request.concepts}
-    return LabResult(comparison, request, cached, time.perf_counter() - start, neighbours)
+    notice = vocabulary_notice(loc.config.known_words, [*request.concepts, *request.references])
+    return LabResult(comparison, request, cached, time.perf_counter() - start, neighbours, notice)
 
 
 def neighbours_of(loc: "Localizer", concept: str, request: LabRequest) -> list[tuple[str, float]]:
@@ -259,10 +263,11 @@ def neighbours_text(result: LabResult) -> str:
 
 
 def status_text(result: LabResult, image_size: tuple[int, int]) -> str:
-    """One line: server time and whether the trunk ran."""
+    """One line: server time and whether the trunk ran; then the notice, if any, on its own line."""
     trunk = ("cached image: the trunk did not run" if result.cached
              else f"new image: the trunk ran at {image_size[1]} x {image_size[0]}")
-    return f"{len(result.request.concepts)} concept(s) in {1000 * result.seconds:.0f} ms; {trunk}."
+    line = f"{len(result.request.concepts)} concept(s) in {1000 * result.seconds:.0f} ms; {trunk}."
+    return line if result.notice is None else f"{line}\n\n**Note:** {result.notice}."
 
 
 def summary(result: LabResult) -> dict:

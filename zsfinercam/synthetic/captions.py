@@ -7,6 +7,7 @@ binds to, which is what lets it compose class names it never saw (held-out class
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import numpy as np
@@ -59,6 +60,14 @@ def sample_caption(idx: Sequence[int], rng: np.random.Generator) -> tuple[str, t
         return phrase_caption(parts, attrs), constraint
     words = " ".join(name_fragment(p, attrs[p]) for p in parts)
     return TEMPLATES[rng.integers(len(TEMPLATES))].format(words + " bird"), constraint
+
+
+def caption_words() -> list[str]:
+    """Every word a training caption can hold, sorted: the toy model's whole vocabulary."""
+    texts = [*TEMPLATES, phrase_caption(list(ATTRIBUTE_PARTS), attrs_from_index([0] * len(ATTRIBUTE_PARTS)))]
+    for part in ATTRIBUTE_PARTS:
+        texts += [f"{name_fragment(part, v)} {_ARTICLE[part]}{v} {part}" for v in PART_VALUES[part]]
+    return sorted({w for text in texts for w in re.findall(r"[a-z]+", text.lower())} | {"bird"})
 
 
 def positives(image_idx: np.ndarray, constraints: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .captions import TEMPLATES, attrs_from_index, phrase_caption, positives, sample_caption
+from .captions import TEMPLATES, attrs_from_index, caption_words, phrase_caption, positives, sample_caption
 from .data import MEAN, STD, augment, render_pool, to_tensor
 from .draw import make_sample, sample_seeds
 from .taxonomy import ATTRIBUTE_PARTS, HELDOUT, PART_VALUES, class_name, list_classes
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     test = _eval_sets(args.seed + 7, n_train=args.eval_per_class, n_held=args.eval_per_class)
     extras = {
         "classes": list_classes("all"), "train_classes": list_classes("train"),
-        "heldout_classes": list_classes("heldout"), "templates": list(TEMPLATES),
+        "heldout_classes": list_classes("heldout"), "templates": list(TEMPLATES), "words": caption_words(),
         "mean": list(MEAN), "std": list(STD), "tokenizer": "open_clip.tokenizer.SimpleTokenizer",
         "heldout_attrs": [list(h) for h in HELDOUT],
         "trained_with": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
