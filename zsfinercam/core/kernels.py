@@ -50,10 +50,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import UsageError
+
 if TYPE_CHECKING:  # names used inside the kernel sources; bound lazily, see _kernel
     import triton.language as tl
 
-__all__ = ["TritonUnavailableError", "minmax", "token_maps", "token_maps_torch", "triton_available"]
+__all__ = ["TritonUnavailableError", "check_kernel", "launch_maps", "minmax", "operand_dtype", "token_maps",
+           "token_maps_torch", "triton_available", "use_triton"]
 
 IMPLS = ("auto", "torch", "triton")
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -166,34 +169,82 @@ def _check_inputs(A: Any, w: Any) -> None:
 
 
 def _auto_picks_triton(A: torch.Tensor, w: torch.Tensor) -> bool:
-    if not A.is_cuda or torch.promote_types(A.dtype, w.dtype) not in _AUTO_DTYPES:
-        return False
-    triton = _import_triton()
-    return triton is not None and not _interpreting(triton) and not _stdlib_interpreted(triton)
+    return torch.promote_types(A.dtype, w.dtype) in _AUTO_DTYPES and use_triton("auto", A)
 
 
 def _triton_unavailable_reason(A: torch.Tensor, w: torch.Tensor) -> str | None:
     dtype = torch.promote_types(A.dtype, w.dtype)
     if dtype not in _KERNEL_DTYPES:
         return f"expected float16, bfloat16 or float32 inputs, got {dtype}; use impl='torch'"
+    return unavailable_reason(A.device, A.shape[0])
+
+
+def unavailable_reason(device: torch.device, batch: int = 1) -> str | None:
+    """Why the Triton kernels cannot run on `device` for `batch` images in this process, or None.
+
+    One line naming the cause and the way out (install triton, use CUDA tensors or set
+    TRITON_INTERPRET=1 before triton is imported, use impl='torch').
+    """
     triton = _import_triton()
     if triton is None:
         return f"the triton package is not importable ({_triton_import_error()}); install it or use impl='torch'"
-    if A.shape[0] > 65535:  # the batch is the grid's third axis
-        return f"expected at most 65535 images per call, got {A.shape[0]}; split the batch or use impl='torch'"
+    if batch > 65535:  # the batch is the grid's third axis
+        return f"expected at most 65535 images per call, got {batch}; split the batch or use impl='torch'"
     if _interpreting(triton) != _stdlib_interpreted(triton):
         now, then = ("set", "unset") if _interpreting(triton) else ("unset", "set")
         return (
             f"TRITON_INTERPRET is {now} now but was {then} when triton was first imported (triton "
             "decorates its own helpers at import); set or unset it before the process imports triton"
         )
-    if A.is_cuda or _interpreting(triton):
+    if torch.device(device).type == "cuda" or _interpreting(triton):
         return None
     cuda = "CUDA is available" if torch.cuda.is_available() else "this machine has no CUDA device"
     return (
-        f"expected CUDA tensors, got tensors on {A.device} ({cuda}); to run the kernel in Triton's "
+        f"expected CUDA tensors, got tensors on {device} ({cuda}); to run the kernel in Triton's "
         "CPU interpreter (for testing only), set TRITON_INTERPRET=1 before the process imports triton"
     )
+
+
+def check_kernel(kernel: str, device: torch.device | str) -> str:
+    """`kernel` (one of IMPLS) if it can run on `device`, else a one-line UsageError saying why.
+
+    "triton" needs CUDA, or on CPU Triton's interpreter (TRITON_INTERPRET=1 set before
+    triton is imported; for testing). Checked when a Localizer is made, before a model loads.
+    """
+    if kernel not in IMPLS:
+        raise UsageError(f"unknown kernel {kernel!r}; choose one of: {', '.join(IMPLS)}")
+    reason = unavailable_reason(torch.device(device)) if kernel == "triton" else None
+    if reason is not None:
+        raise UsageError(f"kernel 'triton' (--kernel triton) cannot run on {device}: {reason}")
+    return kernel
+
+
+def use_triton(impl: str, tensor: torch.Tensor) -> bool:
+    """Whether a map computation on `tensor`'s device and batch takes its Triton path.
+
+    "torch": never; "auto": on CUDA where triton imports (never the interpreter); "triton":
+    always, or `TritonUnavailableError` saying why it cannot run.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"expected impl to be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
+    if impl == "torch":
+        return False
+    if impl == "auto":
+        triton = _import_triton() if tensor.is_cuda else None
+        return triton is not None and not _interpreting(triton) and not _stdlib_interpreted(triton)
+    reason = unavailable_reason(tensor.device, tensor.shape[0])
+    if reason is not None:
+        raise TritonUnavailableError(f"impl='triton' cannot run: {reason}")
+    return True
+
+
+def operand_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype a Triton path feeds its kernel: float16 on CUDA (tensor cores; callers scale
+    their operands first), else (the interpreter) the inputs' own precision, float32 at most."""
+    if tensors[0].is_cuda:
+        return torch.float16
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    return dtype if dtype in _KERNEL_DTYPES else torch.float32
 
 
 @functools.lru_cache(maxsize=1)
@@ -248,30 +299,45 @@ def _token_maps_triton(A: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, 
     dtype = torch.promote_types(A.dtype, w.dtype)
     A, w = A.detach().to(dtype), w.detach().to(dtype)
     (B, N, D), M = A.shape, w.shape[1]
-    raw = torch.empty((B, M, N), dtype=torch.float32, device=A.device)
+    cfg = _launch_config(M, dtype)
+    return launch_maps(_token_maps_kernel, A.device, (B, M, N), cfg, A, w, D,
+                       A.stride(0), A.stride(1), A.stride(2), w.stride(0), w.stride(1), w.stride(2),
+                       PRECISION="ieee", UPCAST=upcast(dtype))
+
+
+def upcast(dtype: torch.dtype) -> bool:
+    """Whether a kernel must upcast its `dtype` tiles to float32 before `tl.dot`: bfloat16 under the
+    interpreter, which multiplies bfloat16's raw bit patterns (triton-lang/triton#11584)."""
+    return dtype == torch.bfloat16 and _interpreting(_import_triton())
+
+
+def launch_maps(kernel: Any, device: torch.device, shape: tuple[int, int, int], cfg: dict[str, int], *args: Any,
+                **constants: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a maps kernel (one whose programs end with `finish_tile`) over (B, M, N) maps.
+
+    The grid is (ceil(N / BLOCK_N), ceil(M / BLOCK_M), B); the kernel is called with
+    (*args[:2], raw, norm, workspace, M, N, *args[2:], raw's strides, **constants, **cfg),
+    so its signature starts with two input pointers. Returns float32 (raw, norm), (B, M, N).
+    """
+    triton = _import_triton()
+    B, M, N = shape
+    raw = torch.empty(shape, dtype=torch.float32, device=device)
     norm = torch.empty_like(raw)
     if raw.numel() == 0:
         return raw, norm
-    triton = _import_triton()
-    interpret = _interpreting(triton)
-    cfg = _launch_config(M, dtype)
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"]), B)
     # Arrival counters per (image, map block), then per-map max and min as int32 bits.
-    workspace = torch.zeros(B * (grid[1] + 2 * M), dtype=torch.int32, device=A.device)
-    with _device_guard(A):
-        _kernel(interpret)[grid](
-            A, w, raw, norm, workspace, M, N, D,
-            A.stride(0), A.stride(1), A.stride(2), w.stride(0), w.stride(1), w.stride(2),
-            raw.stride(0), raw.stride(1),
-            PRECISION="ieee", UPCAST=interpret and dtype == torch.bfloat16, **cfg,
-        )
+    workspace = torch.zeros(B * (grid[1] + 2 * M), dtype=torch.int32, device=device)
+    with _device_guard(device):
+        jit_kernel(kernel, _interpreting(triton))[grid](
+            *args[:2], raw, norm, workspace, M, N, *args[2:], raw.stride(0), raw.stride(1), **constants, **cfg)
     return raw, norm
 
 
-def _device_guard(A: torch.Tensor) -> Any:
-    """Make A's GPU current for the launch (triton launches on the current device)."""
-    if A.is_cuda and A.device.index not in (None, torch.cuda.current_device()):
-        return torch.cuda.device(A.device)
+def _device_guard(device: torch.device) -> Any:
+    """Make `device` current for the launch, if it is a GPU (triton launches on the current device)."""
+    if device.type == "cuda" and device.index not in (None, torch.cuda.current_device()):
+        return torch.cuda.device(device)
     return contextlib.nullcontext()
 
 
@@ -286,7 +352,7 @@ def _device_guard(A: torch.Tensor) -> Any:
 # over all N tokens, reading raw back. Ordering follows the usual "last block" pattern
 # (barrier, then a gpu-scope acq_rel atomic by one thread; L1 bypassed on the read-back).
 #
-# The kernel functions below are plain functions at import time. ``_kernel`` copies them
+# The kernel functions below are plain functions at import time. ``jit_kernel`` copies them
 # into a private namespace holding ``tl`` and the jitted helpers under the helpers' names,
 # and decorates the copies. Triton resolves a kernel's globals through ``fn.__globals__``
 # (the interpreter re-executes the rewritten source there, and adds its own names to it),
@@ -294,17 +360,17 @@ def _device_guard(A: torch.Tensor) -> Any:
 # apart from the other.
 
 
-@functools.lru_cache(maxsize=2)
-def _kernel(interpret: bool) -> Any:
-    """The jitted kernel; ``interpret`` keys the cache because ``triton.jit`` reads the
-    interpreter flag when it decorates."""
+@functools.lru_cache(maxsize=None)
+def jit_kernel(fn: Any, interpret: bool) -> Any:
+    """`fn` jitted, with `tl` and this module's jit helpers in its globals; `interpret` keys the
+    cache because ``triton.jit`` reads the interpreter flag when it decorates."""
     import triton
     import triton.language as tl
 
-    namespace: dict[str, Any] = {"__name__": __name__, "__builtins__": __builtins__, "tl": tl}
-    for helper in (_tile_relu, _arrive_last, _normalise_rows):
+    namespace: dict[str, Any] = {"__name__": fn.__module__, "__builtins__": __builtins__, "tl": tl}
+    for helper in (_tile_relu, finish_tile, _arrive_last, _normalise_rows):
         namespace[helper.__name__] = triton.jit(_rebind(helper, namespace))
-    return triton.jit(_rebind(_token_maps_kernel, namespace))
+    return triton.jit(_rebind(fn, namespace))
 
 
 def _rebind(fn: Any, namespace: dict[str, Any]) -> Any:
@@ -321,17 +387,24 @@ def _token_maps_kernel(a_ptr, w_ptr, raw_ptr, norm_ptr, ws_ptr, M, N, D,
                        PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """One (BLOCK_M, BLOCK_N) tile of raw; the last tile of a map block also writes norm.
     Outputs are (B, M, N) with unit stride along N."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
-    n_blocks = tl.num_programs(0)
-    m_blocks = tl.num_programs(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < N
     raw = _tile_relu(a_ptr + pid_b * s_ab, w_ptr + pid_b * s_wb, offs_m, offs_n, m_ok, n_ok,
                      D, s_an, s_ad, s_wm, s_wd, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, UPCAST)
+    finish_tile(raw, raw_ptr, norm_ptr, ws_ptr, offs_m, offs_n, m_ok, n_ok, M, N, s_ob, s_om, BLOCK_M, BLOCK_N)
+
+
+def finish_tile(raw, raw_ptr, norm_ptr, ws_ptr, offs_m, offs_n, m_ok, n_ok, M, N, s_ob, s_om,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """jit helper, the epilogue of every maps kernel: store a ReLU'd (BLOCK_M, BLOCK_N) tile of raw
+    (non-negative, +0.0 for zero) and fold it into its maps' max / min; the last tile of a map
+    block to arrive also writes norm for those maps. Grid (N blocks, M blocks, B)."""
+    pid_b = tl.program_id(2).to(tl.int64)
+    pid_m = tl.program_id(1)
+    m_blocks = tl.num_programs(1)
     rows = pid_b * s_ob + offs_m[:, None].to(tl.int64) * s_om
     tl.store(raw_ptr + rows + offs_n[None, :], raw, mask=m_ok[:, None] & n_ok[None, :])
     # Workspace: [B * m_blocks counters | B * M max bits | B * M (0x7FFFFFFF - min bits)].
@@ -339,7 +412,8 @@ def _token_maps_kernel(a_ptr, w_ptr, raw_ptr, norm_ptr, ws_ptr, M, N, D,
     lo_idx = hi_idx + M * tl.num_programs(2)
     tile_hi = tl.max(tl.where(n_ok[None, :], raw, 0.0), axis=1)
     tile_lo = tl.min(tl.where(n_ok[None, :], raw, float("inf")), axis=1)
-    last = _arrive_last(ws_ptr, hi_idx, lo_idx, pid_b * m_blocks + pid_m, tile_hi, tile_lo, m_ok, n_blocks)
+    last = _arrive_last(ws_ptr, hi_idx, lo_idx, pid_b * m_blocks + pid_m, tile_hi, tile_lo, m_ok,
+                        tl.num_programs(0))
     if last:
         _normalise_rows(raw_ptr, norm_ptr, ws_ptr, hi_idx, lo_idx, rows, m_ok, N, BLOCK_M, BLOCK_N)
 
