@@ -49,11 +49,20 @@ class LayerCAM(CamBase):
         scale = scale.clamp_min(torch.finfo(torch.float32).tiny)[..., None]  # (B, M, 1)
         s, r = ((t.flatten(2, 3) / scale[..., None]).to(dtype).contiguous() for t in (scores, values))
         w, p, a = (t.to(dtype).contiguous() for t in (weights.flatten(1, 2), keys.flatten(1, 2), patches))
-        cfg = {"BLOCK_M": 8, "BLOCK_N": 32, "BLOCK_K": 16, "BLOCK_D": 32, "num_warps": 4}
+        cfg = _launch_config(patches.is_cuda)
         raw, norm = kernels.launch_maps(_layercam_kernel, patches.device, (B, M, N), cfg,
                                         s, r, w, p, a, s.shape[2], D,
                                         PRECISION="ieee", UPCAST=kernels.upcast(dtype))
         return raw.mul_(scale), norm
+
+
+def _launch_config(cuda: bool) -> dict[str, int]:
+    """Tile sizes (tl.dot needs every side >= 16). On CUDA a (64 x 32) float32 gradient tile per
+    program, not tuned (no GPU timing yet); the interpreter's cost is per program and loop step,
+    so it takes wider token blocks."""
+    if cuda:
+        return {"BLOCK_M": 8, "BLOCK_N": 64, "BLOCK_K": 16, "BLOCK_D": 32, "num_warps": 4}
+    return {"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 16, "BLOCK_D": 64}
 
 
 # --------------------------------------------------------------------------- kernel
@@ -73,9 +82,8 @@ def _layercam_kernel(s_ptr, r_ptr, raw_ptr, norm_ptr, ws_ptr, M, N, w_ptr, p_ptr
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     raw = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for i in range(BLOCK_M):
+    for i in range(0, tl.minimum(BLOCK_M, M - tl.program_id(1) * BLOCK_M)):  # this block's maps
         m = tl.program_id(1) * BLOCK_M + i
-        valid = m < M
         row = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -83,8 +91,8 @@ def _layercam_kernel(s_ptr, r_ptr, raw_ptr, norm_ptr, ws_ptr, M, N, w_ptr, p_ptr
             grad = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
             for k0 in range(0, K, BLOCK_K):
                 offs_k = k0 + tl.arange(0, BLOCK_K)
-                nk = (n_ok[:, None] & (offs_k < K)[None, :]) & valid
-                kd = ((offs_k < K)[:, None] & d_ok[None, :]) & valid
+                nk = n_ok[:, None] & (offs_k < K)[None, :]
+                kd = (offs_k < K)[:, None] & d_ok[None, :]
                 nk_at = offs_k[None, :] * N + offs_n[:, None]
                 kd_at = offs_k[:, None] * D + offs_d[None, :]
                 s = tl.load(s_ptr + (b * M + m) * K * N + nk_at, mask=nk, other=0.0)

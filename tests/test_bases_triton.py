@@ -1,0 +1,202 @@
+"""Every CAM base's Triton path against its torch path, in Triton's CPU interpreter.
+
+As in test_kernels.py, TRITON_INTERPRET=1 must be set before a process imports triton, so
+the kernels run in ONE child process: the parent builds every case's inputs (random
+attention records, and the gradients of each tiny backend of the shared suite), the child
+runs `base.maps(..., impl="triton")` on each and saves the maps, and the tests compare them
+with `impl="torch"` here. float32 cases must agree to 1e-5 (of the map's largest value).
+
+Sizes are kept small for the interpreter, whose cost is per program and loop step (the
+whole child takes about 30-60 s on 2 busy cores): Layer-CAM, the slowest, meets 37x37 grids
+with M <= 4 and M = 64 on a 7x9 grid. What the interpreter cannot check: bfloat16 products
+(it multiplies their raw bits, so the kernels upcast bfloat16 tiles to float32 there, and
+only the loads, casts and scaling are checked), tensor-core rounding, and timing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import random_image
+from test_backends import built, vocab
+from test_kernels import HAS_TRITON, _run_python
+from tiny_models import TINY_BUILDERS
+from zsfinercam.core import engine, kernels
+from zsfinercam.core.bases import get_base, list_bases
+from zsfinercam.core.bases.base import TokenGradients
+from zsfinercam.core.objectives import Objective
+from zsfinercam.core.shift import AttentionRecord
+
+RECORD_FIELDS = ("q", "v", "weights", "wk", "wv")
+# name: (B, M, L, H, hd, grid, prefix, D, shared queries); K = L * H and D cover several kernel blocks
+SHAPES = {
+    "cls-7x9": (2, 16, 1, 4, 8, (7, 9), 1, 32, True),
+    "one-map": (3, 1, 1, 2, 16, (7, 9), 1, 32, True),
+    "64-maps": (1, 64, 1, 4, 8, (7, 9), 1, 32, True),
+    "37x37": (2, 3, 1, 4, 8, (37, 37), 1, 32, True),
+    "map-pool-no-cls": (2, 5, 2, 12, 8, (7, 9), 0, 96, False),  # K = 24 > 16, D = 96 > 64
+}
+HALF_TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2}  # of the map's largest value; measured up to 1e-3, 5e-3
+
+
+def random_record(B, M, L, H, hd, grid, prefix, D, shared, seed=0):
+    """(record fields, dO/do (B, M, L, H * hd), patches (B, N, D)), float32: a softmax attention
+    over prefix + N tokens with gradients of ~1e-3 (token-mean gradients are small)."""
+    g = torch.Generator().manual_seed(seed)
+    n = grid[0] * grid[1]
+    fields = {"q": torch.randn(1 if shared else B, L, H, hd, generator=g),
+              "v": torch.randn(B, prefix + n, H, hd, generator=g),
+              "weights": (2 * torch.randn(B, L, H, prefix + n, generator=g)).softmax(-1),
+              "wk": torch.randn(H * hd, D, generator=g) / D**0.5, "wv": torch.randn(H * hd, D, generator=g) / D**0.5,
+              "prefix": prefix}
+    return fields, 1e-3 * torch.randn(B, M, L, H * hd, generator=g), torch.randn(B, n, D, generator=g)
+
+
+def gradients_of(name: str, case: dict):
+    """The base's input from a saved case: channel weights, or TokenGradients."""
+    if not get_base(name).token_gradients:
+        return case["weights"]
+    record = case["record"]
+    if record is not None:
+        record = AttentionRecord(*(record[f] for f in RECORD_FIELDS), record["prefix"])
+    return TokenGradients(record, case["grad"])
+
+
+def _cases(tmp_path_factory) -> dict:
+    cases = {}
+    for label, shape in SHAPES.items():
+        fields, grad, patches = random_record(*shape)
+        weights = 1e-3 * torch.randn(grad.shape[0], grad.shape[1], patches.shape[-1])
+        cases[label] = {"record": fields, "grad": grad, "patches": patches, "weights": weights}
+    for dtype in HALF_TOL:
+        case = cases["cls-7x9"]
+        cases[str(dtype)] = {"record": {k: v.to(dtype) if torch.is_tensor(v) else v for k, v in case["record"].items()},
+                             "grad": case["grad"].to(dtype), "patches": case["patches"].to(dtype),
+                             "weights": case["weights"].to(dtype)}
+    tiny = {k: v * 1e-4 if k in ("grad", "weights") else v for k, v in cases["cls-7x9"].items()}
+    cases["fp16-operands"] = tiny  # float32 inputs of ~1e-7 run as float16 operands, CUDA's policy
+    for label in sorted(TINY_BUILDERS):
+        cases[f"backend-{label}"] = _backend_case(built(label, tmp_path_factory))
+    return cases
+
+
+def _backend_case(loc) -> dict:
+    """Two images, four objectives of a tiny backend: its real record (None on the full path)."""
+    feats = loc.encode_image([random_image(1), random_image(2, 33, 29)])
+    text = loc.head(vocab(loc))
+    objs = [[Objective(0, (1, 2, 3)), Objective(4, (0, 5)), Objective(2, (1,), 1.0, "compare"), Objective(5)]] * 2
+    token = engine.token_gradients(loc.backend, feats, text, objs)
+    record = None if token.record is None else {
+        **{f: getattr(token.record, f).detach().clone() for f in RECORD_FIELDS}, "prefix": token.record.prefix}
+    return {"record": record, "grad": token.grad.detach(), "patches": feats.patch_tokens.detach(),
+            "weights": engine.channel_weights(loc.backend, feats, text, objs).detach()}
+
+
+_CHILD = """
+import sys, torch
+sys.path.insert(0, sys.argv[3])  # the tests folder
+from zsfinercam.core import kernels
+from zsfinercam.core.bases import get_base, list_bases
+from test_bases_triton import gradients_of
+
+cases = torch.load(sys.argv[1])
+maps, auto, own_dtype = {}, {}, kernels.operand_dtype
+for label, case in cases.items():
+    if label == "fp16-operands":
+        kernels.operand_dtype = lambda *tensors: torch.float16
+    for name in list_bases():
+        maps[label, name] = get_base(name).maps(gradients_of(name, case), case["patches"], impl="triton")
+    kernels.operand_dtype = own_dtype
+
+def must_not_run(*args):
+    raise AssertionError("auto ran Triton on CPU tensors")
+
+for name in list_bases():
+    base = get_base(name)
+    base.maps_triton = must_not_run
+    auto[name] = base.maps(gradients_of(name, cases["cls-7x9"]), cases["cls-7x9"]["patches"])
+torch.save({"maps": maps, "auto": auto}, sys.argv[2])
+"""
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory):
+    """Inputs and every base's Triton maps, computed in one child process under the interpreter."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    tmp = tmp_path_factory.mktemp("bases_interp")
+    cases = _cases(tmp_path_factory)
+    torch.save(cases, tmp / "in.pt")
+    _run_python(_CHILD, str(tmp / "in.pt"), str(tmp / "out.pt"), str(Path(__file__).parent), TRITON_INTERPRET="1")
+    return cases, torch.load(tmp / "out.pt")
+
+
+def _compare(got, case, name, tol):
+    want = get_base(name).maps(gradients_of(name, case), case["patches"], impl="torch")
+    assert got[0].dtype == got[1].dtype == torch.float32 and got[0].shape == want[0].shape
+    top = float(want[0].max())
+    assert top > 0 and (want[1].amax(dim=-1) == 1).any(), "flat maps: the test would not see a difference"
+    torch.testing.assert_close(got[0], want[0], rtol=tol, atol=tol * top)
+    torch.testing.assert_close(got[1], want[1], rtol=tol, atol=tol)
+    return float((got[0] - want[0]).abs().max()) / top
+
+
+@pytest.mark.parametrize("name", list_bases())
+@pytest.mark.parametrize("label", list(SHAPES))
+def test_triton_equals_torch_in_float32(interpreted, label, name):
+    cases, out = interpreted
+    print(f"{label} {name}: max |diff| {_compare(out['maps'][label, name], cases[label], name, 1e-5):.1e} of the max")
+
+
+@pytest.mark.parametrize("name", list_bases())
+@pytest.mark.parametrize("label", sorted(TINY_BUILDERS))
+def test_triton_equals_torch_on_every_backend(interpreted, label, name):
+    """The real records of CLS-pooled open_clip and HF CLIP, SigLIP's MAP pools (HF, open_clip over
+    timm) and the probe's full path (its dO/dA comes from autograd: element-wise bases multiply it
+    in torch on both paths, so only Grad-CAM's kernel runs there)."""
+    cases, out = interpreted
+    worst = _compare(out["maps"][f"backend-{label}", name], cases[f"backend-{label}"], name, 1e-5)
+    print(f"{label} {name}: max |diff| {worst:.1e} of the max")
+
+
+def test_the_suite_meets_both_kinds_of_tower(interpreted):
+    """SigLIP's MAP pool (no CLS token, prefix 0) and CLS pools give records; the probe's full path does not."""
+    cases, _ = interpreted
+    prefixes = {label: None if cases[f"backend-{label}"]["record"] is None else cases[f"backend-{label}"]["record"]["prefix"]
+                for label in TINY_BUILDERS}
+    assert prefixes["open_clip"] == 1 and prefixes["open_clip-siglip"] == 0 and prefixes["probe-dinov2"] is None
+
+
+@pytest.mark.parametrize("name", list_bases())
+@pytest.mark.parametrize("dtype", list(HALF_TOL), ids=str)
+def test_half_inputs(interpreted, dtype, name):
+    """Half inputs run half operands (bfloat16 upcast before the products in the interpreter)."""
+    cases, out = interpreted
+    print(f"{dtype} {name}: max |diff| {_compare(out['maps'][str(dtype), name], cases[str(dtype)], name, HALF_TOL[dtype]):.1e}")
+
+
+@pytest.mark.parametrize("name", list_bases())
+def test_float16_operands_keep_tiny_gradients(interpreted, name):
+    """CUDA's policy: float32 inputs run as float16 operands, scaled first; gradients of ~1e-7
+    would otherwise fall into float16's subnormals."""
+    cases, out = interpreted
+    worst = _compare(out["maps"]["fp16-operands", name], cases["fp16-operands"], name, HALF_TOL[torch.float16])
+    print(f"float16 operands {name}: max |diff| {worst:.1e} of the max")
+
+
+def test_auto_never_runs_triton_on_cpu(interpreted):
+    cases, out = interpreted
+    for name in list_bases():
+        _compare(out["auto"][name], cases["cls-7x9"], name, 0.0)
+
+
+@pytest.mark.parametrize("name", list_bases())
+def test_triton_on_cpu_without_the_interpreter_says_why(name, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    fields, grad, patches = random_record(*SHAPES["cls-7x9"])
+    case = {"record": fields, "grad": grad, "patches": patches, "weights": torch.ones(2, 16, 32)}
+    why = "TRITON_INTERPRET" if HAS_TRITON else "not importable"
+    with pytest.raises(kernels.TritonUnavailableError, match=why):
+        get_base(name).maps(gradients_of(name, case), patches, impl="triton")
