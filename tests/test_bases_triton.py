@@ -14,15 +14,20 @@ only the loads, casts and scaling are checked), tensor-core rounding, and timing
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import random_image
 from test_backends import built, vocab
-from test_kernels import HAS_TRITON, _run_python
+from test_kernels import HAS_TRITON, REPO, _run_python
 from tiny_models import TINY_BUILDERS
+import zsfinercam as zf
+from zsfinercam.cli import flags
 from zsfinercam.core import engine, kernels
 from zsfinercam.core.bases import get_base, list_bases
 from zsfinercam.core.bases.base import TokenGradients
@@ -38,6 +43,8 @@ SHAPES = {
     "37x37": (2, 3, 1, 4, 8, (37, 37), 1, 32, True),
     "map-pool-no-cls": (2, 5, 2, 12, 8, (7, 9), 0, 96, False),  # K = 24 > 16, D = 96 > 64
 }
+TOY_CONCEPTS = ["red-winged blackbird", "blue jay"]
+BIRD = REPO / "examples" / "bird.png"
 HALF_TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2}  # of the map's largest value; measured up to 1e-3, 5e-3
 
 
@@ -99,7 +106,7 @@ import sys, torch
 sys.path.insert(0, sys.argv[3])  # the tests folder
 from zsfinercam.core import kernels
 from zsfinercam.core.bases import get_base, list_bases
-from test_bases_triton import gradients_of
+from test_bases_triton import TOY_CONCEPTS, gradients_of
 
 cases = torch.load(sys.argv[1])
 maps, auto, own_dtype = {}, {}, kernels.operand_dtype
@@ -117,7 +124,10 @@ for name in list_bases():
     base = get_base(name)
     base.maps_triton = must_not_run
     auto[name] = base.maps(gradients_of(name, cases["cls-7x9"]), cases["cls-7x9"]["patches"])
-torch.save({"maps": maps, "auto": auto}, sys.argv[2])
+import zsfinercam as zf
+loc = zf.Localizer.from_pretrained("toy", device="cpu", cache_dir=None, kernel="triton")
+located = {name: [torch.from_numpy(r.token_map) for r in loc.locate_many(sys.argv[4], TOY_CONCEPTS, base=name)] for name in list_bases()}
+torch.save({"maps": maps, "auto": auto, "located": located}, sys.argv[2])
 """
 
 
@@ -129,7 +139,8 @@ def interpreted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bases_interp")
     cases = _cases(tmp_path_factory)
     torch.save(cases, tmp / "in.pt")
-    _run_python(_CHILD, str(tmp / "in.pt"), str(tmp / "out.pt"), str(Path(__file__).parent), TRITON_INTERPRET="1")
+    _run_python(_CHILD, str(tmp / "in.pt"), str(tmp / "out.pt"), str(Path(__file__).parent), str(BIRD),
+                TRITON_INTERPRET="1")
     return cases, torch.load(tmp / "out.pt")
 
 
@@ -200,3 +211,56 @@ def test_triton_on_cpu_without_the_interpreter_says_why(name, monkeypatch):
     why = "TRITON_INTERPRET" if HAS_TRITON else "not importable"
     with pytest.raises(kernels.TritonUnavailableError, match=why):
         get_base(name).maps(gradients_of(name, case), patches, impl="triton")
+
+
+@pytest.mark.parametrize("name", list_bases())
+def test_a_localizer_with_the_triton_kernel_locates_as_with_torch(interpreted, name):
+    """kernel="triton" reaches every base's maps through Localizer.locate_many (the toy model)."""
+    loc = zf.Localizer.from_pretrained("toy", device="cpu", cache_dir=None, kernel="torch")
+    want = [r.token_map for r in loc.locate_many(str(BIRD), TOY_CONCEPTS, base=name)]
+    for got, map_ in zip(interpreted[1]["located"][name], want):
+        assert map_.max() > 0
+        np.testing.assert_allclose(got.numpy(), map_, rtol=1e-5, atol=1e-5 * map_.max())
+
+
+def test_a_triton_kernel_that_cannot_run_is_refused_before_the_model_loads(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    why = "TRITON_INTERPRET=1" if HAS_TRITON else "not importable"
+    with pytest.raises(zf.UsageError, match=f"kernel 'triton' .*cannot run on cpu: .*{why}"):
+        zf.Localizer.from_pretrained("no-such-model", device="cpu", kernel="triton")  # not a model error
+    with pytest.raises(zf.UsageError, match="unknown kernel 'cuda'; choose one of: auto, torch, triton"):
+        zf.Localizer.from_pretrained("no-such-model", device="cpu", kernel="cuda")
+
+
+def test_the_kernel_flag_is_on_every_verb_that_computes():
+    from click.testing import CliRunner
+
+    from zsfinercam.cli import cli
+
+    assert flags.KERNELS == kernels.IMPLS
+    for verb in ("locate", "compare", "batch", "eval", "lab", "bench"):
+        out = CliRunner().invoke(cli, [verb, "--help"])
+        assert out.exit_code == 0 and "--kernel [auto|torch|triton]" in out.output, verb
+
+
+def test_the_cli_refuses_the_triton_kernel_on_cpu_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    done = subprocess.run([sys.executable, "-m", "zsfinercam", "locate", str(BIRD), "bird", "--kernel", "triton",
+                           "--device", "cpu", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [done.stderr.strip()]  # one line: no loading note, no traceback
+    assert "--kernel triton" in done.stderr and "TRITON_INTERPRET=1" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_the_cli_runs_the_triton_kernel_in_the_interpreter(tmp_path):
+    """locate --kernel triton under TRITON_INTERPRET=1 writes the heatmap the torch kernel gives."""
+    _run_python("from zsfinercam.cli import main; main()", "locate", str(BIRD), "red-winged blackbird",
+                "--kernel", "triton", "--out", str(tmp_path), "-q", TRITON_INTERPRET="1")
+    (path,) = tmp_path.glob("*_heatmap.npy")
+    loc = zf.Localizer.from_pretrained("toy", device="cpu", cache_dir=None, kernel="torch")
+    want = loc.locate(str(BIRD), "red-winged blackbird").heatmap
+    assert want.max() > 0.5  # a map that shows something
+    np.testing.assert_allclose(np.load(path), want, atol=1e-5)

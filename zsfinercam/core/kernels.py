@@ -200,8 +200,8 @@ def unavailable_reason(device: torch.device, batch: int = 1) -> str | None:
         return None
     cuda = "CUDA is available" if torch.cuda.is_available() else "this machine has no CUDA device"
     return (
-        f"expected CUDA tensors, got tensors on {device} ({cuda}); to run the kernel in Triton's "
-        "CPU interpreter (for testing only), set TRITON_INTERPRET=1 before the process imports triton"
+        f"the kernels run on CUDA, not {device} ({cuda}); to run them in Triton's CPU interpreter "
+        "(for testing only), set TRITON_INTERPRET=1 before the process imports triton"
     )
 
 
@@ -456,6 +456,8 @@ def _normalise_rows(raw_ptr, norm_ptr, ws_ptr, hi_idx, lo_idx, rows, m_ok, N,
     # Atomic reads: served by L2, so they see every other program's update.
     hi = tl.atomic_add(ws_ptr + hi_idx, 0, mask=m_ok).to(tl.float32, bitcast=True)
     lo = (0x7FFFFFFF - tl.atomic_add(ws_ptr + lo_idx, 0, mask=m_ok)).to(tl.float32, bitcast=True)
+    hi = tl.where(m_ok, hi, 0.0)  # masked-out maps read nothing: keep their lanes finite
+    lo = tl.where(m_ok, lo, 0.0)
     span = hi - lo
     scale = tl.where(span > 0.0, span, 1.0)
     for n0 in range(0, N, BLOCK_N):
