@@ -14,6 +14,7 @@ only the loads, casts and scaling are checked), tensor-core rounding, and timing
 """
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,8 @@ from zsfinercam.core.bases import get_base, list_bases
 from zsfinercam.core.bases.base import TokenGradients
 from zsfinercam.core.objectives import Objective
 from zsfinercam.core.shift import AttentionRecord
+from zsfinercam.testing.attention import random_attention
 
-RECORD_FIELDS = ("q", "v", "weights", "wk", "wv")
 # name: (B, M, L, H, hd, grid, prefix, D, shared queries); K = L * H and D cover several kernel blocks
 SHAPES = {
     "cls-7x9": (2, 16, 1, 4, 8, (7, 9), 1, 32, True),
@@ -48,17 +49,11 @@ BIRD = REPO / "examples" / "bird.png"
 HALF_TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2}  # of the map's largest value; measured up to 1e-3, 5e-3
 
 
-def random_record(B, M, L, H, hd, grid, prefix, D, shared, seed=0):
-    """(record fields, dO/do (B, M, L, H * hd), patches (B, N, D)), float32: a softmax attention
-    over prefix + N tokens with gradients of ~1e-3 (token-mean gradients are small)."""
-    g = torch.Generator().manual_seed(seed)
-    n = grid[0] * grid[1]
-    fields = {"q": torch.randn(1 if shared else B, L, H, hd, generator=g),
-              "v": torch.randn(B, prefix + n, H, hd, generator=g),
-              "weights": (2 * torch.randn(B, L, H, prefix + n, generator=g)).softmax(-1),
-              "wk": torch.randn(H * hd, D, generator=g) / D**0.5, "wv": torch.randn(H * hd, D, generator=g) / D**0.5,
-              "prefix": prefix}
-    return fields, 1e-3 * torch.randn(B, M, L, H * hd, generator=g), torch.randn(B, n, D, generator=g)
+def random_record(*shape, seed=0):
+    """(record fields, dO/do, patches) of `testing.attention.random_attention` (a dict pickles plainly)."""
+    *sizes, shared = shape
+    record, grad, patches = random_attention(*sizes, shared_queries=shared, seed=seed)
+    return dataclasses.asdict(record), grad, patches
 
 
 def gradients_of(name: str, case: dict):
@@ -66,9 +61,7 @@ def gradients_of(name: str, case: dict):
     if not get_base(name).token_gradients:
         return case["weights"]
     record = case["record"]
-    if record is not None:
-        record = AttentionRecord(*(record[f] for f in RECORD_FIELDS), record["prefix"])
-    return TokenGradients(record, case["grad"])
+    return TokenGradients(None if record is None else AttentionRecord(**record), case["grad"])
 
 
 def _cases(tmp_path_factory) -> dict:
@@ -95,8 +88,8 @@ def _backend_case(loc) -> dict:
     text = loc.head(vocab(loc))
     objs = [[Objective(0, (1, 2, 3)), Objective(4, (0, 5)), Objective(2, (1,), 1.0, "compare"), Objective(5)]] * 2
     token = engine.token_gradients(loc.backend, feats, text, objs)
-    record = None if token.record is None else {
-        **{f: getattr(token.record, f).detach().clone() for f in RECORD_FIELDS}, "prefix": token.record.prefix}
+    record = None if token.record is None else {k: v.detach() if torch.is_tensor(v) else v
+                                                for k, v in dataclasses.asdict(token.record).items()}
     return {"record": record, "grad": token.grad.detach(), "patches": feats.patch_tokens.detach(),
             "weights": engine.channel_weights(loc.backend, feats, text, objs).detach()}
 
