@@ -14,7 +14,6 @@ only the loads, casts and scaling are checked), tensor-core rounding, and timing
 """
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from test_kernels import HAS_TRITON, REPO, _run_python
 from tiny_models import TINY_BUILDERS
 import zsfinercam as zf
 from zsfinercam.cli import flags
-from zsfinercam.core import engine, kernels
+from zsfinercam.core import engine, kernel_choice
 from zsfinercam.core.bases import get_base, list_bases
 from zsfinercam.core.bases.base import TokenGradients
 from zsfinercam.core.objectives import Objective
@@ -53,7 +52,7 @@ def random_record(*shape, seed=0):
     """(record fields, dO/do, patches) of `testing.attention.random_attention` (a dict pickles plainly)."""
     *sizes, shared = shape
     record, grad, patches = random_attention(*sizes, shared_queries=shared, seed=seed)
-    return dataclasses.asdict(record), grad, patches
+    return vars(record), grad, patches
 
 
 def gradients_of(name: str, case: dict):
@@ -89,7 +88,7 @@ def _backend_case(loc) -> dict:
     objs = [[Objective(0, (1, 2, 3)), Objective(4, (0, 5)), Objective(2, (1,), 1.0, "compare"), Objective(5)]] * 2
     token = engine.token_gradients(loc.backend, feats, text, objs)
     record = None if token.record is None else {k: v.detach() if torch.is_tensor(v) else v
-                                                for k, v in dataclasses.asdict(token.record).items()}
+                                                for k, v in vars(token.record).items()}
     return {"record": record, "grad": token.grad.detach(), "patches": feats.patch_tokens.detach(),
             "weights": engine.channel_weights(loc.backend, feats, text, objs).detach()}
 
@@ -97,18 +96,18 @@ def _backend_case(loc) -> dict:
 _CHILD = """
 import sys, torch
 sys.path.insert(0, sys.argv[3])  # the tests folder
-from zsfinercam.core import kernels
+from zsfinercam.core import kernel_choice
 from zsfinercam.core.bases import get_base, list_bases
 from test_bases_triton import TOY_CONCEPTS, gradients_of
 
 cases = torch.load(sys.argv[1])
-maps, auto, own_dtype = {}, {}, kernels.operand_dtype
+maps, auto, own_dtype = {}, {}, kernel_choice.operand_dtype
 for label, case in cases.items():
     if label == "fp16-operands":
-        kernels.operand_dtype = lambda *tensors: torch.float16
+        kernel_choice.operand_dtype = lambda *tensors: torch.float16
     for name in list_bases():
         maps[label, name] = get_base(name).maps(gradients_of(name, case), case["patches"], impl="triton")
-    kernels.operand_dtype = own_dtype
+    kernel_choice.operand_dtype = own_dtype
 
 def must_not_run(*args):
     raise AssertionError("auto ran Triton on CPU tensors")
@@ -119,7 +118,8 @@ for name in list_bases():
     auto[name] = base.maps(gradients_of(name, cases["cls-7x9"]), cases["cls-7x9"]["patches"])
 import zsfinercam as zf
 loc = zf.Localizer.from_pretrained("toy", device="cpu", cache_dir=None, kernel="triton")
-located = {name: [torch.from_numpy(r.token_map) for r in loc.locate_many(sys.argv[4], TOY_CONCEPTS, base=name)] for name in list_bases()}
+located = {name: [torch.from_numpy(r.token_map) for r in loc.locate_many(sys.argv[4], TOY_CONCEPTS, base=name)]
+           for name in list_bases()}
 torch.save({"maps": maps, "auto": auto, "located": located}, sys.argv[2])
 """
 
@@ -168,8 +168,8 @@ def test_triton_equals_torch_on_every_backend(interpreted, label, name):
 def test_the_suite_meets_both_kinds_of_tower(interpreted):
     """SigLIP's MAP pool (no CLS token, prefix 0) and CLS pools give records; the probe's full path does not."""
     cases, _ = interpreted
-    prefixes = {label: None if cases[f"backend-{label}"]["record"] is None else cases[f"backend-{label}"]["record"]["prefix"]
-                for label in TINY_BUILDERS}
+    records = {label: cases[f"backend-{label}"]["record"] for label in TINY_BUILDERS}
+    prefixes = {label: None if record is None else record["prefix"] for label, record in records.items()}
     assert prefixes["open_clip"] == 1 and prefixes["open_clip-siglip"] == 0 and prefixes["probe-dinov2"] is None
 
 
@@ -178,7 +178,8 @@ def test_the_suite_meets_both_kinds_of_tower(interpreted):
 def test_half_inputs(interpreted, dtype, name):
     """Half inputs run half operands (bfloat16 upcast before the products in the interpreter)."""
     cases, out = interpreted
-    print(f"{dtype} {name}: max |diff| {_compare(out['maps'][str(dtype), name], cases[str(dtype)], name, HALF_TOL[dtype]):.1e}")
+    worst = _compare(out["maps"][str(dtype), name], cases[str(dtype)], name, HALF_TOL[dtype])
+    print(f"{dtype} {name}: max |diff| {worst:.1e} of the max")
 
 
 @pytest.mark.parametrize("name", list_bases())
@@ -202,7 +203,7 @@ def test_triton_on_cpu_without_the_interpreter_says_why(name, monkeypatch):
     fields, grad, patches = random_record(*SHAPES["cls-7x9"])
     case = {"record": fields, "grad": grad, "patches": patches, "weights": torch.ones(2, 16, 32)}
     why = "TRITON_INTERPRET" if HAS_TRITON else "not importable"
-    with pytest.raises(kernels.TritonUnavailableError, match=why):
+    with pytest.raises(kernel_choice.TritonUnavailableError, match=why):
         get_base(name).maps(gradients_of(name, case), patches, impl="triton")
 
 
@@ -230,7 +231,7 @@ def test_the_kernel_flag_is_on_every_verb_that_computes():
 
     from zsfinercam.cli import cli
 
-    assert flags.KERNELS == kernels.IMPLS
+    assert flags.KERNELS == kernel_choice.IMPLS
     for verb in ("locate", "compare", "batch", "eval", "lab", "bench"):
         out = CliRunner().invoke(cli, [verb, "--help"])
         assert out.exit_code == 0 and "--kernel [auto|torch|triton]" in out.output, verb

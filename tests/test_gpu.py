@@ -11,7 +11,8 @@ import torch
 from conftest import random_image
 from zsfinercam.core.bases import get_base, list_bases
 from zsfinercam.core.bases.base import TokenGradients
-from zsfinercam.core.kernels import token_maps, token_maps_torch, triton_available
+from zsfinercam.core.kernel_choice import triton_available
+from zsfinercam.core.kernels import token_maps, token_maps_torch
 from zsfinercam.testing.attention import random_attention
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -10,7 +10,7 @@ import torch
 
 from .core import engine
 from .core.bases import get_base
-from .core.kernels import check_kernel
+from .core.kernel_choice import check_kernel
 from .backends import Backend, get_backend
 from .concepts.contrast import make_plans, nearest_by_text, part_table_of, pick
 from .core.engine import ImageFeatures

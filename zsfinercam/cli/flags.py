@@ -46,7 +46,7 @@ max_pixels_option = click.option(
          "bombs; raise it for huge images you trust.")
 
 
-KERNELS = ("auto", "torch", "triton")  # core.kernels.IMPLS, kept here so that --help imports no torch
+KERNELS = ("auto", "torch", "triton")  # core.kernel_choice.IMPLS, kept here so that --help imports no torch
 
 kernel_option = click.option(
     "--kernel", type=click.Choice(KERNELS), default="auto", show_default=True,
@@ -60,7 +60,7 @@ def load_localizer(model, pretrained, model_config, backend, device, image_size,
     cannot run here is refused before the model loads."""
     import torch
 
-    from ..core.kernels import check_kernel
+    from ..core.kernel_choice import check_kernel
     from ..localizer import Localizer, resolve_device
 
     check_kernel(kernel, resolve_device(device))  # before the loading note and the load

@@ -13,9 +13,10 @@ Two ways to get w, equal up to float rounding:
   then w = (dO/d e_n) G for any new prompts: text encoding plus small matrix products
   ("The per-image Jacobian").
 
-Bases are objects (`bases`): Grad-CAM takes w; element-wise bases (HiResCAM, Layer-CAM) need dO/dA per token. `embed` gets a
-`TokenRequest` instead of the shift: the gradient at the pooling attention's output o comes
-from one backward for all objectives, and the attention backward is done in closed form.
+CAM bases are objects (`bases`): Grad-CAM takes w; element-wise bases (HiResCAM, Layer-CAM)
+need dO/dA per token. `embed` gets a `TokenRequest` instead of the shift: the gradient at the
+pooling attention's output o comes from one backward for all objectives, and the attention
+backward is done in closed form (`bases.attention`).
 Their Jacobian J_o = d normalize(e) / do (B, E, L * H * hd) is kept beside G, so new
 prompts on cached features cost u J_o and the closed form. Towers without the attention
 shortcut (timm's full path) give dO/dA directly and always take the direct path.

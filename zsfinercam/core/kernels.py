@@ -22,18 +22,16 @@ Two implementations give the same numbers:
   result matches torch to ~1e-6), applies the ReLU, writes ``raw`` and folds the tile's
   per-map max / min over its valid (unmasked) tokens into the workspace with atomics.
   The last program to finish a (image, map block) then writes ``norm`` for those maps
-  (see the comment above ``_kernel``). Any N works (ViT grids of 32x32 or 37x37
+  (see the comment above ``jit_kernel``). Any N works (ViT grids of 32x32 or 37x37
   included); masked-out tokens never enter the min / max.
 
-Triton's interpreter (``TRITON_INTERPRET=1``) runs the same kernel on CPU tensors; this
-module allows ``impl="triton"`` with CPU tensors only then, and only for testing. Triton
-(3.x, including the 3.8 installed here) reads the flag when ``triton.language`` is first
-imported and decorates its own helpers then, so the variable must be set before the
-process imports triton. This module reads the flag at call time (never at import), builds
-its kernel lazily once per flag value, and raises ``TritonUnavailableError`` naming the
-cause when the flag and the imported triton disagree. The interpreter does not support
-bfloat16 arithmetic (``tl.dot`` multiplies the raw bit patterns; triton-lang/triton#11584),
-so under the interpreter bfloat16 tiles are upcast to float32 before the dot, which is exact.
+The epilogue (``finish_tile``), the lazy build (``jit_kernel``, once per interpreter flag
+value) and the launch (``launch_maps``) serve the CAM bases' own kernels too
+(``zsfinercam.core.bases``). Triton's interpreter (``TRITON_INTERPRET=1``) runs the kernels on
+CPU tensors, for testing only; ``kernel_choice`` says when Triton can run and why not. The
+interpreter does not support bfloat16 arithmetic (``tl.dot`` multiplies the raw bit patterns;
+triton-lang/triton#11584), so there bfloat16 tiles are upcast to float32 before the dot, which
+is exact.
 
 Measured on one H200 (torch 2.11 with triton 3.6, CUDA-graph replay): in fp16 or bf16,
 9-18 us for the kernel against 27-80 us for the torch path at B=1..8, N=196..1369,
@@ -44,30 +42,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import types
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import UsageError
+from .kernel_choice import (IMPLS, KERNEL_DTYPES, TritonUnavailableError, import_triton, interpreting,
+                            unavailable_reason, upcast, use_triton)
 
-if TYPE_CHECKING:  # names used inside the kernel sources; bound lazily, see _kernel
+if TYPE_CHECKING:  # names used inside the kernel sources; bound lazily, see jit_kernel
     import triton.language as tl
 
-__all__ = ["TritonUnavailableError", "check_kernel", "launch_maps", "minmax", "operand_dtype", "token_maps",
-           "token_maps_torch", "triton_available", "use_triton"]
+__all__ = ["finish_tile", "jit_kernel", "launch_maps", "minmax", "token_maps", "token_maps_torch"]
 
-IMPLS = ("auto", "torch", "triton")
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # "auto" sends only half precision to the kernel: with exact (ieee) fp32 products the
 # kernel ran at 0.36-0.65x the speed of the torch path (cuBLAS fp32 bmm) on an H200,
 # against 1.5-4.6x faster in fp16/bf16.
 _AUTO_DTYPES = (torch.float16, torch.bfloat16)
-
-
-class TritonUnavailableError(RuntimeError):
-    """``impl="triton"`` was asked for but cannot run in this process or on this device."""
 
 
 def token_maps(A: torch.Tensor, w: torch.Tensor, *, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,20 +122,6 @@ def minmax(raw: torch.Tensor) -> torch.Tensor:
         return (raw - lo) / torch.where(span > 0, span, torch.ones_like(span))
 
 
-def triton_available() -> bool:
-    """Whether the Triton kernel can run in this process.
-
-    True when triton imports and either CUDA is available or Triton's interpreter is
-    enabled (``TRITON_INTERPRET=1``, read now, and already set when triton was imported).
-    Whether a given call can use it still depends on its tensors' device and dtype (see
-    ``token_maps``).
-    """
-    triton = _import_triton()
-    if triton is None or _interpreting(triton) != _stdlib_interpreted(triton):
-        return False
-    return torch.cuda.is_available() or _interpreting(triton)
-
-
 # --------------------------------------------------------------------------- checks
 
 
@@ -174,113 +151,9 @@ def _auto_picks_triton(A: torch.Tensor, w: torch.Tensor) -> bool:
 
 def _triton_unavailable_reason(A: torch.Tensor, w: torch.Tensor) -> str | None:
     dtype = torch.promote_types(A.dtype, w.dtype)
-    if dtype not in _KERNEL_DTYPES:
+    if dtype not in KERNEL_DTYPES:
         return f"expected float16, bfloat16 or float32 inputs, got {dtype}; use impl='torch'"
     return unavailable_reason(A.device, A.shape[0])
-
-
-def unavailable_reason(device: torch.device, batch: int = 1) -> str | None:
-    """Why the Triton kernels cannot run on `device` for `batch` images in this process, or None.
-
-    One line naming the cause and the way out (install triton, use CUDA tensors or set
-    TRITON_INTERPRET=1 before triton is imported, use impl='torch').
-    """
-    triton = _import_triton()
-    if triton is None:
-        return f"the triton package is not importable ({_triton_import_error()}); install it or use impl='torch'"
-    if batch > 65535:  # the batch is the grid's third axis
-        return f"expected at most 65535 images per call, got {batch}; split the batch or use impl='torch'"
-    if _interpreting(triton) != _stdlib_interpreted(triton):
-        now, then = ("set", "unset") if _interpreting(triton) else ("unset", "set")
-        return (
-            f"TRITON_INTERPRET is {now} now but was {then} when triton was first imported (triton "
-            "decorates its own helpers at import); set or unset it before the process imports triton"
-        )
-    if torch.device(device).type == "cuda" or _interpreting(triton):
-        return None
-    cuda = "CUDA is available" if torch.cuda.is_available() else "this machine has no CUDA device"
-    return (
-        f"the kernels run on CUDA, not {device} ({cuda}); to run them in Triton's CPU interpreter "
-        "(for testing only), set TRITON_INTERPRET=1 before the process imports triton"
-    )
-
-
-def check_kernel(kernel: str, device: torch.device | str) -> str:
-    """`kernel` (one of IMPLS) if it can run on `device`, else a one-line UsageError saying why.
-
-    "triton" needs CUDA, or on CPU Triton's interpreter (TRITON_INTERPRET=1 set before
-    triton is imported; for testing). Checked when a Localizer is made, before a model loads.
-    """
-    if kernel not in IMPLS:
-        raise UsageError(f"unknown kernel {kernel!r}; choose one of: {', '.join(IMPLS)}")
-    reason = unavailable_reason(torch.device(device)) if kernel == "triton" else None
-    if reason is not None:
-        raise UsageError(f"kernel 'triton' (--kernel triton) cannot run on {device}: {reason}")
-    return kernel
-
-
-def use_triton(impl: str, tensor: torch.Tensor) -> bool:
-    """Whether a map computation on `tensor`'s device and batch takes its Triton path.
-
-    "torch": never; "auto": on CUDA where triton imports (never the interpreter); "triton":
-    always, or `TritonUnavailableError` saying why it cannot run.
-    """
-    if impl not in IMPLS:
-        raise ValueError(f"expected impl to be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
-    if impl == "torch":
-        return False
-    if impl == "auto":
-        triton = _import_triton() if tensor.is_cuda else None
-        return triton is not None and not _interpreting(triton) and not _stdlib_interpreted(triton)
-    reason = unavailable_reason(tensor.device, tensor.shape[0])
-    if reason is not None:
-        raise TritonUnavailableError(f"impl='triton' cannot run: {reason}")
-    return True
-
-
-def operand_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """The dtype a Triton path feeds its kernel: float16 on CUDA (tensor cores; callers scale
-    their operands first), else (the interpreter) the inputs' own precision, float32 at most."""
-    if tensors[0].is_cuda:
-        return torch.float16
-    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
-    return dtype if dtype in _KERNEL_DTYPES else torch.float32
-
-
-@functools.lru_cache(maxsize=1)
-def _triton_import_error() -> str | None:
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except ImportError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def _import_triton() -> Any:
-    """The triton module, or None when it does not import (the reason is cached)."""
-    if _triton_import_error() is not None:
-        return None
-    import triton
-
-    return triton
-
-
-def _interpreting(triton: Any) -> bool:
-    """Triton's interpreter flag as triton itself reads it, right now."""
-    knobs = getattr(triton, "knobs", None)
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
-    # triton < 3.4 has no knobs; triton.jit reads the variable when it decorates.
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
-
-
-def _stdlib_interpreted(triton: Any) -> bool:
-    """Whether triton.language's own jit helpers were built for the interpreter (this is
-    fixed when triton.language is first imported)."""
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(getattr(triton.language, "zeros", None), InterpretedFunction)
 
 
 # --------------------------------------------------------------------------- launch
@@ -305,12 +178,6 @@ def _token_maps_triton(A: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, 
                        PRECISION="ieee", UPCAST=upcast(dtype))
 
 
-def upcast(dtype: torch.dtype) -> bool:
-    """Whether a kernel must upcast its `dtype` tiles to float32 before `tl.dot`: bfloat16 under the
-    interpreter, which multiplies bfloat16's raw bit patterns (triton-lang/triton#11584)."""
-    return dtype == torch.bfloat16 and _interpreting(_import_triton())
-
-
 def launch_maps(kernel: Any, device: torch.device, shape: tuple[int, int, int], cfg: dict[str, int], *args: Any,
                 **constants: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a maps kernel (one whose programs end with `finish_tile`) over (B, M, N) maps.
@@ -319,7 +186,7 @@ def launch_maps(kernel: Any, device: torch.device, shape: tuple[int, int, int], 
     (*args[:2], raw, norm, workspace, M, N, *args[2:], raw's strides, **constants, **cfg),
     so its signature starts with two input pointers. Returns float32 (raw, norm), (B, M, N).
     """
-    triton = _import_triton()
+    triton = import_triton()
     B, M, N = shape
     raw = torch.empty(shape, dtype=torch.float32, device=device)
     norm = torch.empty_like(raw)
@@ -329,7 +196,7 @@ def launch_maps(kernel: Any, device: torch.device, shape: tuple[int, int, int], 
     # Arrival counters per (image, map block), then per-map max and min as int32 bits.
     workspace = torch.zeros(B * (grid[1] + 2 * M), dtype=torch.int32, device=device)
     with _device_guard(device):
-        jit_kernel(kernel, _interpreting(triton))[grid](
+        jit_kernel(kernel, interpreting(triton))[grid](
             *args[:2], raw, norm, workspace, M, N, *args[2:], raw.stride(0), raw.stride(1), **constants, **cfg)
     return raw, norm
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .. import kernels
+from .. import kernel_choice, kernels
 from ..shift import AttentionRecord
 
 
@@ -47,10 +47,10 @@ class CamBase(ABC):
             gradients: see the class docstring.
             patches: A's patch tokens (B, N, D), the ones the gradients reach, in order.
             impl: "auto" (Triton on CUDA where it imports), "torch" (the reference) or
-                "triton" (raises `kernels.TritonUnavailableError` saying why where it cannot run).
+                "triton" (raises `kernel_choice.TritonUnavailableError` saying why where it cannot run).
         """
         with torch.no_grad():  # a record holds the model's projection weights
-            if kernels.use_triton(impl, patches):
+            if kernel_choice.use_triton(impl, patches):
                 return self.maps_triton(gradients, patches)
             return self.torch_maps(gradients, patches)
 

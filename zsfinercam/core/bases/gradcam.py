@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels
+from .. import kernel_choice, kernels
 from .base import CamBase, scaled
 from .registry import register_base
 
@@ -23,7 +23,7 @@ class GradCAM(CamBase):
         return torch.bmm(gradients.float(), patches.transpose(1, 2))
 
     def maps_triton(self, gradients: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dtype = kernels.operand_dtype(patches, gradients)
+        dtype = kernel_choice.operand_dtype(patches, gradients)
         weights, scale = scaled(gradients, (-1,), dtype)  # per map: token-mean gradients are tiny
         raw, norm = kernels.token_maps(patches.to(dtype), weights, impl="triton")
         return raw.mul_(scale), norm

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels
+from .. import kernel_choice, kernels
 from . import attention
 from .base import CamBase, TokenGradients, scaled
 from .registry import register_base
@@ -33,7 +33,7 @@ class HiResCAM(CamBase):
         record = gradients.record
         if record is None:
             return self.torch_maps(gradients, patches)
-        dtype = kernels.operand_dtype(patches, gradients.grad, record.v)
+        dtype = kernel_choice.operand_dtype(patches, gradients.grad, record.v)
         features, weights = attention.hirescam_operands(record, gradients.grad, patches.float())
         features, feature_scale = scaled(features, (1, 2), dtype)  # per image
         weights, weight_scale = scaled(weights, (2,), dtype)  # per map

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .. import kernels
+from .. import kernel_choice, kernels
 from ..kernels import finish_tile
 from . import attention
 from .base import CamBase, TokenGradients
@@ -41,7 +41,7 @@ class LayerCAM(CamBase):
         record = gradients.record
         if record is None:
             return self.torch_maps(gradients, patches)
-        dtype = kernels.operand_dtype(patches, gradients.grad, record.v)
+        dtype = kernel_choice.operand_dtype(patches, gradients.grad, record.v)
         scores, weights, keys, values = attention.backward_parts(record, gradients.grad)
         (B, M), N, D = scores.shape[:2], patches.shape[1], patches.shape[2]
         # s and R are linear in the gradient: one scale per map for both (float16 on CUDA)
@@ -52,7 +52,7 @@ class LayerCAM(CamBase):
         cfg = _launch_config(patches.is_cuda)
         raw, norm = kernels.launch_maps(_layercam_kernel, patches.device, (B, M, N), cfg,
                                         s, r, w, p, a, s.shape[2], D,
-                                        PRECISION="ieee", UPCAST=kernels.upcast(dtype))
+                                        PRECISION="ieee", UPCAST=kernel_choice.upcast(dtype))
         return raw.mul_(scale), norm
 
 
