@@ -23,8 +23,8 @@ class LayerCAM(CamBase):
     tokens, one (tokens x channels) tile at a time on chip, as two small matrix products over
     the L * H (query, head) pairs, [s, w] @ [P; R]; clamps it, dots it with A's tile and never
     writes it out; then the ReLU / min-max epilogue of `kernels.finish_tile`. What it reads is
-    s (B, M, L * H, N) and R (B, M, L * H, D), D / H and N / H times smaller than the
-    (B, M, N, D) gradient the torch path forms. Given dO/dA itself (`TokenGradients.record`
+    s (B, M, L * H, N) and R (B, M, L * H, D), D / (L * H) and N / (L * H) times smaller than
+    the (B, M, N, D) gradient the torch path forms. Given dO/dA itself (`TokenGradients.record`
     None) both paths take the product in torch.
     """
 
@@ -34,8 +34,11 @@ class LayerCAM(CamBase):
 
     def signed(self, gradients: TokenGradients, patches: torch.Tensor) -> torch.Tensor:
         record = gradients.record
-        dA = gradients.grad.float() if record is None else attention.input_gradients(record, gradients.grad)
-        return dA.clamp_(min=0).mul_(patches[:, None]).sum(dim=-1)  # clamp_ on a copy: .float() copies half
+        if record is None:  # the caller's gradient: clamp a copy
+            dA = gradients.grad.float().clamp(min=0)
+        else:
+            dA = attention.input_gradients(record, gradients.grad).clamp_(min=0)
+        return dA.mul_(patches[:, None]).sum(dim=-1)
 
     def maps_triton(self, gradients: TokenGradients, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         record = gradients.record
