@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-BASES = ("gradcam", "hirescam", "layercam")
 REFERENCES = 3  # contrast references per objective
 
 
@@ -52,6 +51,7 @@ def run(args) -> dict[str, str]:
     import torch
 
     from zsfinercam.core import engine
+    from zsfinercam.core.bases import list_bases
     from zsfinercam.io.images import to_pixels
     from zsfinercam.localizer import Localizer
     from zsfinercam.core.objectives import Objective
@@ -81,7 +81,7 @@ def run(args) -> dict[str, str]:
     new_rows = torch.nn.functional.normalize(torch.randn_like(text), dim=-1)
     counter = iter(range(10**9))
     calls = {"floor": lambda: _floor(backend, pixels)}
-    for base in BASES:
+    for base in list_bases():
         calls[f"fresh {base}"] = lambda base=base: fresh(base)
         calls[f"jacobian {base}"] = lambda base=base: jacobian(base)
         calls[f"cached {base}"] = lambda base=base: engine.maps(backend, cached, new_rows, objectives, base=base,

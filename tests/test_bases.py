@@ -1,7 +1,8 @@
-"""Element-wise Finer-CAM bases (HiResCAM, Layer-CAM; issue 16) on the fast path.
+"""CAM bases as objects (`zsfinercam.core.bases`) on the fast path, over the registry.
 
-Exact values on a hand-set attention pool, then equality with pytorch-grad-cam's
-`FinerCAM(base_method=HiResCAM | LayerCAM)` (and the base alone at alpha 0) for every tiny
+The registry itself; exact values of the element-wise bases on a hand-set attention pool;
+then, for every registered base, equality with pytorch-grad-cam's `FinerCAM(base_method=...)`
+(the class the base names as its `reference`; the base alone at alpha 0) for every tiny
 backend, at the model's logit scale and at 100, direct and via the cached Jacobian.
 The pytorch-grad-cam harness is `zsfinercam.testing.reference.finer_cam`; `reference_model` below
 builds the plain model it runs on.
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,7 +23,12 @@ from test_backends import built, vocab
 from test_engine import MeanPatchBackend
 from test_probe import MeanPatchProbe
 from tiny_models import TINY_BUILDERS
-from zsfinercam.core import bases
+from test_imports import PACKAGE
+from zsfinercam.core.bases import attention, get_base, list_bases, register_base
+from zsfinercam.core.bases.registry import unregister_base
+from zsfinercam.core.bases.base import CamBase
+from zsfinercam.errors import UsageError
+from zsfinercam.options import BASES
 from zsfinercam.core import engine
 from zsfinercam.core.shift import TokenRequest, shifted_attention
 from zsfinercam.core.engine import ImageFeatures
@@ -28,6 +36,66 @@ from zsfinercam.io.images import to_pixels
 from zsfinercam.core.objectives import Objective
 from zsfinercam.testing.reference import ImageTower
 from zsfinercam.testing.reference import ZeroShotHead, finer_cam
+
+
+ELEMENT_WISE = [name for name in list_bases() if get_base(name).token_gradients]
+
+
+# --------------------------------------------------------------------------- the registry
+def test_the_registry_lists_the_built_ins_and_options_offer_them():
+    assert list_bases() == ["gradcam", "hirescam", "layercam"] == list(BASES)
+    assert list_bases("*cam") == list_bases() and list_bases("hi*") == ["hirescam"]
+    names = {name: (get_base(name).title, get_base(name).short, get_base(name).token_gradients)
+             for name in list_bases()}
+    assert names == {"gradcam": ("Grad-CAM", "Grad", False), "hirescam": ("HiResCAM", "HiRes", True),
+                     "layercam": ("Layer-CAM", "Layer", True)}
+
+
+def test_a_duplicate_base_name_is_an_error():
+    with pytest.raises(ValueError, match="CAM base 'hirescam' is already registered by .*HiResCAM"):
+        @register_base("hirescam")
+        class Other(CamBase):
+            pass
+
+
+def test_an_unknown_name_lists_the_bases():
+    with pytest.raises(UsageError, match="unknown CAM base 'scorecam'; choose one of: gradcam, hirescam, layercam"):
+        get_base("scorecam")
+
+
+def test_a_new_base_is_one_class_and_serves_the_engine():
+    """A base registered outside the package (Grad-CAM's maths under another name) works through
+    engine.maps as the built-ins do."""
+
+    class GradCamAgain(CamBase):
+        title, short, token_gradients, reference = "Grad-CAM again", "Again", False, "GradCAM"
+
+        def signed(self, gradients, patches):
+            return torch.bmm(gradients.float(), patches.transpose(1, 2))
+
+        def maps_triton(self, gradients, patches):
+            raise AssertionError("not asked for")
+
+    try:
+        register_base("test-again")(GradCamAgain)
+        got = engine.maps(HandPool(), hand_features(), HAND_TEXT, [[Objective(0)]], base="test-again")
+        want = engine.maps(HandPool(), hand_features(), HAND_TEXT, [[Objective(0)]], base="gradcam")
+        for x, y in zip(got, want):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+    finally:
+        unregister_base("test-again")
+
+
+def test_the_registry_lists_names_without_torch():
+    code = (
+        "import sys, types; sys.modules['torch'] = None\n"  # any `import torch` now fails
+        f"pkg = types.ModuleType('zsfinercam'); pkg.__path__ = [{str(PACKAGE)!r}]; sys.modules['zsfinercam'] = pkg\n"
+        "from zsfinercam.options import BASES\n"
+        "print(BASES)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "('gradcam', 'hirescam', 'layercam')"
 
 
 # --------------------------------------------------------------------------- hand-set case
@@ -69,10 +137,11 @@ HAND_SIGNED = {"hirescam": [-0.5, LN2 + LN2**2 / 4 + 0.5], "layercam": [0.0, LN2
 
 
 @pytest.mark.parametrize("use_jacobian", [False, True])
-@pytest.mark.parametrize("base", ["hirescam", "layercam"])
+@pytest.mark.parametrize("base", sorted(HAND_SIGNED))
 def test_exact_values_on_a_hand_set_attention_pool(base, use_jacobian):
-    signed = engine.element_wise(HandPool(), hand_features(), HAND_TEXT, [[Objective(0)]], base,
-                                 use_jacobian=use_jacobian)
+    feats = hand_features()
+    gradients = engine.token_gradients(HandPool(), feats, HAND_TEXT, [[Objective(0)]], use_jacobian=use_jacobian)
+    signed = get_base(base).signed(gradients, feats.patch_tokens)
     np.testing.assert_allclose(signed[0, 0].numpy(), HAND_SIGNED[base], atol=1e-6)
     raw, norm = engine.maps(HandPool(), hand_features(), HAND_TEXT, [[Objective(0)]], base=base,
                             use_jacobian=use_jacobian)
@@ -87,7 +156,7 @@ def test_token_gradients_are_the_hand_values_and_sum_to_the_shift_gradient():
     with torch.enable_grad():
         z = engine.logits(backend.embed(feats.stream, feats.target, request), HAND_TEXT, None)
         (grad,) = torch.autograd.grad(Objective(0)(z).sum(), request.leaf)
-    per_token = bases.token_gradients(request.record, grad)
+    per_token = attention.input_gradients(request.record, grad)
     s1 = -(2 + LN2 / 2) / 4
     np.testing.assert_allclose(per_token[0, 0].numpy(), [[s1 + 0.25, -0.25], [LN2 / 4 + 1, -0.5]], atol=1e-6)
     weights = engine.channel_weights(backend, feats, HAND_TEXT, [[Objective(0)]])
@@ -173,7 +242,7 @@ def label(request):
     return request.param
 
 
-@pytest.mark.parametrize("base", ["hirescam", "layercam"])
+@pytest.mark.parametrize("base", list_bases())
 @pytest.mark.parametrize("alpha, at_100", [(1.0, False), (0.0, False), (1.0, True), (0.0, True)])
 def test_maps_equal_pytorch_grad_cam(label, tmp_path_factory, base, alpha, at_100):
     loc = built(label, tmp_path_factory)
@@ -200,7 +269,7 @@ def test_maps_equal_pytorch_grad_cam(label, tmp_path_factory, base, alpha, at_10
           f"{float(top.min()):.1e}..{float(top.max()):.1e}")
 
 
-@pytest.mark.parametrize("base", ["hirescam", "layercam"])
+@pytest.mark.parametrize("base", list_bases())
 def test_alpha_zero_is_the_base_alone(label, tmp_path_factory, base):
     loc = built(label, tmp_path_factory)
     feats = loc.encode_image(random_image(3))
@@ -213,7 +282,7 @@ def test_alpha_zero_is_the_base_alone(label, tmp_path_factory, base):
     assert not torch.allclose(contrast[1], alone[1], atol=1e-3)
 
 
-@pytest.mark.parametrize("base", ["hirescam", "layercam"])
+@pytest.mark.parametrize("base", ELEMENT_WISE)
 def test_cached_features_keep_the_output_jacobian_per_image(label, tmp_path_factory, base):
     loc = built(label, tmp_path_factory)
     feats = loc.encode_image([random_image(4), random_image(5, 30, 20)])
@@ -236,8 +305,8 @@ def test_cached_features_reuse_the_jacobian_their_base_needs(tiny, monkeypatch):
     monkeypatch.setattr(type(tiny.backend), "jacobian_chunk", 4)  # a class property here
     image = random_image(6)
     feats = tiny.encode_image(image)
-    use = {base: tiny._use_jacobian(feats, feats, base) for base in ("gradcam", "hirescam", "layercam")}
-    assert use == {"gradcam": False, "hirescam": False, "layercam": False}
+    use = {base: tiny._use_jacobian(feats, feats, base) for base in list_bases()}
+    assert use == dict.fromkeys(list_bases(), False)
     engine.maps(tiny.backend, feats, tiny.head(["a", "b"]), [[Objective(0, (1,))]], base="hirescam",
                 use_jacobian=True)
     assert feats.output_jacobian is not None and feats.jacobian is None

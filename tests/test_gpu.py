@@ -1,4 +1,4 @@
-"""CUDA checks: the fused kernel against the torch reference, the GPU engine against the CPU one.
+"""CUDA checks: every base's Triton kernel against its torch path, the GPU engine against the CPU one.
 
 Skipped where there is no GPU (CI); run on a GPU machine with `pytest tests/test_gpu.py`.
 """
@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from conftest import random_image
-from zsfinercam.core.kernels import token_maps, token_maps_torch, triton_available
+from zsfinercam.core.bases import get_base, list_bases
+from zsfinercam.core.bases.base import TokenGradients
+from zsfinercam.core.kernel_choice import triton_available
+from zsfinercam.core.kernels import token_maps, token_maps_torch
+from zsfinercam.testing.attention import random_attention
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -27,6 +31,31 @@ def test_kernel_matches_reference_on_cuda(shape, dtype):
     raw_ref, norm_ref = token_maps_torch(a, w)
     torch.testing.assert_close(raw, raw_ref, rtol=1e-4, atol=1e-3 * raw_ref.abs().max().item())
     torch.testing.assert_close(norm, norm_ref, rtol=0, atol=2e-4)
+
+
+# (B, M, grid, D, H): ViT-B/16 at 224 and 448, ViT-L/14 at 518 (37x37)
+BASE_SHAPES = [(1, 16, (14, 14), 768, 12), (8, 1, (28, 28), 768, 12), (2, 64, (37, 37), 1024, 16)]
+
+
+@pytest.mark.parametrize("shape", BASE_SHAPES)
+@pytest.mark.parametrize("name", list_bases())
+def test_every_base_kernel_matches_torch_on_cuda(name, shape, monkeypatch):
+    """float16 operands (scaled) against the float32 torch path; "auto" takes the kernel."""
+    if not triton_available():
+        pytest.skip("triton unavailable")
+    base = get_base(name)
+    batch, maps, grid, width, heads = shape
+    record, grad, patches = random_attention(batch, maps, 1, heads, width // heads, grid, 1, width, device="cuda")
+    gradients = TokenGradients(record, grad) if base.token_gradients else 1e-3 * torch.randn_like(grad[:, :, 0])
+    raw_ref, norm_ref = base.maps(gradients, patches, impl="torch")
+    raw, norm = base.maps(gradients, patches, impl="triton")
+    top = raw_ref.amax(dim=-1, keepdim=True).clamp_min(1e-30)
+    assert ((raw - raw_ref).abs() / top).max() < 3e-3
+    assert (norm - norm_ref).abs().max() < 3e-3
+    ran = []
+    monkeypatch.setattr(base, "maps_triton", lambda *args: ran.append(1) or (raw, norm))
+    base.maps(gradients, patches)
+    assert ran == [1]
 
 
 def test_gpu_maps_match_cpu_maps(tiny_files):

@@ -82,7 +82,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 # it, never of a later one. A layer is a list of modules or packages (a package holds its modules).
 LAYERS = (
     ("foundation: values every layer uses", ("zsfinercam._version", "zsfinercam.errors", "zsfinercam.config",
-                                             "zsfinercam.options")),
+                                             "zsfinercam.options", "zsfinercam._registry",
+                                             "zsfinercam.core.bases.registry")),
     ("images in, files out", ("zsfinercam.io",)),
     ("the maths", ("zsfinercam.core",)),
     ("backends", ("zsfinercam.backends",)),

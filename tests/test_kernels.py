@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from zsfinercam.core import kernels
-from zsfinercam.core.kernels import TritonUnavailableError, token_maps, token_maps_torch, triton_available
+from zsfinercam.core import kernel_choice
+from zsfinercam.core.kernel_choice import TritonUnavailableError, triton_available
+from zsfinercam.core.kernels import token_maps, token_maps_torch
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -136,7 +137,7 @@ def test_triton_on_cpu_without_interpreter_says_why(no_interpreter):
 
 
 def test_missing_triton_says_so_and_auto_falls_back(monkeypatch):
-    monkeypatch.setattr(kernels, "_triton_import_error", lambda: "ModuleNotFoundError: No module named 'triton'")
+    monkeypatch.setattr(kernel_choice, "_triton_import_error", lambda: "ModuleNotFoundError: No module named 'triton'")
     A, w, raw, _ = _hand_set()
     with pytest.raises(TritonUnavailableError, match="triton package is not importable"):
         token_maps(A, w, impl="triton")
@@ -154,7 +155,7 @@ def test_too_many_images_for_the_grid(no_interpreter):
 def test_flag_flipped_after_triton_import_says_so(monkeypatch):
     import triton  # triton.language's helpers are fixed for the flag as it was at first import
 
-    if kernels._stdlib_interpreted(triton):
+    if kernel_choice.stdlib_interpreted(triton):
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     else:
         monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -168,7 +169,7 @@ def test_flag_flipped_after_triton_import_says_so(monkeypatch):
 
 _CHILD = """
 import sys, torch
-from zsfinercam.core import kernels
+from zsfinercam.core import kernel_choice, kernels
 cases = torch.load(sys.argv[1])
 maps = {name: kernels.token_maps(A, w, impl="triton") for name, (A, w) in cases.items()}
 
@@ -177,7 +178,7 @@ def must_not_run(*args):
 
 kernels._token_maps_triton = must_not_run
 auto = kernels.token_maps(*cases["hand_set"])
-torch.save({"maps": maps, "auto": auto, "available": kernels.triton_available()}, sys.argv[2])
+torch.save({"maps": maps, "auto": auto, "available": kernel_choice.triton_available()}, sys.argv[2])
 """
 
 
@@ -283,7 +284,8 @@ def test_interpreter_is_available_but_auto_does_not_use_it(interpreted):
 
 
 def test_import_does_not_import_triton():
-    out = _run_python("import sys, zsfinercam.core.kernels; print('triton' in sys.modules)", TRITON_INTERPRET="1")
+    code = "import sys, zsfinercam.core.kernels, zsfinercam.core.bases.layercam; print('triton' in sys.modules)"
+    out = _run_python(code, TRITON_INTERPRET="1")
     assert out.strip().splitlines()[-1] == "False"
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from zsfinercam.compare import BASE_NAMES
+from zsfinercam.core.bases import get_base
 from zsfinercam.options import DEFAULT_BASE
 
 CHROMIUM = "/usr/bin/chromium"
@@ -62,7 +62,7 @@ def test_page_uploads_types_and_shows_maps(page_url, tmp_path):
             assert maps.count() == 6  # two concepts x (the base alone, Finer-CAM, difference)
             assert all(maps.nth(i).evaluate("im => im.complete && im.naturalWidth > 0") for i in range(6))
             text = page.locator("body").inner_text()
-            short = BASE_NAMES[DEFAULT_BASE][1]  # the difference row names the default base
+            short = get_base(DEFAULT_BASE).short  # the difference row names the default base
             assert "bird · Finer-CAM" in text and f"red tail · Finer - {short}" in text
             locate_in_page(page, "blue head\ngreen tail\nred tail")  # new prompts, cached image
             assert "the trunk did not run" in page.locator("#status").inner_text()

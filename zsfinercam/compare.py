@@ -13,12 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .core.bases import get_base
 from .io import render
 from .result import LocateResult
 
 ROW_COUNT = 3  # the base alone, Finer-CAM, their difference (labels: `Comparison.rows`)
-BASE_NAMES = {"gradcam": ("Grad-CAM", "Grad"), "hirescam": ("HiResCAM", "HiRes"),
-              "layercam": ("Layer-CAM", "Layer")}  # options.BASES -> (row label, short name)
 DEFAULT_CELL = 192  # cell width, pixels
 MAX_ASPECT = 4.0  # cells are at most this many times taller than wide, or wider than tall
 LEGEND = ("{0}, {1}: each map scaled to its own maximum, colour from low to high",
@@ -72,9 +71,9 @@ class Comparison:
 
     @property
     def rows(self) -> tuple[str, str, str]:
-        """Row labels: the base alone (BASE_NAMES), Finer-CAM, their difference."""
-        name, short = BASE_NAMES.get(self.base, (self.base, self.base))
-        return name, "Finer-CAM", f"Finer - {short}"
+        """Row labels: the base alone, Finer-CAM, their difference."""
+        base = get_base(self.base)
+        return base.title, "Finer-CAM", f"Finer - {base.short}"
 
     @property
     def concepts(self) -> list[str]:

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from .core import engine
+from .core.bases import get_base
+from .core.kernel_choice import check_kernel
 from .backends import Backend, get_backend
 from .concepts.contrast import make_plans, nearest_by_text, part_table_of, pick
 from .core.engine import ImageFeatures
@@ -50,12 +52,14 @@ class Localizer:
         Args:
             backend: a registered backend instance (see `from_pretrained`).
             cache_dir: where text embeddings are cached on disk; None keeps them in memory only.
-            kernel: map kernel, "auto" (Triton on CUDA, torch elsewhere), "torch" or "triton".
+            kernel: how maps are computed, for every CAM base: "auto" (Triton on CUDA where it
+                imports, torch elsewhere), "torch" or "triton" (CUDA, or on CPU Triton's
+                interpreter under TRITON_INTERPRET=1, for testing; else a UsageError saying why).
             max_pixels: image files with more pixels (width x height) are refused before
                 decoding (decompression bombs); None = no limit.
         """
         self.backend = backend
-        self.kernel = kernel
+        self.kernel = check_kernel(kernel, backend.device)
         self.max_pixels = check_max_pixels(max_pixels)
         self.text = ConceptEncoder(backend, Path(cache_dir) if cache_dir is not None else None)
         self.load_args: dict | None = None  # from_pretrained's arguments: how other processes load it
@@ -82,9 +86,10 @@ class Localizer:
             model_config: JSON file with an open_clip model config, for custom architectures.
             image_size: run the image tower at this size (position embeddings are resampled).
             cache_dir: text-embedding cache folder; True = $ZSFINERCAM_CACHE or ~/.cache/zsfinercam.
-            max_pixels: see `__init__`.
+            kernel, max_pixels: see `__init__`.
         """
         max_pixels = check_max_pixels(max_pixels)  # before the (slow) load
+        check_kernel(kernel, resolve_device(device))
         if image_size is not None and (isinstance(image_size, bool)
                                        or not isinstance(image_size, (int, np.integer))):
             raise UsageError(f"image_size must be a whole number of pixels, got {image_size!r}")
@@ -121,6 +126,7 @@ class Localizer:
         from .backends.probe_files import load_probe
 
         max_pixels = check_max_pixels(max_pixels)
+        check_kernel(kernel, resolve_device(device))
         probe = load_probe(backbone, classifier, classes, pretrained=pretrained, model_config=model_config,
                            device=resolve_device(device), image_size=image_size)
         return cls(probe, cache_dir=None, kernel=kernel, max_pixels=max_pixels)
@@ -300,7 +306,7 @@ class Localizer:
         unless it exists."""
         if not isinstance(images, ImageFeatures):
             return False
-        built = feats.jacobian if base == "gradcam" else feats.output_jacobian
+        built = feats.output_jacobian if get_base(base).token_gradients else feats.jacobian
         return built is not None or not self.backend.jacobian_chunk
 
     def _templates(self, templates) -> list[str]:

@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from .core.bases.registry import list_bases
 from .errors import UsageError
 
 METHODS = ("finer", "base")  # how a map is computed: Finer-CAM, or the CAM base alone on the concept's logit
@@ -27,7 +28,7 @@ EVAL_METHODS = (*METHODS, "random", "randomized")  # what `zsfinercam eval` scor
 OBJECTIVES = ("weighted", "mean", "compare")  # Finer-CAM objectives (see zsfinercam.core.objectives)
 DEFAULT_ALPHA = {"weighted": 1.0, "mean": 0.6, "compare": 1.0}  # contrast strength when none is given
 STRATEGIES = ("logits", "text", "vs", "generic", "parts")  # how references are chosen (see zsfinercam.concepts.contrast)
-BASES = ("gradcam", "hirescam", "layercam")  # how a gradient becomes a map (engine.maps' `base`)
+BASES = tuple(list_bases())  # how a gradient becomes a map: the CAM base registry (zsfinercam.core.bases)
 # base=None resolves (`LocateOptions.resolved`) to HiResCAM, the best on the synthetic benchmark (README,
 # "Evaluation"), on every backend that gives per-token gradients (all built-ins); else to FALLBACK_BASE
 DEFAULT_BASE = "hirescam"

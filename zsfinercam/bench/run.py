@@ -72,6 +72,7 @@ class BenchConfig:
     memory: bool = True
     threads: int | None = None  # torch.set_num_threads during the run; None leaves torch's default
     references: int = 3  # explicit references for every concept (keeps the objective count at K)
+    kernel: str = "auto"  # the maps' implementation, as `Localizer.from_pretrained(kernel=...)`
 
     def __post_init__(self) -> None:
         for name in ("sizes", "ks", "batches"):
@@ -132,7 +133,7 @@ def _prepare(cfg: BenchConfig, size: int, device: torch.device, batches, cached:
     from ..concepts.vocab import load_vocab
 
     loc = Localizer.from_pretrained(cfg.model, cfg.pretrained, model_config=cfg.model_config, backend=cfg.backend,
-                                    device=str(device), image_size=size, cache_dir=None)
+                                    device=str(device), image_size=size, cache_dir=None, kernel=cfg.kernel)
     return setup(loc, load_vocab("imagenet1k"), size, batches, k=max(cfg.ks), references=cfg.references,
                  cached=cached)
 

@@ -7,8 +7,8 @@ import click
 
 from ..batch.run import DEFAULT_BATCH_SIZE, ENGINES, MANIFEST_NAME
 from ..errors import UsageError, WorkError
-from .flags import (contrast_options, load_localizer, locate_options, max_pixels_option, method_option,
-                      model_options, run_options)
+from .flags import (contrast_options, kernel_option, load_localizer, locate_options, max_pixels_option,
+                    method_option, model_options, run_options)
 
 
 @click.command()
@@ -37,9 +37,11 @@ from .flags import (contrast_options, load_localizer, locate_options, max_pixels
 @contrast_options
 @method_option
 @model_options
+@kernel_option
 @run_options
 def batch(inputs, concepts, out, recursive, resume, batch_size, engine, ray_address, workers, gpus_per_worker,
-          cpus_per_worker, max_pixels, model, pretrained, model_config, backend, device, image_size, **contrast):
+          cpus_per_worker, max_pixels, model, pretrained, model_config, backend, device, image_size, kernel,
+          **contrast):
     """Map CONCEPTS in every image of INPUT (files, folders, glob patterns) into --out.
 
     Each image gets one JSON record in OUT/manifest.jsonl (status, error, files, peak, bbox,
@@ -57,7 +59,7 @@ def batch(inputs, concepts, out, recursive, resume, batch_size, engine, ray_addr
     names = unique_concepts(concepts)
     check_out_dir(out, resume)
     images = find_images(inputs, recursive=recursive, exclude=out)
-    loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
+    loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels, kernel)
     summary = run_batch(loc, images, out, names, resume=resume, batch_size=batch_size, engine=engine, ray=ray,
                         options=options, progress=None if talking() else False)
     click.echo(summary.line())

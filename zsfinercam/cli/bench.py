@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..backends import list_backends
-from .flags import json_option, report_path
+from .flags import json_option, kernel_option, report_path
 
 
 def _int_list(ctx, param, value):
@@ -49,8 +49,9 @@ def _int_list(ctx, param, value):
 @click.option("--report", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Also write every figure and raw sample to FILE (JSON).")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+@kernel_option
 def bench(model, pretrained, model_config, backend, sizes, ks, batches, rounds, device, gradcam_calls, gradcam_full,
-          no_gradcam, no_memory, threads, references, as_json, report, quiet):
+          no_gradcam, no_memory, threads, references, as_json, report, quiet, kernel):
     """Time maps for K concepts against one plain forward and pytorch-grad-cam, interleaved.
 
     ViT-B-16 with random weights by default. Methods: the plain image tower (the floor), ours
@@ -70,7 +71,7 @@ def bench(model, pretrained, model_config, backend, sizes, ks, batches, rounds, 
     cfg = BenchConfig(model=model, pretrained=pretrained, model_config=model_config, backend=backend, sizes=sizes,
                       ks=ks, batches=batches, rounds=rounds, device=device, gradcam=not no_gradcam,
                       gradcam_calls=gradcam_calls, gradcam_full=gradcam_full, memory=not no_memory,
-                      threads=threads, references=references)
+                      threads=threads, references=references, kernel=kernel)
     try:
         result = run_benchmark(cfg, log=None if quiet else (lambda message: click.echo(message, err=True)))
     except UsageError as err:  # e.g. --device cuda without CUDA; also when run as a script

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from .flags import contrast_options, load_localizer, locate_options, max_pixels_option, model_options, run_options
+from .flags import (contrast_options, kernel_option, load_localizer, locate_options, max_pixels_option,
+                    model_options, run_options)
 
 
 @click.command()
@@ -19,9 +20,10 @@ from .flags import contrast_options, load_localizer, locate_options, max_pixels_
               show_default=True, help="Folder for the grid PNG and its JSON.")
 @click.option("--json", "as_json", is_flag=True, help="Print the grid's JSON summary on stdout.")
 @max_pixels_option
+@kernel_option
 @run_options
 def compare(image, concepts, model, pretrained, model_config, backend, device, image_size, cell, out, as_json,
-            max_pixels, **contrast):
+            max_pixels, kernel, **contrast):
     """The CAM base alone, Finer-CAM and their difference for each CONCEPT in IMAGE, side by side.
 
     Example: zsfinercam compare bird.jpg "red-tailed hawk" "red-shouldered hawk" "cooper's hawk"
@@ -31,7 +33,7 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
 
     options = locate_options(**contrast, backend=backend)
     names = unique_concepts(concepts)
-    loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
+    loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels, kernel)
     comparison = loc.compare(str(image), names, options)
     settings = {**comparison.finer[0].settings(), "cell": cell, "concepts": names}  # the one naming rule
     references = [r for res in comparison.finer for r in (res.concept, *res.references)]

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ..options import BASES, EVAL_METHODS, LocateOptions, OptionError
-from .flags import json_option, load_localizer, model_options, report_path, run_options
+from .flags import json_option, kernel_option, load_localizer, model_options, report_path, run_options
 
 
 def _methods(ctx, param, value: str) -> tuple[str, ...]:
@@ -53,9 +53,10 @@ def _bases(ctx, param, value: str | None) -> tuple[str, ...] | None:
               help="Also write the summary and every per-item row to FILE (JSON).")
 @click.option("--write-manifest", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --synthetic: also save the generated set (PNGs + manifest.jsonl) here.")
+@kernel_option
 @run_options
 def eval_command(manifest, synthetic, split, seed, methods, bases, logit_scale, perturbation, top_percent, model,
-                 pretrained, model_config, backend, device, image_size, as_json, report, write_manifest):
+                 pretrained, model_config, backend, device, image_size, as_json, report, write_manifest, kernel):
     """Score maps against masks/boxes from MANIFEST (JSONL), or on a synthetic set with --synthetic N."""
     from ..evaluation.evaluate import evaluate, read_manifest, synthetic_items, with_logit_scale, write_manifest as save_set
     from ..io.files import atomic_write, json_bytes, refuse_overwriting_inputs
@@ -69,7 +70,7 @@ def eval_command(manifest, synthetic, split, seed, methods, bases, logit_scale, 
         if write_manifest is not None:
             inputs.append(Path(write_manifest) / "manifest.jsonl")
         refuse_overwriting_inputs([report], inputs)
-    loc = load_localizer(model, pretrained, model_config, backend, device, image_size)
+    loc = load_localizer(model, pretrained, model_config, backend, device, image_size, kernel=kernel)
     if logit_scale is not None:
         loc = with_logit_scale(loc, logit_scale)
     if items is None:

@@ -62,12 +62,24 @@ max_pixels_option = click.option(
          "bombs; raise it for huge images you trust.")
 
 
-def load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels=DEFAULT_MAX_PIXELS):
-    """Localizer.from_pretrained, announced on stderr, with --threads applied first."""
+KERNELS = ("auto", "torch", "triton")  # core.kernel_choice.IMPLS, kept here so that --help imports no torch
+
+kernel_option = click.option(
+    "--kernel", type=click.Choice(KERNELS), default="auto", show_default=True,
+    help="How maps are computed, for every --base: auto (Triton on CUDA where it imports, else torch), "
+         "torch, or triton (CUDA; on CPU only in Triton's interpreter, TRITON_INTERPRET=1, for testing).")
+
+
+def load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels=DEFAULT_MAX_PIXELS,
+                   kernel="auto"):
+    """Localizer.from_pretrained, announced on stderr, with --threads applied first; a --kernel that
+    cannot run here is refused before the model loads."""
     import torch
 
+    from ..core.kernel_choice import check_kernel
     from ..localizer import Localizer, resolve_device
 
+    check_kernel(kernel, resolve_device(device))  # before the loading note and the load
     ctx = click.get_current_context(silent=True)
     threads = ctx.meta.get(THREADS) if ctx is not None else None
     if threads:
@@ -76,7 +88,7 @@ def load_localizer(model, pretrained, model_config, backend, device, image_size,
     origin = "" if source in ("--model", "default") else f", named by {source}"
     note(f"loading {model} ({_weights(model, pretrained, backend)}{origin}) on {resolve_device(device)} ...")
     return Localizer.from_pretrained(model, pretrained, model_config=model_config, backend=backend,
-                                     device=device, image_size=image_size, max_pixels=max_pixels)
+                                     device=device, image_size=image_size, max_pixels=max_pixels, kernel=kernel)
 
 
 def _weights(model: str, pretrained: str | None, backend: str) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .flags import load_localizer, max_pixels_option, model_options, run_options
+from .flags import kernel_option, load_localizer, max_pixels_option, model_options, run_options
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # the source tree's examples, when present
 EXAMPLE_IMAGES = ("bird.png",)  # inputs, not the figures that live next to them
@@ -20,8 +20,9 @@ EXAMPLE_IMAGES = ("bird.png",)  # inputs, not the figures that live next to them
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
 @click.option("--share", is_flag=True, help="Also publish a temporary public gradio.live link.")
 @max_pixels_option
+@kernel_option
 @run_options
-def lab(images, model, pretrained, model_config, backend, device, image_size, host, port, share, max_pixels):
+def lab(images, model, pretrained, model_config, backend, device, image_size, host, port, share, max_pixels, kernel):
     """Open a page where new prompts on an already seen image answer in milliseconds.
 
     IMAGES (and the bundled examples/) are offered as examples. The model loads once;
@@ -34,7 +35,7 @@ def lab(images, model, pretrained, model_config, backend, device, image_size, ho
     from ..lab.app import import_gradio, launch
 
     import_gradio()  # a missing extra fails before the (slow) model load
-    loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
+    loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels, kernel)
     launch(loc, [*images, *default_examples()], host=host, port=port, share=share)
 
 

@@ -8,8 +8,8 @@ import click
 from ..errors import UsageError
 from ..io.files import HEATMAP_FORMATS, SAVE_KINDS, check_save_kinds
 from ..io.progress import note
-from .flags import (contrast_options, load_localizer, locate_options, max_pixels_option, method_option,
-                      model_options, run_options)
+from .flags import (contrast_options, kernel_option, load_localizer, locate_options, max_pixels_option,
+                    method_option, model_options, run_options)
 
 
 def _save_kinds(ctx, param, value: str) -> tuple[str, ...]:
@@ -39,9 +39,10 @@ def _save_kinds(ctx, param, value: str) -> tuple[str, ...]:
               help="Encode IMAGE once, then map each concept read from stdin (one a line; settings lines such "
                    "as 'vs: a; b', 'alpha: 0.5', 'reset'; 'quit' or end of input stops).")
 @max_pixels_option
+@kernel_option
 @run_options
 def locate(image, concepts, model, pretrained, model_config, backend, device, image_size, out, as_json,
-           save, heatmap_format, caption, interactive, max_pixels, **contrast):
+           save, heatmap_format, caption, interactive, max_pixels, kernel, **contrast):
     """Show where IMAGE holds the evidence for each CONCEPT, against similar concepts.
 
     Each concept's files are named after the image, the concept and the settings (with a
@@ -69,7 +70,7 @@ def locate(image, concepts, model, pretrained, model_config, backend, device, im
     names = unique_concepts(concepts) if concepts else []
     writer = Writer(image, out, save, heatmap_format, caption, as_json)
     writer.check(names, options)
-    loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels)
+    loc = load_localizer(model, pretrained, model_config, backend, device, image_size, max_pixels, kernel)
     if interactive:
         from .interactive import session
 

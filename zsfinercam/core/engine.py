@@ -13,9 +13,10 @@ Two ways to get w, equal up to float rounding:
   then w = (dO/d e_n) G for any new prompts: text encoding plus small matrix products
   ("The per-image Jacobian").
 
-Element-wise bases (HiResCAM, Layer-CAM: `bases.py`) need dO/dA per token. `embed` gets a
-`TokenRequest` instead of the shift: the gradient at the pooling attention's output o comes
-from one backward for all objectives, and the attention backward is done in closed form.
+CAM bases are objects (`bases`): Grad-CAM takes w; element-wise bases (HiResCAM, Layer-CAM)
+need dO/dA per token. `embed` gets a `TokenRequest` instead of the shift: the gradient at the
+pooling attention's output o comes from one backward for all objectives, and the attention
+backward is done in closed form (`bases.attention`).
 Their Jacobian J_o = d normalize(e) / do (B, E, L * H * hd) is kept beside G, so new
 prompts on cached features cost u J_o and the closed form. Towers without the attention
 shortcut (timm's full path) give dO/dA directly and always take the direct path.
@@ -30,11 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from .shift import AttentionRecord, TokenRequest
-from .bases import element_maps
-from .kernels import minmax
+from .bases import get_base, list_bases
+from .bases.base import TokenGradients
 from .objectives import Objective, objective_scores
 from ..errors import UsageError
-from ..options import BASES
 
 if TYPE_CHECKING:
     from ..backends import Backend
@@ -129,37 +129,37 @@ def maps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw ReLU'd maps and their min-max normalisation (B, M, h, w) of every objective, for a CAM `base`.
 
-    "gradcam" weighs A's channels by the token-mean gradient (`channel_weights`, `token_maps`);
-    "hirescam" and "layercam" weigh every token's channels by its own gradient (`bases.py`).
-    `use_jacobian` reuses (or builds) the per-image Jacobian of the base; `impl` picks the
-    Grad-CAM kernel.
+    The base object (`bases.get_base`) says which gradients it needs: channel weights
+    (`channel_weights`) or per-token gradients (`token_gradients`); it turns them into maps.
+    `use_jacobian` reuses (or builds) the per-image Jacobian of those gradients; `impl` picks
+    the base's torch or Triton path ("auto", "torch", "triton"; `bases.base.CamBase.maps`).
     """
-    if base not in BASES:
-        raise ValueError(f"unknown CAM base {base!r}; choose one of: {', '.join(BASES)}")
-    if base == "gradcam":
-        weights = channel_weights(backend, feats, text, objectives, use_jacobian=use_jacobian)
-        return token_maps(feats, weights, impl=impl)
-    if not backend.token_gradients:
+    cam = get_base(base)
+    if not cam.token_gradients:
+        gradients = channel_weights(backend, feats, text, objectives, use_jacobian=use_jacobian)
+    elif backend.token_gradients:
+        gradients = token_gradients(backend, feats, text, objectives, use_jacobian=use_jacobian)
+    else:
+        others = [name for name in list_bases() if not get_base(name).token_gradients]
         raise UsageError(f"the {backend.name} backend gives no per-token gradients, which the {base} base needs; "
-                         "use base='gradcam' (--base gradcam), or let its embed serve shift.TokenRequest")
-    raw = element_wise(backend, feats, text, objectives, base, use_jacobian=use_jacobian).clamp_min(0)
-    shape = (*raw.shape[:2], *feats.grid)
-    return raw.reshape(shape), minmax(raw).reshape(shape)
+                         f"use base={others[0]!r} (--base {others[0]}), or let its embed serve shift.TokenRequest")
+    return _on_grid(feats, cam.maps(gradients, feats.patch_tokens, impl=impl))
 
 
-def element_wise(backend: Backend, feats: ImageFeatures, text: torch.Tensor,
-                 objectives: Sequence[Sequence[Objective]], base: str, *, use_jacobian: bool = False) -> torch.Tensor:
-    """Signed token maps (B, M, N) of an element-wise base ("hirescam", "layercam"), before the ReLU."""
+def token_gradients(backend: Backend, feats: ImageFeatures, text: torch.Tensor,
+                    objectives: Sequence[Sequence[Objective]], *, use_jacobian: bool = False) -> TokenGradients:
+    """The gradient of every objective at the pooling attention's output (with its record), or at
+    A's patch tokens for towers without the attention shortcut: what element-wise bases take."""
     if use_jacobian and _reaches_attention(backend, feats):
         matrix, record = output_jacobian(backend, feats)
         u = head_gradient(feats.embedding, text, backend.logit_scale, objectives)
         grad = torch.einsum("bme,bef->bmf", u, matrix).unflatten(-1, (record.q.shape[1], -1))
-        return element_maps(record, grad, feats.patch_tokens, base)
+        return TokenGradients(record, grad)
     request = TokenRequest(len(objectives[0]))
     with torch.enable_grad():
         z = logits(_embed(backend, feats, request), text, backend.logit_scale)
         (grad,) = torch.autograd.grad(objective_scores(z, objectives).sum(), request.leaf)
-    return element_maps(request.record, grad, feats.patch_tokens, base)
+    return TokenGradients(request.record, grad)
 
 
 def _embed(backend: Backend, feats: ImageFeatures, request: TokenRequest) -> torch.Tensor:
@@ -274,20 +274,11 @@ def _num_patches(feats: ImageFeatures) -> int:
 
 
 def token_maps(feats: ImageFeatures, weights: torch.Tensor, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw ReLU'd maps and their per-map min-max normalisation, both (B, M, h, w) float32.
+    """Grad-CAM's raw ReLU'd maps and their per-map min-max normalisation from channel weights
+    (B, M, D), both (B, M, h, w) float32."""
+    return _on_grid(feats, get_base("gradcam").maps(weights, feats.patch_tokens, impl=impl))
 
-    On CUDA the fused kernel takes half precision: each weight vector is divided by its
-    largest magnitude first (token-mean gradients are tiny and would underflow fp16) and
-    the raw map multiplied back, which is exact because ReLU(c x) = c ReLU(x) for c > 0.
-    """
-    from .kernels import token_maps as fused
 
-    tokens = feats.patch_tokens
-    if tokens.is_cuda and impl != "torch":
-        scale = weights.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        raw, norm = fused(tokens.half(), (weights / scale).half(), impl=impl)
-        raw = raw * scale
-    else:
-        raw, norm = fused(tokens, weights, impl=impl)
-    shape = (*raw.shape[:2], *feats.grid)
-    return raw.reshape(shape), norm.reshape(shape)
+def _on_grid(feats: ImageFeatures, maps: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, M, N) maps as (B, M, h, w)."""
+    return tuple(m.reshape(*m.shape[:2], *feats.grid) for m in maps)

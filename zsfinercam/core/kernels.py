@@ -22,18 +22,16 @@ Two implementations give the same numbers:
   result matches torch to ~1e-6), applies the ReLU, writes ``raw`` and folds the tile's
   per-map max / min over its valid (unmasked) tokens into the workspace with atomics.
   The last program to finish a (image, map block) then writes ``norm`` for those maps
-  (see the comment above ``_kernel``). Any N works (ViT grids of 32x32 or 37x37
+  (see the comment above ``jit_kernel``). Any N works (ViT grids of 32x32 or 37x37
   included); masked-out tokens never enter the min / max.
 
-Triton's interpreter (``TRITON_INTERPRET=1``) runs the same kernel on CPU tensors; this
-module allows ``impl="triton"`` with CPU tensors only then, and only for testing. Triton
-(3.x, including the 3.8 installed here) reads the flag when ``triton.language`` is first
-imported and decorates its own helpers then, so the variable must be set before the
-process imports triton. This module reads the flag at call time (never at import), builds
-its kernel lazily once per flag value, and raises ``TritonUnavailableError`` naming the
-cause when the flag and the imported triton disagree. The interpreter does not support
-bfloat16 arithmetic (``tl.dot`` multiplies the raw bit patterns; triton-lang/triton#11584),
-so under the interpreter bfloat16 tiles are upcast to float32 before the dot, which is exact.
+The epilogue (``finish_tile``), the lazy build (``jit_kernel``, once per interpreter flag
+value) and the launch (``launch_maps``) serve the CAM bases' own kernels too
+(``zsfinercam.core.bases``). Triton's interpreter (``TRITON_INTERPRET=1``) runs the kernels on
+CPU tensors, for testing only; ``kernel_choice`` says when Triton can run and why not. The
+interpreter does not support bfloat16 arithmetic (``tl.dot`` multiplies the raw bit patterns;
+triton-lang/triton#11584), so there bfloat16 tiles are upcast to float32 before the dot, which
+is exact.
 
 Measured on one H200 (torch 2.11 with triton 3.6, CUDA-graph replay): in fp16 or bf16,
 9-18 us for the kernel against 27-80 us for the torch path at B=1..8, N=196..1369,
@@ -44,27 +42,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import types
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-if TYPE_CHECKING:  # names used inside the kernel sources; bound lazily, see _kernel
+from .kernel_choice import (IMPLS, KERNEL_DTYPES, TritonUnavailableError, import_triton, interpreting,
+                            unavailable_reason, upcast, use_triton)
+
+if TYPE_CHECKING:  # names used inside the kernel sources; bound lazily, see jit_kernel
     import triton.language as tl
 
-__all__ = ["TritonUnavailableError", "minmax", "token_maps", "token_maps_torch", "triton_available"]
+__all__ = ["finish_tile", "jit_kernel", "launch_maps", "minmax", "token_maps", "token_maps_torch"]
 
-IMPLS = ("auto", "torch", "triton")
-_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # "auto" sends only half precision to the kernel: with exact (ieee) fp32 products the
 # kernel ran at 0.36-0.65x the speed of the torch path (cuBLAS fp32 bmm) on an H200,
 # against 1.5-4.6x faster in fp16/bf16.
 _AUTO_DTYPES = (torch.float16, torch.bfloat16)
-
-
-class TritonUnavailableError(RuntimeError):
-    """``impl="triton"`` was asked for but cannot run in this process or on this device."""
 
 
 def token_maps(A: torch.Tensor, w: torch.Tensor, *, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,20 +122,6 @@ def minmax(raw: torch.Tensor) -> torch.Tensor:
         return (raw - lo) / torch.where(span > 0, span, torch.ones_like(span))
 
 
-def triton_available() -> bool:
-    """Whether the Triton kernel can run in this process.
-
-    True when triton imports and either CUDA is available or Triton's interpreter is
-    enabled (``TRITON_INTERPRET=1``, read now, and already set when triton was imported).
-    Whether a given call can use it still depends on its tensors' device and dtype (see
-    ``token_maps``).
-    """
-    triton = _import_triton()
-    if triton is None or _interpreting(triton) != _stdlib_interpreted(triton):
-        return False
-    return torch.cuda.is_available() or _interpreting(triton)
-
-
 # --------------------------------------------------------------------------- checks
 
 
@@ -166,70 +146,14 @@ def _check_inputs(A: Any, w: Any) -> None:
 
 
 def _auto_picks_triton(A: torch.Tensor, w: torch.Tensor) -> bool:
-    if not A.is_cuda or torch.promote_types(A.dtype, w.dtype) not in _AUTO_DTYPES:
-        return False
-    triton = _import_triton()
-    return triton is not None and not _interpreting(triton) and not _stdlib_interpreted(triton)
+    return torch.promote_types(A.dtype, w.dtype) in _AUTO_DTYPES and use_triton("auto", A)
 
 
 def _triton_unavailable_reason(A: torch.Tensor, w: torch.Tensor) -> str | None:
     dtype = torch.promote_types(A.dtype, w.dtype)
-    if dtype not in _KERNEL_DTYPES:
+    if dtype not in KERNEL_DTYPES:
         return f"expected float16, bfloat16 or float32 inputs, got {dtype}; use impl='torch'"
-    triton = _import_triton()
-    if triton is None:
-        return f"the triton package is not importable ({_triton_import_error()}); install it or use impl='torch'"
-    if A.shape[0] > 65535:  # the batch is the grid's third axis
-        return f"expected at most 65535 images per call, got {A.shape[0]}; split the batch or use impl='torch'"
-    if _interpreting(triton) != _stdlib_interpreted(triton):
-        now, then = ("set", "unset") if _interpreting(triton) else ("unset", "set")
-        return (
-            f"TRITON_INTERPRET is {now} now but was {then} when triton was first imported (triton "
-            "decorates its own helpers at import); set or unset it before the process imports triton"
-        )
-    if A.is_cuda or _interpreting(triton):
-        return None
-    cuda = "CUDA is available" if torch.cuda.is_available() else "this machine has no CUDA device"
-    return (
-        f"expected CUDA tensors, got tensors on {A.device} ({cuda}); to run the kernel in Triton's "
-        "CPU interpreter (for testing only), set TRITON_INTERPRET=1 before the process imports triton"
-    )
-
-
-@functools.lru_cache(maxsize=1)
-def _triton_import_error() -> str | None:
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except ImportError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def _import_triton() -> Any:
-    """The triton module, or None when it does not import (the reason is cached)."""
-    if _triton_import_error() is not None:
-        return None
-    import triton
-
-    return triton
-
-
-def _interpreting(triton: Any) -> bool:
-    """Triton's interpreter flag as triton itself reads it, right now."""
-    knobs = getattr(triton, "knobs", None)
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
-    # triton < 3.4 has no knobs; triton.jit reads the variable when it decorates.
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
-
-
-def _stdlib_interpreted(triton: Any) -> bool:
-    """Whether triton.language's own jit helpers were built for the interpreter (this is
-    fixed when triton.language is first imported)."""
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(getattr(triton.language, "zeros", None), InterpretedFunction)
+    return unavailable_reason(A.device, A.shape[0])
 
 
 # --------------------------------------------------------------------------- launch
@@ -248,30 +172,39 @@ def _token_maps_triton(A: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, 
     dtype = torch.promote_types(A.dtype, w.dtype)
     A, w = A.detach().to(dtype), w.detach().to(dtype)
     (B, N, D), M = A.shape, w.shape[1]
-    raw = torch.empty((B, M, N), dtype=torch.float32, device=A.device)
+    cfg = _launch_config(M, dtype)
+    return launch_maps(_token_maps_kernel, A.device, (B, M, N), cfg, A, w, D,
+                       A.stride(0), A.stride(1), A.stride(2), w.stride(0), w.stride(1), w.stride(2),
+                       PRECISION="ieee", UPCAST=upcast(dtype))
+
+
+def launch_maps(kernel: Any, device: torch.device, shape: tuple[int, int, int], cfg: dict[str, int], *args: Any,
+                **constants: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a maps kernel (one whose programs end with `finish_tile`) over (B, M, N) maps.
+
+    The grid is (ceil(N / BLOCK_N), ceil(M / BLOCK_M), B); the kernel is called with
+    (*args[:2], raw, norm, workspace, M, N, *args[2:], raw's strides, **constants, **cfg),
+    so its signature starts with two input pointers. Returns float32 (raw, norm), (B, M, N).
+    """
+    triton = import_triton()
+    B, M, N = shape
+    raw = torch.empty(shape, dtype=torch.float32, device=device)
     norm = torch.empty_like(raw)
     if raw.numel() == 0:
         return raw, norm
-    triton = _import_triton()
-    interpret = _interpreting(triton)
-    cfg = _launch_config(M, dtype)
     grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(M, cfg["BLOCK_M"]), B)
     # Arrival counters per (image, map block), then per-map max and min as int32 bits.
-    workspace = torch.zeros(B * (grid[1] + 2 * M), dtype=torch.int32, device=A.device)
-    with _device_guard(A):
-        _kernel(interpret)[grid](
-            A, w, raw, norm, workspace, M, N, D,
-            A.stride(0), A.stride(1), A.stride(2), w.stride(0), w.stride(1), w.stride(2),
-            raw.stride(0), raw.stride(1),
-            PRECISION="ieee", UPCAST=interpret and dtype == torch.bfloat16, **cfg,
-        )
+    workspace = torch.zeros(B * (grid[1] + 2 * M), dtype=torch.int32, device=device)
+    with _device_guard(device):
+        jit_kernel(kernel, interpreting(triton))[grid](
+            *args[:2], raw, norm, workspace, M, N, *args[2:], raw.stride(0), raw.stride(1), **constants, **cfg)
     return raw, norm
 
 
-def _device_guard(A: torch.Tensor) -> Any:
-    """Make A's GPU current for the launch (triton launches on the current device)."""
-    if A.is_cuda and A.device.index not in (None, torch.cuda.current_device()):
-        return torch.cuda.device(A.device)
+def _device_guard(device: torch.device) -> Any:
+    """Make `device` current for the launch, if it is a GPU (triton launches on the current device)."""
+    if device.type == "cuda" and device.index not in (None, torch.cuda.current_device()):
+        return torch.cuda.device(device)
     return contextlib.nullcontext()
 
 
@@ -286,7 +219,7 @@ def _device_guard(A: torch.Tensor) -> Any:
 # over all N tokens, reading raw back. Ordering follows the usual "last block" pattern
 # (barrier, then a gpu-scope acq_rel atomic by one thread; L1 bypassed on the read-back).
 #
-# The kernel functions below are plain functions at import time. ``_kernel`` copies them
+# The kernel functions below are plain functions at import time. ``jit_kernel`` copies them
 # into a private namespace holding ``tl`` and the jitted helpers under the helpers' names,
 # and decorates the copies. Triton resolves a kernel's globals through ``fn.__globals__``
 # (the interpreter re-executes the rewritten source there, and adds its own names to it),
@@ -294,17 +227,17 @@ def _device_guard(A: torch.Tensor) -> Any:
 # apart from the other.
 
 
-@functools.lru_cache(maxsize=2)
-def _kernel(interpret: bool) -> Any:
-    """The jitted kernel; ``interpret`` keys the cache because ``triton.jit`` reads the
-    interpreter flag when it decorates."""
+@functools.lru_cache(maxsize=None)
+def jit_kernel(fn: Any, interpret: bool) -> Any:
+    """`fn` jitted, with `tl` and this module's jit helpers in its globals; `interpret` keys the
+    cache because ``triton.jit`` reads the interpreter flag when it decorates."""
     import triton
     import triton.language as tl
 
-    namespace: dict[str, Any] = {"__name__": __name__, "__builtins__": __builtins__, "tl": tl}
-    for helper in (_tile_relu, _arrive_last, _normalise_rows):
+    namespace: dict[str, Any] = {"__name__": fn.__module__, "__builtins__": __builtins__, "tl": tl}
+    for helper in (_tile_relu, finish_tile, _arrive_last, _normalise_rows):
         namespace[helper.__name__] = triton.jit(_rebind(helper, namespace))
-    return triton.jit(_rebind(_token_maps_kernel, namespace))
+    return triton.jit(_rebind(fn, namespace))
 
 
 def _rebind(fn: Any, namespace: dict[str, Any]) -> Any:
@@ -321,17 +254,24 @@ def _token_maps_kernel(a_ptr, w_ptr, raw_ptr, norm_ptr, ws_ptr, M, N, D,
                        PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """One (BLOCK_M, BLOCK_N) tile of raw; the last tile of a map block also writes norm.
     Outputs are (B, M, N) with unit stride along N."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
-    n_blocks = tl.num_programs(0)
-    m_blocks = tl.num_programs(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < N
     raw = _tile_relu(a_ptr + pid_b * s_ab, w_ptr + pid_b * s_wb, offs_m, offs_n, m_ok, n_ok,
                      D, s_an, s_ad, s_wm, s_wd, BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, UPCAST)
+    finish_tile(raw, raw_ptr, norm_ptr, ws_ptr, offs_m, offs_n, m_ok, n_ok, M, N, s_ob, s_om, BLOCK_M, BLOCK_N)
+
+
+def finish_tile(raw, raw_ptr, norm_ptr, ws_ptr, offs_m, offs_n, m_ok, n_ok, M, N, s_ob, s_om,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """jit helper, the epilogue of every maps kernel: store a ReLU'd (BLOCK_M, BLOCK_N) tile of raw
+    (non-negative, +0.0 for zero) and fold it into its maps' max / min; the last tile of a map
+    block to arrive also writes norm for those maps. Grid (N blocks, M blocks, B)."""
+    pid_b = tl.program_id(2).to(tl.int64)
+    pid_m = tl.program_id(1)
+    m_blocks = tl.num_programs(1)
     rows = pid_b * s_ob + offs_m[:, None].to(tl.int64) * s_om
     tl.store(raw_ptr + rows + offs_n[None, :], raw, mask=m_ok[:, None] & n_ok[None, :])
     # Workspace: [B * m_blocks counters | B * M max bits | B * M (0x7FFFFFFF - min bits)].
@@ -339,7 +279,8 @@ def _token_maps_kernel(a_ptr, w_ptr, raw_ptr, norm_ptr, ws_ptr, M, N, D,
     lo_idx = hi_idx + M * tl.num_programs(2)
     tile_hi = tl.max(tl.where(n_ok[None, :], raw, 0.0), axis=1)
     tile_lo = tl.min(tl.where(n_ok[None, :], raw, float("inf")), axis=1)
-    last = _arrive_last(ws_ptr, hi_idx, lo_idx, pid_b * m_blocks + pid_m, tile_hi, tile_lo, m_ok, n_blocks)
+    last = _arrive_last(ws_ptr, hi_idx, lo_idx, pid_b * m_blocks + pid_m, tile_hi, tile_lo, m_ok,
+                        tl.num_programs(0))
     if last:
         _normalise_rows(raw_ptr, norm_ptr, ws_ptr, hi_idx, lo_idx, rows, m_ok, N, BLOCK_M, BLOCK_N)
 
@@ -382,6 +323,8 @@ def _normalise_rows(raw_ptr, norm_ptr, ws_ptr, hi_idx, lo_idx, rows, m_ok, N,
     # Atomic reads: served by L2, so they see every other program's update.
     hi = tl.atomic_add(ws_ptr + hi_idx, 0, mask=m_ok).to(tl.float32, bitcast=True)
     lo = (0x7FFFFFFF - tl.atomic_add(ws_ptr + lo_idx, 0, mask=m_ok)).to(tl.float32, bitcast=True)
+    hi = tl.where(m_ok, hi, 0.0)  # masked-out maps read nothing: keep their lanes finite
+    lo = tl.where(m_ok, lo, 0.0)
     span = hi - lo
     scale = tl.where(span > 0.0, span, 1.0)
     for n0 in range(0, N, BLOCK_N):

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.bases import get_base
+
 
 class ImageTower(nn.Module):
     """An image tower as a module: x -> `call(model, x)`, a (B, E) tensor.
@@ -89,7 +91,8 @@ def finer_cam(model: nn.Module, layer: nn.Module, pixels: torch.Tensor, targets,
             own choice of references.
         grid, prefix, batch_first: the token layout of `layer`'s output (`tokens_to_grid`).
         alpha: the weight of the references.
-        base: the CAM under FinerCAM: "gradcam", "hirescam" or "layercam" (GradCAM, HiResCAM, LayerCAM).
+        base: the CAM under FinerCAM, a registered base name (`zsfinercam.core.bases`); its
+            `reference` names the pytorch-grad-cam class (GradCAM, HiResCAM, LayerCAM).
         alone: run the base alone, without FinerCAM (a pair's references are then ignored).
         signed: return the base's cam as computed, before pytorch-grad-cam's ReLU and min-max
             (its min-max adds 1e-7 to the max, which is 1e-4 of a map whose largest value is 1e-3).
@@ -98,15 +101,13 @@ def finer_cam(model: nn.Module, layer: nn.Module, pixels: torch.Tensor, targets,
 
     Each map is min-max normalised by pytorch-grad-cam (after its ReLU), unless `signed`.
     """
-    from pytorch_grad_cam import FinerCAM, GradCAM, HiResCAM, LayerCAM
+    import pytorch_grad_cam
+    from pytorch_grad_cam import FinerCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
 
-    methods = {"gradcam": GradCAM, "hirescam": HiResCAM, "layercam": LayerCAM}
-    if base not in methods:
-        raise ValueError(f"unknown CAM base {base!r}; choose one of: {', '.join(methods)}")
     kept = {}
 
-    class Base(methods[base]):
+    class Base(getattr(pytorch_grad_cam, get_base(base).reference)):
         """The base, leaving the cam at the grid's size (grad-cam asks the base for it) and keeping it."""
 
         def get_target_width_height(self, input_tensor):
