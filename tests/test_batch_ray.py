@@ -131,6 +131,29 @@ def test_bad_engine_requests_are_refused_before_anything_is_written(tiny, tmp_pa
     assert tiny.load_args["model_config"] and tiny.load_args["device"] == "cpu"
 
 
+def test_a_cluster_is_not_started_where_ray_would_take_a_routable_address(monkeypatch):
+    """Ray imported before the engine could ask for loopback: refused, no cluster started."""
+    from types import SimpleNamespace
+
+    from zsfinercam import UsageError
+    from zsfinercam.batch import ray_engine
+
+    started = []
+    ray = SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: started.append(kw),
+                          util=SimpleNamespace(get_node_ip_address=lambda: TEST_ADDRESS))
+    with pytest.raises(UsageError, match=r"listens on 127\.0\.0\.1 only, but ray was imported before .* "
+                                         r"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"):
+        ray_engine._connect(ray, None)
+    assert not started
+    ray.util.get_node_ip_address = lambda: LOOPBACK
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    assert ray_engine._connect(ray, None) and ray_engine._connect(ray, "auto")
+    assert started == [{"address": "local", "include_dashboard": False, "log_to_driver": False,
+                        "configure_logging": False},
+                       {"address": "auto", "include_dashboard": False, "log_to_driver": False,
+                        "configure_logging": False}]
+
+
 def test_a_cluster_the_run_starts_listens_on_loopback_only(tiny_files, tmp_path):
     """Every socket that a run's own cluster listens on (GCS, raylet and object manager, runtime-env
     agent, the driver's and workers' servers) is on 127.0.0.1 (IPv4-mapped in IPv6 sockets), though
@@ -267,9 +290,10 @@ def case_a_killed_worker_is_restarted_and_its_images_redone(cluster, tiny_files,
 def case_a_poisonous_image_fails_alone_and_resume_retries_it(cluster, tiny_files, folder, tmp_path, monkeypatch):
     from zsfinercam.batch.ray_engine import TEST_POISON_ENV
 
-    # chunks of 4: [corrupt, img0, img1, img2] and [img3, img4, img5, truncated]; img2 kills every worker
+    # chunks [corrupt, img0] [img1, img2] [img3, img4] [img5, truncated]; img2 kills every worker that maps it:
+    # its chunk twice (--max-retries 1), then img1 alone maps and img2 alone kills two more
     monkeypatch.setenv(TEST_POISON_ENV, "img2.png")
-    args = ["batch", folder, *CONCEPTS, "--batch-size", 4, *model_args(tiny_files)]
+    args = ["batch", folder, *CONCEPTS, "--batch-size", 2, *model_args(tiny_files)]
     out = tmp_path / "ray"
     ray = cli([*args, "--out", out, "--engine", "ray", "--max-retries", 1])
     assert ray.code == 1 and summary(ray).startswith("batch: 5 ok, 3 failed, 0 skipped"), ray.err
@@ -286,10 +310,10 @@ def case_a_poisonous_image_fails_alone_and_resume_retries_it(cluster, tiny_files
     assert [r["input"] for r in records(out)[8:]] == [str(folder / n) for n in ("corrupt.png", "img2.png",
                                                                                "truncated.png")]
     assert cli([*args, "--out", tmp_path / "local"]).code == 1
-    whole = {image_stem(folder / f"img{i}.png") for i in (2, 3, 4, 5)}  # mapped in the chunks as cut
+    whole = {image_stem(folder / f"img{i}.png") for i in (0, 2, 3, 4, 5)}  # mapped in their chunks as cut
     mine = [{k: v for k, v in outputs(d)["files"].items() if k.split("/")[0] in whole}
             for d in (out, tmp_path / "local")]
-    assert len(mine[0]) == 4 * 3 * 2 and mine[0] == mine[1]  # 4 images x 2 concepts x 3 files
+    assert len(mine[0]) == 5 * 2 * 3 and mine[0] == mine[1]  # 5 images x 2 concepts x 3 files
     assert not list(out.rglob(f"{TMP_PREFIX}*"))
 
 

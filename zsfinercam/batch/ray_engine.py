@@ -26,6 +26,7 @@ Joining a cluster (`address`) uses that cluster as it is. Ray is imported only h
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 from collections import deque
@@ -226,8 +227,9 @@ class _Chunks:
         self.missing[index] -= len(records)
         while self.next < len(self.work) and not self.missing[self.next]:
             chunk, got = self.work[self.next], self.records[self.next]
-            yield chunk, [got[str(p)] for p in chunk if str(p) not in self.done]
+            self.records[self.next] = None  # handed out: not kept for the rest of the run
             self.next += 1
+            yield chunk, [got[str(p)] for p in chunk if str(p) not in self.done]
 
 
 class _Pool:
@@ -282,7 +284,7 @@ class _Pool:
             if worker.started and id(worker) not in busy and queue:
                 part = queue.popleft()
                 running[worker.actor.map.remote(self._decoded(part))] = worker, part
-        for part in list(queue)[:len(self.workers)]:  # decoded while the actors map
+        for part in itertools.islice(queue, len(self.workers)):  # decoded while the actors map
             self._decoded(part)
 
     def _decoded(self, part: _Part):
