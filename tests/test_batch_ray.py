@@ -154,6 +154,21 @@ def test_a_cluster_is_not_started_where_ray_would_take_a_routable_address(monkey
                         "configure_logging": False}]
 
 
+def test_a_pool_larger_than_the_cluster_started_for_it_is_refused():
+    from zsfinercam import UsageError
+    from zsfinercam.batch.ray_engine import RayOptions, _check_fits
+
+    machine = {"CPU": 2.0, "memory": 1e9}
+    _check_fits(machine, RayOptions(workers=2))
+    _check_fits({**machine, "GPU": 1.0}, RayOptions(workers=2, gpus_per_worker=0.5, cpus_per_worker=0.5))
+    for options, message in [(RayOptions(workers=3), "--workers 3 with 1 CPU each needs 3 CPUs, and this machine "
+                                                     "has 2; lower --workers or --cpus-per-worker"),
+                             (RayOptions(gpus_per_worker=1), "--workers 1 with 1 GPU each needs 1 GPUs, and this "
+                                                             "machine has 0; lower --workers or --gpus-per-worker")]:
+        with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
+            _check_fits(machine, options)
+
+
 def test_a_cluster_the_run_starts_listens_on_loopback_only(tiny_files, tmp_path):
     """Every socket that a run's own cluster listens on (GCS, raylet and object manager, runtime-env
     agent, the driver's and workers' servers) is on 127.0.0.1 (IPv4-mapped in IPv6 sockets), though

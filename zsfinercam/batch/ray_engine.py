@@ -176,12 +176,25 @@ def _on_cluster(ray, options: RayOptions, run) -> Iterator:
     """What `run()` yields, on the cluster of `options` (started for it, or joined), and stopped after."""
     started = _connect(ray, options.address)
     try:
+        if started and not options.address:
+            _check_fits(ray.cluster_resources(), options)
         yield from run()
     except ray.exceptions.RayError as err:  # a worker that cannot start, a cluster that went away
         raise _stopped(err) from err
     finally:
         if started:
             ray.shutdown()
+
+
+def _check_fits(have: dict, options: RayOptions) -> None:
+    """Refuse a pool larger than the cluster started for the run (this machine's CPUs and GPUs),
+    whose last workers would wait forever. A joined cluster may grow (an autoscaler): not checked."""
+    for name, flag, each in (("CPU", "--cpus-per-worker", options.cpus_per_worker),
+                             ("GPU", "--gpus-per-worker", options.gpus_per_worker)):
+        if options.workers * each > have.get(name, 0):
+            raise UsageError(f"--workers {options.workers} with {each:g} {name} each needs "
+                             f"{options.workers * each:g} {name}s, and this machine has {have.get(name, 0):g}; "
+                             f"lower --workers or {flag}")
 
 
 def _stopped(err: Exception) -> WorkError:
