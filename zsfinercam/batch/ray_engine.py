@@ -152,7 +152,8 @@ def _worker_load_args(loc) -> dict:
 
 
 def _connect(ray, address: str | None) -> bool:
-    """Join the cluster at `address`, or start one for this run on loopback; True when started here.
+    """Join the cluster at `address`, or start one for this run on loopback; False when this process
+    was connected already (then the run leaves the connection as it found it).
 
     Raises:
         UsageError: ray was imported before `import_ray` could ask for loopback.
@@ -173,17 +174,17 @@ def _connect(ray, address: str | None) -> bool:
 
 
 def _on_cluster(ray, options: RayOptions, run) -> Iterator:
-    """What `run()` yields, on the cluster of `options` (started for it, or joined), and stopped after."""
-    started = _connect(ray, options.address)
+    """What `run()` yields, on the cluster of `options`: joined, or started for the run and stopped after."""
+    connected = _connect(ray, options.address)
     try:
-        if started and not options.address:
+        if connected and not options.address:
             _check_fits(ray.cluster_resources(), options)
         yield from run()
     except ray.exceptions.RayError as err:  # a worker that cannot start, a cluster that went away
         raise _stopped(err) from err
     finally:
-        if started:
-            ray.shutdown()
+        if connected:
+            ray.shutdown()  # a cluster started here stops; a joined one is only left
 
 
 def _check_fits(have: dict, options: RayOptions) -> None:
