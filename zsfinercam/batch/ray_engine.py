@@ -19,8 +19,8 @@ run ends; `--resume` tries it again. Images of a split chunk share smaller trunk
 files may differ from a local run's in the last bits. A driver that dies is resumed with --resume.
 
 A cluster started for the run listens on 127.0.0.1 only (see `import_ray` and `_connect`): Ray's
-servers bind the node's address, and Ray takes the loopback address for a node it starts when
-LOOPBACK_ENV is "0" as it is imported. No dashboard, job server or client server is started.
+servers listen on every address unless the node's address is 127.0.0.1, which Ray takes for a node
+it starts when LOOPBACK_ENV is "0" as it is imported. No dashboard, job server or client server is started.
 Joining a cluster (`address`) uses that cluster as it is. Ray is imported only here.
 """
 from __future__ import annotations
