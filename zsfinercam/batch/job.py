@@ -36,7 +36,7 @@ class ChunkJob:
         """Records for `todo` (the images of `chunk` not done yet), given the chunk decoded
         by `decode_chunk`: one trunk pass over every image of `arrays`, files saved per image."""
         if not arrays:
-            yield from (_error(p, errors[p]) for p in todo)
+            yield from (error_record(p, errors[p]) for p in todo)
             return
         order = [p for p in chunk if p in arrays]
         try:
@@ -46,14 +46,14 @@ class ChunkJob:
             results = []
         by_path = dict(zip(order, results))
         for p in todo:
-            yield _error(p, errors[p]) if p in errors else self._save_or_error(p, by_path[p])
+            yield error_record(p, errors[p]) if p in errors else self._save_or_error(p, by_path[p])
 
     def _save_or_error(self, path: Path, results) -> dict:
         try:
             return self._save(path, results)
         except (OSError, UnicodeError) as err:  # disk full, name too long, permissions, ...
-            return _error(path, f"{path}: could not save the maps ({type(err).__name__}: {err}); "
-                                f"check the space and permissions of --out")
+            return error_record(path, f"{path}: could not save the maps ({type(err).__name__}: {err}); "
+                                      f"check the space and permissions of --out")
 
     def _save(self, path: Path, results) -> dict:
         folder = self.out / image_stem(path)
@@ -63,7 +63,7 @@ class ChunkJob:
         try:
             refuse_overwriting_inputs((p for s in stems for p in result_paths(folder, s).values()), self.inputs)
         except UsageError as err:
-            return _error(path, f"{path}: {err}")
+            return error_record(path, f"{path}: {err}")
         outputs = []
         for res, stem in zip(results, stems):
             files = res.save(folder, stem)
@@ -102,7 +102,8 @@ def _load(paths: list[Path], max_pixels: int | None) -> tuple[dict, dict]:
     return arrays, errors
 
 
-def _error(path: Path, message: str) -> dict:
+def error_record(path: Path, message: str) -> dict:
+    """The manifest record of an image that failed, `message` its one-line reason."""
     return {"input": str(path), "status": "error", "error": message, "image_size": None, "outputs": []}
 
 

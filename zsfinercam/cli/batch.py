@@ -7,7 +7,7 @@ import click
 
 from ..batch.run import DEFAULT_BATCH_SIZE, ENGINES, MANIFEST_NAME
 from ..errors import UsageError, WorkError
-from .flags import (contrast_options, kernel_option, load_localizer, locate_options, max_pixels_option,
+from .flags import (THREADS, contrast_options, kernel_option, load_localizer, locate_options, max_pixels_option,
                     method_option, model_options, run_options)
 
 
@@ -33,6 +33,9 @@ from .flags import (contrast_options, kernel_option, load_localizer, locate_opti
               help="--engine ray: GPUs per worker (fractions share one) [default: 0].")
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0), default=None, metavar="C",
               help="--engine ray: CPUs per worker [default: 1].")
+@click.option("--max-retries", type=click.IntRange(min=0), default=None, metavar="N",
+              help="--engine ray: retries of a chunk whose worker dies (a crash, out of memory); then it is "
+                   "split to find the image at fault, which is recorded as failed [default: 2].")
 @max_pixels_option
 @contrast_options
 @method_option
@@ -40,8 +43,8 @@ from .flags import (contrast_options, kernel_option, load_localizer, locate_opti
 @kernel_option
 @run_options
 def batch(inputs, concepts, out, recursive, resume, batch_size, engine, ray_address, workers, gpus_per_worker,
-          cpus_per_worker, max_pixels, model, pretrained, model_config, backend, device, image_size, kernel,
-          **contrast):
+          cpus_per_worker, max_retries, max_pixels, model, pretrained, model_config, backend, device, image_size,
+          kernel, **contrast):
     """Map CONCEPTS in every image of INPUT (files, folders, glob patterns) into --out.
 
     Each image gets one JSON record in OUT/manifest.jsonl (status, error, files, peak, bbox,
@@ -54,7 +57,7 @@ def batch(inputs, concepts, out, recursive, resume, batch_size, engine, ray_addr
     from ..options import unique_concepts
     from ..io.progress import talking
 
-    ray = _ray_options(engine, ray_address, workers, gpus_per_worker, cpus_per_worker)
+    ray = _ray_options(engine, ray_address, workers, gpus_per_worker, cpus_per_worker, max_retries)
     options = locate_options(**contrast, backend=backend)
     names = unique_concepts(concepts)
     check_out_dir(out, resume)
@@ -67,16 +70,20 @@ def batch(inputs, concepts, out, recursive, resume, batch_size, engine, ray_addr
         raise WorkError(f"{summary.failed} of {len(images)} images failed; their errors are in {summary.manifest}")
 
 
-def _ray_options(engine, address, workers, gpus, cpus):
-    """RayOptions for --engine ray (Ray itself checked before any model is loaded); None for local."""
-    given = {"--ray-address": address, "--workers": workers, "--gpus-per-worker": gpus, "--cpus-per-worker": cpus}
+def _ray_options(engine, address, workers, gpus, cpus, max_retries):
+    """RayOptions for --engine ray (Ray itself checked before any model is loaded), --threads
+    included; None for local."""
+    given = {"--ray-address": address, "--workers": workers, "--gpus-per-worker": gpus, "--cpus-per-worker": cpus,
+             "--max-retries": max_retries}
     if engine != "ray":
         named = [k for k, v in given.items() if v is not None]
         if named:
             raise UsageError(f"{named[0]} applies to --engine ray only; add --engine ray or drop it")
         return None
-    from ..batch.ray_engine import RayOptions, import_ray
+    from ..batch.ray_engine import DEFAULT_MAX_RETRIES, RayOptions, import_ray
 
-    import_ray()
+    import_ray(local=address is None)
     return RayOptions(address=address, workers=workers or 1, gpus_per_worker=gpus or 0.0,
-                      cpus_per_worker=1.0 if cpus is None else cpus)
+                      cpus_per_worker=1.0 if cpus is None else cpus,
+                      max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
+                      threads=click.get_current_context().meta.get(THREADS))
