@@ -10,9 +10,7 @@ with --ray-address), whose start (`ray.init`) is timed apart. Each engine is rep
 images/s and as a ratio to the plain forward; "Ray adds" is the start plus the run's extra
 wall time over the local engine (worker start, model load per worker, scheduling).
 
-A cluster started here binds this machine's address: on a shared machine run the benchmark
-inside a network namespace that has only loopback, as the tests do:
-    unshare --net sh -c 'ip link set lo up && python benchmarks/bench_batch.py'
+A cluster started here listens on 127.0.0.1 only, as the engine's own (`ray_engine.import_ray`).
 Random weights for open_clip names (nothing is downloaded); `--model toy` is the embedded model.
 """
 from __future__ import annotations
@@ -52,7 +50,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ray-address", default=None)
     args = parser.parse_args()
-    ray = import_ray()
+    ray = import_ray(local=not args.ray_address)
     concepts = ["red hawk", "barn owl"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
