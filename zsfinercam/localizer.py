@@ -18,6 +18,7 @@ from .core.objectives import Objective
 from .options import DEFAULT_BASE, METHODS, LocateOptions, check_concepts, choose_strategy
 from .result import LocateResult
 from .concepts.text import ConceptEncoder, default_cache_dir
+from .zoom import zoomed_maps
 
 if TYPE_CHECKING:
     from .compare import Comparison
@@ -226,7 +227,8 @@ class Localizer:
             concepts: the concepts to locate.
             options: a `LocateOptions`; or give its fields as keywords (vs=, vocab=, alpha=,
                 method=, objective=, base=, templates=, num_references=, contrast=,
-                category=, parts=; see `LocateOptions`), not both.
+                category=, parts=, zoom=, zoom_on=; see `LocateOptions`), not both. With
+                zoom=True each map is made in a window on the subject (`zsfinercam.zoom`).
 
         Returns:
             The shape follows the input. One image, or ImageFeatures of one image given
@@ -252,6 +254,8 @@ class Localizer:
         names = check_concepts(concepts)
         if not names:
             raise UsageError("no concepts given")
+        if options.zoom:
+            return zoomed_maps(self, feats, names, options, use_jacobian)
         plans, candidates = self._plans(names, options)
         table = list(dict.fromkeys([*names, *(c for p in plans for c in p.concepts), *candidates]))
         index = {n: i for i, n in enumerate(table)}
