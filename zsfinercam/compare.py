@@ -94,8 +94,10 @@ class Comparison:
         no more than a small one."""
         size = (self.cell_height(cell), cell)
         image = np.asarray(Image.fromarray(self.finer[i].image).resize(size[::-1], Image.BILINEAR))
-        grad, finer = (render.upsample(r.norm_map, size) for r in (self.gradcam[i], self.finer[i]))
-        return [render.overlay(image, grad), render.overlay(image, finer), diverging(image, finer - grad)]
+        grad, finer = (r.map_at(size) for r in (self.gradcam[i], self.finer[i]))
+        cells = [render.overlay(image, grad), render.overlay(image, finer), diverging(image, finer - grad)]
+        window, frame = self.finer[i].window, self.finer[i].image.shape[:2]
+        return cells if window is None else [render.outline(c, window, frame) for c in cells]
 
     def layout(self, cell: int = DEFAULT_CELL) -> Layout:
         """The grid's sizes for cells `cell` pixels wide: the font grows with the cell, captions
@@ -162,7 +164,8 @@ class Comparison:
         """JSON-ready summary: per concept its score, references, and both maps' peak and box."""
         def where(res: LocateResult) -> dict:
             box = res.bbox()
-            return {"peak": list(res.peak) if res.peak else None, "bbox": list(box) if box else None}
+            return {"peak": list(res.peak) if res.peak else None, "bbox": list(box) if box else None,
+                    "window": list(res.window) if res.window else None}
 
         return {"source": self.finer[0].source, "base": self.base, "rows": list(self.rows), "concepts": [
             {"concept": f.concept, "score": round(float(f.scores[f.concept]), 6),

@@ -8,7 +8,7 @@ import click
 from ..batch.run import DEFAULT_BATCH_SIZE, ENGINES, MANIFEST_NAME
 from ..errors import UsageError, WorkError
 from .flags import (contrast_options, load_localizer, locate_options, max_pixels_option, method_option,
-                      model_options, run_options)
+                      model_options, run_options, zoom_options)
 
 
 @click.command()
@@ -35,6 +35,7 @@ from .flags import (contrast_options, load_localizer, locate_options, max_pixels
               help="--engine ray: CPUs per worker [default: 1].")
 @max_pixels_option
 @contrast_options
+@zoom_options
 @method_option
 @model_options
 @run_options

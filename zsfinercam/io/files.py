@@ -107,6 +107,8 @@ def result_stem(prefix: str, concept: str, settings: Mapping[str, Any], referenc
                                                     f"a{float(settings.get('alpha') or 0):g}"]
     if settings.get("base", "gradcam") != "gradcam":
         label.append(str(settings["base"]))
+    if settings.get("zoom"):
+        label.append("zoom")
     key = json.dumps({"settings": dict(settings), "references": list(references)}, sort_keys=True,
                      ensure_ascii=False)
     digest = hashlib.sha1(_utf8(key)).hexdigest()[:8]

@@ -53,6 +53,7 @@ class LabRequest:
     method: str = "finer"
     objective: str = "weighted"
     base: str | None = None  # the CAM base (options.BASES); None: options.DEFAULT_BASE
+    zoom: bool = False  # map each concept in a window on the subject (LocateOptions.zoom)
 
 
 def parse_lines(text: str | None) -> list[str]:
@@ -63,7 +64,8 @@ def parse_lines(text: str | None) -> list[str]:
 
 def parse_request(concepts: str | None, references: str | None = "", contrast: str | None = DEFAULT_CONTRAST,
                   vocab: str | None = MODEL_VOCAB, alpha: float | None = None, templates: str | None = None,
-                  method: str = "finer", objective: str = "weighted", base: str | None = None) -> LabRequest:
+                  method: str = "finer", objective: str = "weighted", base: str | None = None,
+                  zoom: bool = False) -> LabRequest:
     """A LabRequest from the page's widget values; vocabularies and template sets are only the
     shipped names (a browser never names a server file).
 
@@ -88,7 +90,7 @@ def parse_request(concepts: str | None, references: str | None = "", contrast: s
         raise UsageError(f"unknown template set {templates!r}; shipped template sets: {', '.join(list_templates())}")
     alpha = None if alpha is None else check_alpha(alpha)
     return LabRequest(tuple(names), tuple(parse_lines(references)), contrast, vocab, templates,
-                      alpha, method, objective, base)
+                      alpha, method, objective, base, bool(zoom))
 
 
 def locate_options(request: LabRequest) -> "LocateOptions":
@@ -100,7 +102,8 @@ def locate_options(request: LabRequest) -> "LocateOptions":
     alpha = 0.0 if request.method == "gradcam" else request.alpha  # compare's Finer-CAM row as plain Grad-CAM
     base = {"base": request.base} if request.base is not None else {}
     return LocateOptions(vs=request.references or None, vocab=request.vocab, contrast=request.contrast,
-                         parts=parts, alpha=alpha, objective=request.objective, templates=request.templates, **base)
+                         parts=parts, alpha=alpha, objective=request.objective, templates=request.templates,
+                         zoom=request.zoom, **base)
 
 
 class FeatureCache:
@@ -149,14 +152,16 @@ class FeatureCache:
 
 
 def features_nbytes(feats: "ImageFeatures") -> int:
-    """Bytes held by features: tensors (Jacobian and backend cache included) and the images."""
+    """Bytes held by features: tensors (Jacobian and backend cache included), the images, and the zoom
+    windows' features."""
     import torch
 
     matrix, record = feats.output_jacobian or (None, None)  # the record's projection weights are the model's
     per_image = [matrix, record.v, record.weights] if record is not None else []
     tensors = [feats.stream, feats.target, feats.embedding, feats.jacobian, *per_image, *feats.cache.values()]
     size = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
-    return size + sum(im.nbytes for im in feats.images)
+    windows = sum(features_nbytes(w) for w in feats.windows.values() if w is not feats)
+    return size + sum(im.nbytes for im in feats.images) + windows
 
 
 def image_key(loc: "Localizer", path: str | os.PathLike) -> str:
@@ -283,7 +288,7 @@ def summary(result: LabResult) -> dict:
     for grad, finer in zip(result.comparison.gradcam, result.comparison.finer):
         record = {k: v for k, v in finer.to_dict().items() if k != "token_map"}
         box = grad.bbox()
-        record["gradcam"] = {"peak": list(grad.peak), "bbox": list(box) if box else None}
+        record["gradcam"] = {"peak": list(grad.peak) if grad.peak else None, "bbox": list(box) if box else None}
         out.append(record)
     return {"cached": result.cached, "seconds": round(result.seconds, 6), "results": out}
 
