@@ -13,7 +13,7 @@ from test_inputs import cli
 from zsfinercam.io import render
 from zsfinercam.options import LocateOptions, OptionError
 from zsfinercam.synthetic import make_scene
-from zsfinercam.zoom import Found, candidate_windows, search
+from zsfinercam.zoom import Found, candidate_windows, search, with_margin
 
 BIRD_CLASS = "red-headed blue-tailed striped-winged bird"
 OTHER = ["red-headed red-tailed striped-winged bird", "blue-headed blue-tailed striped-winged bird"]
@@ -69,6 +69,17 @@ def test_a_tall_parent_gets_windows_spread_evenly_edge_to_edge():
     assert all(w[2] - w[0] == w[3] - w[1] == 27 for w in windows)
     ys = sorted({w[1] for w in windows})
     assert ys[0] == 0 and ys[-1] == 273 and len(ys) == 22 and max(np.diff(ys)) <= 13.5
+
+
+@pytest.mark.parametrize("window, margin, size, expected", [
+    ((30, 30, 60, 60), 0.0, (90, 120), (30, 30, 60, 60)),
+    ((30, 30, 60, 60), 0.2, (90, 120), (24, 24, 66, 66)),  # 6 px on every side
+    ((0, 10, 40, 50), 0.25, (90, 120), (0, 0, 60, 60)),  # moved right and down to stay inside, not cut
+    ((70, 50, 110, 90), 0.25, (90, 120), (60, 30, 120, 90)),  # moved up and left
+    ((10, 10, 80, 80), 0.5, (90, 120), (0, 0, 90, 90)),  # at most the shorter side
+])
+def test_a_margin_grows_the_window_about_its_centre_and_keeps_it_inside(window, margin, size, expected):
+    assert with_margin(window, margin, size) == expected
 
 
 def density(subject):

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 SHRINK = 2 / 3  # a level's windows are this fraction of the shorter side of the window they refine
 MAX_LEVELS = 3  # levels of refinement at most (a window of 8/27 of the image's shorter side)
 MIN_SIDE = 0.5  # no window smaller than this fraction of the model's input side (in image pixels)
+MARGIN = 0.0  # the found window grows by this fraction of its side on every side (0: as scored, no extra pass)
 STRIDE_SLACK = 0.05  # a stride may exceed half a window by this fraction before another window is added
 
 Window = tuple[int, int, int, int]  # (x0, y0, x1, y1) in image pixels, exclusive ends
@@ -71,6 +72,17 @@ def _positions(length: int, side: int) -> list[int]:
     if steps == 0:
         return [0]
     return sorted({round(k * (length - side) / steps) for k in range(steps + 1)})
+
+
+def with_margin(window: Window, margin: float, size: tuple[int, int]) -> Window:
+    """The square `window` grown by `margin` x its side on every side, about its centre, then moved
+    (not cut) to lie inside an image of `size` (H, W); its side is at most the image's shorter side."""
+    x0, y0, x1, y1 = window
+    h, w = size
+    side = min(round((x1 - x0) * (1 + 2 * margin)), h, w)
+    left = min(max(round((x0 + x1 - side) / 2), 0), w - side)
+    top = min(max(round((y0 + y1 - side) / 2), 0), h - side)
+    return (left, top, left + side, top + side)
 
 
 def search(size: tuple[int, int], score: Callable[[list[Window]], Sequence[float]], whole_score: float,
@@ -109,11 +121,13 @@ def zoomed_maps(loc: "Localizer", feats: "ImageFeatures", concepts, options: Loc
     for b in range(len(feats)):
         found = {text: find_window(loc, feats, b, text, options.templates)
                  for text in dict.fromkeys([options.zoom_on] if options.zoom_on else names)}
+        size = feats.images[b].shape[:2]
+        windows = {text: f.window and with_margin(f.window, MARGIN, size) for text, f in found.items()}
         by_window: dict[Window | None, dict[str, LocateResult]] = {}
-        for window in dict.fromkeys(f.window for f in found.values()):
+        for window in dict.fromkeys(windows.values()):
             results = loc._maps(window_features(loc, feats, b, [window])[0], names, plain, use_jacobian)[0]
             by_window[window] = {r.concept: _placed(r, feats, b, window, options) for r in results}
-        out.append([by_window[found[options.zoom_on or n].window][n] for n in names])
+        out.append([by_window[windows[options.zoom_on or n]][n] for n in names])
     return out
 
 
@@ -127,7 +141,7 @@ def find_window(loc: "Localizer", feats: "ImageFeatures", b: int, text: str, tem
 
     image = feats.images[b]
     min_side = math.ceil(MIN_SIDE * min(loc.config.image_size))
-    return search(image.shape[:2], logits, logits([None])[0], min_side)
+    return search(image.shape[:2], logits, logits([None])[0], min_side, MAX_LEVELS)
 
 
 def window_features(loc: "Localizer", feats: "ImageFeatures", b: int,
