@@ -54,6 +54,7 @@ def main() -> None:
 
     from zsfinercam import Localizer
     from zsfinercam.synthetic import list_classes, make_scene
+    from zsfinercam import zoom
     from zsfinercam.zoom import MAX_LEVELS
 
     torch.manual_seed(0)
@@ -78,6 +79,18 @@ def main() -> None:
     print(f"locate, zoom                     {zoomed * 1e3:8.1f} ms  {images} images through the trunk "
           f"(at most {1 + 4 * MAX_LEVELS}), window {window}")
     print(f"zoomed / unzoomed locate: {zoomed / plain:.2f}x")
+    real_search = zoom.search
+
+    def deepest(size, score, whole_score, min_side, levels):  # every level taken, each window really scored
+        smaller = lambda windows: [s - 1e6 * (w[2] - w[0]) for w, s in zip(windows, score(windows))]  # noqa: E731
+        return real_search(size, smaller, -float("inf"), min_side, levels)
+
+    zoom.search = deepest
+    slowest = best(lambda: loc.locate(image, bird, vs=refs, zoom=True), args.rounds)
+    images = trunk.during(lambda: loc.locate(image, bird, vs=refs, zoom=True))
+    zoom.search = real_search
+    print(f"locate, zoom, every level taken  {slowest * 1e3:8.1f} ms  {images} images through the trunk: "
+          f"{slowest / plain:.2f}x locate")
 
     for zoom_on in ("bird", None):
         feats = loc.encode_image(image)
