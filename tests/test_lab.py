@@ -234,6 +234,25 @@ def test_new_concepts_on_a_cached_image_skip_the_trunk(served, loc, tmp_path):
         del loc.backend.trunk
 
 
+def test_the_api_zooms_and_records_the_window(served, tmp_path):
+    from PIL import Image
+
+    from zsfinercam.synthetic import make_scene
+
+    bird = "red-headed blue-tailed striped-winged bird"
+    scene = tmp_path / "scene.png"
+    make_scene(bird, 3, 64, 0.33).image.save(scene)
+    record = _locate(served, scene, bird, references="red-headed red-tailed striped-winged bird",
+                     zoom=True)[4]["results"][0]
+    x0, y0, x1, y1 = record["window"]
+    assert record["zoom"] is True and x1 - x0 == y1 - y0 < 194 and x0 <= record["peak"][0] < x1
+    black = tmp_path / "black.png"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(black)  # alpha 50: empty maps, no window
+    empty = _locate(served, black, bird, references="red-headed red-tailed striped-winged bird", alpha=50,
+                    zoom=True)[4]["results"][0]
+    assert empty["window"] is None and empty["peak"] is None and empty["zoom"] is True
+
+
 def test_bad_input_gives_one_line_and_the_server_keeps_serving(served, tmp_path):
     from gradio_client.exceptions import AppError
 

@@ -94,8 +94,10 @@ class Comparison:
         no more than a small one."""
         size = (self.cell_height(cell), cell)
         image = np.asarray(Image.fromarray(self.finer[i].image).resize(size[::-1], Image.BILINEAR))
-        alone, finer = (render.upsample(r.norm_map, size) for r in (self.base_alone[i], self.finer[i]))
-        return [render.overlay(image, alone), render.overlay(image, finer), diverging(image, finer - alone)]
+        alone, finer = (r.map_at(size) for r in (self.base_alone[i], self.finer[i]))
+        cells = [render.overlay(image, alone), render.overlay(image, finer), diverging(image, finer - alone)]
+        window, frame = self.finer[i].window, self.finer[i].image.shape[:2]
+        return cells if window is None else [render.outline(c, window, frame) for c in cells]
 
     def layout(self, cell: int = DEFAULT_CELL) -> Layout:
         """The grid's sizes for cells `cell` pixels wide: the font grows with the cell, captions

@@ -20,6 +20,7 @@ from .core.objectives import Objective
 from .options import LocateOptions, check_concepts, choose_strategy
 from .result import LOGIT, LocateResult
 from .concepts.text import ConceptEncoder, default_cache_dir, vocabulary_notice
+from .zoom import zoomed_maps
 
 if TYPE_CHECKING:
     from .compare import Comparison
@@ -244,7 +245,8 @@ class Localizer:
             concepts: the concepts to locate.
             options: a `LocateOptions`; or give its fields as keywords (vs=, vocab=, alpha=,
                 method=, objective=, base=, templates=, num_references=, contrast=,
-                category=, parts=; see `LocateOptions`), not both.
+                category=, parts=, zoom=, zoom_on=; see `LocateOptions`), not both. With
+                zoom=True each map is made in a window on the subject (`zsfinercam.zoom`).
 
         Returns:
             The shape follows the input. One image, or ImageFeatures of one image given
@@ -267,6 +269,8 @@ class Localizer:
         typed = [*names, *(options.vs or ()), *([options.category] if options.category else [])]
         if notice := vocabulary_notice(self.config.known_words, typed):
             warnings.warn(notice, stacklevel=3)
+        if options.zoom:
+            return zoomed_maps(self, feats, names, options, use_jacobian)
         plans, candidates = self._plans(names, options)
         table = list(dict.fromkeys([*names, *(c for p in plans for c in p.concepts), *candidates]))
         index = {n: i for i, n in enumerate(table)}

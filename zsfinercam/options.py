@@ -97,6 +97,10 @@ class LocateOptions:
             (kept as a tuple of (part, attributes) pairs so the options stay hashable): each
             concept is contrasted with the other attributes of its part and with the same
             trait on the other parts.
+        zoom: find the subject first and map a square window around it at the model's input
+            size, for small subjects in large photos (`zsfinercam.zoom`).
+        zoom_on: the text whose zero-shot logit finds the window (e.g. "bird"), one window for
+            every concept; None = each concept's own. Needs `zoom`.
     """
 
     vs: Texts | None = None
@@ -110,6 +114,8 @@ class LocateOptions:
     contrast: str | None = None
     category: str | None = None
     parts: str | Parts | None = None
+    zoom: bool = False
+    zoom_on: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
@@ -123,6 +129,7 @@ class LocateOptions:
             raise OptionError("num_references", f"num_references must be a positive integer, got {k!r}")
         if self.category is not None and not isinstance(self.category, str):
             raise OptionError("category", f"category must be one concept string, got {self.category!r}")
+        _check_zoom(self.zoom, self.zoom_on)
         alpha = DEFAULT_ALPHA[self.objective] if self.alpha is None else self.alpha
         alpha = check_alpha(alpha)  # checked even for the base alone: a NaN is a mistake either way
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731  (frozen)
@@ -132,6 +139,7 @@ class LocateOptions:
         set_("vocab", _name_or_texts("vocab", self.vocab))
         set_("templates", _name_or_texts("templates", self.templates))
         set_("parts", _parts(self.parts))
+        set_("zoom_on", None if self.zoom_on is None else self.zoom_on.strip())
 
     @classmethod
     def build(cls, options: "LocateOptions | None" = None, **keywords) -> "LocateOptions":
@@ -182,6 +190,17 @@ class LocateOptions:
         if not isinstance(data, Mapping):
             raise UsageError(f"options must be a JSON object, got {type(data).__name__}")
         return cls.build(**data)
+
+
+def _check_zoom(zoom: Any, zoom_on: Any) -> None:
+    if not isinstance(zoom, bool):
+        raise OptionError("zoom", f"zoom must be True or False, got {zoom!r}")
+    if zoom_on is None:
+        return
+    if not isinstance(zoom_on, str) or not zoom_on.strip():
+        raise OptionError("zoom_on", f"zoom_on must be a non-blank text such as \"bird\", got {zoom_on!r}")
+    if not zoom:
+        raise OptionError("zoom_on", "zoom_on finds the zoom window: it needs zoom=True (--zoom)")
 
 
 def _texts(field: str, values) -> Texts:

@@ -28,6 +28,12 @@ class LocateResult:
     maps can be compared across concepts; `heatmap` is its min-max normalisation
     upsampled to the original image size, for display. The heatmap is made on first
     use, so results of many concepts cost little until they are shown.
+
+    A zoomed result (`zoom`, see `zsfinercam.zoom`) was mapped in `window`, a square
+    (x0, y0, x1, y1) of the image in pixels with exclusive ends: its token maps lie on that
+    window's patch grid, its heatmap is 0 outside the window, and peak and box are in
+    pixels of the whole image. `window` None: the map covers the whole image (for a zoomed
+    result: no window scored above the whole image, see `zsfinercam.zoom`).
     """
 
     concept: str
@@ -43,6 +49,9 @@ class LocateResult:
     norm_map: np.ndarray | None = field(default=None, repr=False)  # (h, w) min-max of token_map; None: computed
     base: str = field(kw_only=True)  # the CAM base used, resolved (options.BASES)
     templates: str | tuple[str, ...] | None = field(default=None, kw_only=True)  # as given; None: the model's
+    zoom: bool = False  # asked for zoom (LocateOptions.zoom)
+    zoom_on: str | None = None  # the text that found the window; None: the concept
+    window: tuple[int, int, int, int] | None = None  # where the map was made (see above); None: whole image
 
     def __post_init__(self) -> None:
         self.token_map = np.asarray(self.token_map, dtype=np.float32)
@@ -59,11 +68,17 @@ class LocateResult:
         if self.norm_map.size and (self.norm_map.min() < -1e-4 or self.norm_map.max() > 1 + 1e-4):
             raise ValueError("expected norm_map values in [0, 1]")
         self.norm_map = np.clip(self.norm_map, 0.0, 1.0)  # kernels may round a hair past the ends
+        if self.window is not None:
+            self.window = _check_window(self.window, self.image.shape[:2])
 
     @functools.cached_property
     def heatmap(self) -> np.ndarray:
         """float32 (H, W) in [0, 1] at the image's size: the normalised map, upsampled bilinearly."""
-        return render.upsample(self.norm_map, self.image.shape[:2])
+        return self.map_at(self.image.shape[:2])
+
+    def map_at(self, size: tuple[int, int]) -> np.ndarray:
+        """The normalised map drawn at `size` (H, W), the window (if any) scaled to it."""
+        return render.placed(self.norm_map, size, self.window, self.image.shape[:2])
 
     @property
     def empty(self) -> bool:
@@ -123,8 +138,10 @@ class LocateResult:
         else:
             drawn = (round(h * scale), round(w * scale))
             image = Image.fromarray(self.image).resize(drawn[::-1], Image.BICUBIC)
-            heat = render.upsample(self.norm_map, drawn)
+            heat = self.map_at(drawn)
         out = render.overlay(image, heat, alpha)
+        if self.window is not None:
+            out = render.outline(out, self.window, (h, w))
         out = render.captioned(out, self.caption_lines()) if caption else out
         return out if size is None else scaled(out, size)
 
@@ -138,7 +155,8 @@ class LocateResult:
     def __repr__(self) -> str:
         refs = ", ".join(self.references) or "-"
         return (f"LocateResult({self.concept!r}, score {self.scores[self.concept]:.3f}, vs [{refs}], "
-                f"peak {self.peak}, bbox {self.bbox()}, {self.method}, base {self.base})")
+                f"peak {self.peak}, bbox {self.bbox()}, {self.method}, base {self.base}"
+                f"{f', window {self.window}' if self.zoom else ''})")
 
     def caption_lines(self) -> list[str]:
         """Concept with its logit and probability; then each reference with its logit."""
@@ -159,20 +177,25 @@ class LocateResult:
             "source": self.source,
             "image_size": [int(self.image.shape[1]), int(self.image.shape[0])],
             **self.location(),
+            "zoom": self.zoom,
+            "zoom_on": self.zoom_on,
             "token_map": np.round(self.token_map, 6).tolist(),
         }
 
     def location(self) -> dict:
-        """{"peak": [x, y], "bbox": [x0, y0, x1, y1]} in image pixels, each None for an empty map."""
+        """{"peak": [x, y], "bbox": [x0, y0, x1, y1], "window": [x0, y0, x1, y1]} in image pixels; peak
+        and box None for an empty map, the window None where the map covers the whole image (no zoom)."""
         box = self.bbox()
-        return {"peak": list(self.peak) if self.peak else None, "bbox": list(box) if box else None}
+        return {"peak": list(self.peak) if self.peak else None, "bbox": list(box) if box else None,
+                "window": list(self.window) if self.window else None}
 
     def settings(self) -> dict:
         """How this map was made, as the result records it: method, objective, alpha, base,
         templates and contrast. With the image, the concept and the references they fix the map."""
         templates = list(self.templates) if isinstance(self.templates, tuple) else self.templates
-        return {"method": self.method, "objective": self.objective, "alpha": self.alpha, "base": self.base,
-                "templates": templates, "contrast": self.contrast}
+        settings = {"method": self.method, "objective": self.objective, "alpha": self.alpha, "base": self.base,
+                    "templates": templates, "contrast": self.contrast}
+        return {**settings, "zoom": True, "zoom_on": self.zoom_on} if self.zoom else settings
 
     def default_stem(self) -> str:
         """The stem of this result's files, by the one naming rule (`files.result_stem`) every
@@ -209,6 +232,15 @@ class LocateResult:
             record = {**self.to_dict(), "files": {k: v.name for k, v in paths.items()}}  # beside the JSON
             atomic_write(paths["json"], lambda f: f.write(json_bytes(record, indent=1)))
         return {k: str(v) for k, v in paths.items()}
+
+
+def _check_window(window, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """`window` as 4 ints (x0, y0, x1, y1) inside an image of `shape` (H, W), non-empty."""
+    box = tuple(int(v) for v in window)
+    h, w = shape
+    if len(box) != 4 or not (0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h):
+        raise ValueError(f"expected a window (x0, y0, x1, y1) inside the {w}x{h} image, got {window}")
+    return box
 
 
 def display_size(shape: tuple[int, int]) -> int:

@@ -8,7 +8,7 @@ import click
 from ..batch.run import DEFAULT_BATCH_SIZE, ENGINES, MANIFEST_NAME
 from ..errors import UsageError, WorkError
 from .flags import (THREADS, contrast_options, kernel_option, load_localizer, locate_options, max_pixels_option,
-                    method_option, model_options, run_options)
+                    method_option, model_options, run_options, zoom_options)
 
 
 @click.command()
@@ -38,6 +38,7 @@ from .flags import (THREADS, contrast_options, kernel_option, load_localizer, lo
                    "split to find the image at fault, which is recorded as failed [default: 2].")
 @max_pixels_option
 @contrast_options
+@zoom_options
 @method_option
 @model_options
 @kernel_option

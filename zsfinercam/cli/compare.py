@@ -6,13 +6,14 @@ from pathlib import Path
 import click
 
 from .flags import (contrast_options, kernel_option, load_localizer, locate_options, max_pixels_option,
-                    model_options, run_options)
+                    model_options, run_options, zoom_options)
 
 
 @click.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("concepts", nargs=-1, required=True)
 @contrast_options
+@zoom_options
 @model_options
 @click.option("--cell", type=click.IntRange(min=16), default=192, show_default=True,
               help="Width of one grid cell in pixels.")
@@ -53,7 +54,8 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
             p = f", p {c['probability']:.3f}" if c["probability"] is not None else ""
             click.echo(f"{c['concept']}: score {c['score']:.3f}{p} vs [{', '.join(c['references']) or '-'}] "
                        f"peak {comparison.rows[0]} {_point(c['base_alone']['peak'])} "
-                       f"Finer-CAM {_point(c['finer']['peak'])}")
+                       f"Finer-CAM {_point(c['finer']['peak'])}"
+                       + (f" window {_point(c['finer']['window'])}" if options.zoom else ""))
         click.echo(f"grid {grid.size[0]}x{grid.size[1]} -> {paths['grid']}")
 
 

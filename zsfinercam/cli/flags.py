@@ -185,6 +185,20 @@ def contrast_options(func):
     return func
 
 
+def zoom_options(func):
+    """--zoom and --zoom-on TEXT (which implies --zoom): map small subjects in a window around them."""
+    options = [
+        click.option("--zoom", is_flag=True,
+                     help="Find the subject first and map a square window around it at the model's input size "
+                          "(small subjects in large photos); results record the window."),
+        click.option("--zoom-on", default=None, metavar="TEXT",
+                     help="Find the zoom window by this text (e.g. bird) instead of each concept; implies --zoom."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 method_option = click.option("--method", type=click.Choice(METHODS), default="finer", show_default=True,
                              help="finer = Finer-CAM; base = the CAM base (--base) alone, on the concept's logit.")
 
@@ -193,9 +207,10 @@ FLAGS = {"parts": "--part-vocab"}  # LocateOptions fields whose flag is not --<f
 
 
 def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, objective, templates,
-                   method: str = "finer", base: str | None = None, *, backend: str) -> LocateOptions:
-    """The LocateOptions of contrast_options' (and method_option's) values, resolved for the
-    --backend (`LocateOptions.resolved`) as `Localizer.options` will resolve them.
+                   method: str = "finer", base: str | None = None, zoom: bool = False,
+                   zoom_on: str | None = None, *, backend: str) -> LocateOptions:
+    """The LocateOptions of contrast_options' (and method_option's, zoom_options') values, resolved for
+    the --backend (`LocateOptions.resolved`) as `Localizer.options` will resolve them.
 
     Raises:
         click.BadParameter: a value LocateOptions refuses, named by its flag (exit status 2).
@@ -206,7 +221,8 @@ def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, obje
     try:
         options = LocateOptions(vs=vs, vocab=vocab, contrast=contrast, category=category,
                                 parts=part_vocab if parts else None, alpha=alpha, method=method,
-                                objective=objective, base=base, templates=templates)
+                                objective=objective, base=base, templates=templates,
+                                zoom=zoom or zoom_on is not None, zoom_on=zoom_on)
         preflight(options)  # a misspelt --vocab or a conflict fails here, before the model loads
         return options.resolved(token_gradients(backend))
     except OptionError as err:

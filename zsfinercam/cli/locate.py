@@ -9,7 +9,7 @@ from ..errors import UsageError
 from ..io.files import HEATMAP_FORMATS, SAVE_KINDS, check_save_kinds
 from ..io.progress import note
 from .flags import (contrast_options, kernel_option, load_localizer, locate_options, max_pixels_option,
-                    method_option, model_options, run_options)
+                    method_option, model_options, run_options, zoom_options)
 
 
 def _save_kinds(ctx, param, value: str) -> tuple[str, ...]:
@@ -24,6 +24,7 @@ def _save_kinds(ctx, param, value: str) -> tuple[str, ...]:
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("concepts", nargs=-1)
 @contrast_options
+@zoom_options
 @method_option
 @model_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("zsfinercam_out"),
@@ -111,6 +112,9 @@ class Writer:
         files = res.save(self.out, stem, files=self.kinds, heatmap_format=self.heatmap_format, caption=self.caption)
         if res.empty:
             note(f"hint: {_empty_hint(res)}")
+        if res.zoom and res.window is None:
+            note(f"zoom: no window scored above the whole image for {res.zoom_on or res.concept!r} "
+                 "(the subject fills it, or none was found); mapped the whole image")
         if self.as_json:
             record = {k: v for k, v in res.to_dict().items() if k != "token_map"}
             click.echo(json_bytes({**record, "files": files}).decode())
@@ -120,13 +124,15 @@ class Writer:
 
 
 def result_line(res, files: dict[str, str]) -> str:
-    """One line: the concept's logit and probability, its references and their logits, peak, box, files."""
+    """One line: the concept's logit and probability, its references and their logits, peak, box, the
+    zoom window (with zoom), files."""
     p = res.probability
     refs = ", ".join(res.references) or "-"
     ref_scores = f" (scores {', '.join(f'{res.scores[r]:.3f}' for r in res.references)})" if res.references else ""
     box = res.bbox()
+    window = f" window {res.window or '-'}" if res.zoom else ""
     return (f"{res.concept}: score {res.scores[res.concept]:.3f}{f', p {p:.3f}' if p is not None else ''} "
-            f"vs [{refs}]{ref_scores} peak {res.peak or '-'} bbox {box or '-'} -> {', '.join(files.values())}")
+            f"vs [{refs}]{ref_scores} peak {res.peak or '-'} bbox {box or '-'}{window} -> {', '.join(files.values())}")
 
 
 def _empty_hint(res) -> str:

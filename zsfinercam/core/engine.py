@@ -63,6 +63,8 @@ class ImageFeatures:
     from_list: bool = False  # made from a list of images: locate_many then returns a list per image
     # J_o (B, E, L * H * hd) and the attention it belongs to, for element-wise bases; on demand
     output_jacobian: tuple[torch.Tensor, AttentionRecord] | None = field(default=None, repr=False)
+    # zoom windows' features by (image index, (x0, y0, x1, y1)), kept for new prompts (zsfinercam.zoom)
+    windows: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return self.stream.shape[0]

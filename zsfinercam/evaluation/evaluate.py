@@ -14,7 +14,8 @@ pointing game, energy inside the mask, mask IoU at 0.5 (box IoU for boxes) and, 
 its references. Sanity baselines: "random" is a random map; "randomized" is Finer-CAM on
 a copy of the model whose weight matrices are redrawn (the map should collapse to chance).
 With several CAM `bases`, each map method is scored once per base, in rows labelled
-"method/base" ("base/hirescam" is HiResCAM alone, "finer/hirescam" Finer-CAM on it).
+"method/base" ("base/hirescam" is HiResCAM alone, "finer/hirescam" Finer-CAM on it). With `zoom`, each map
+method is also scored zoomed (`zsfinercam.zoom`), in rows labelled "method+zoom".
 """
 from __future__ import annotations
 
@@ -117,18 +118,24 @@ def _parse_line(line: str, root: Path, where: str) -> EvalItem:
                     record.get("vocab"), mask, tuple(bbox) if bbox else None, record.get("label", ""))
 
 
-def synthetic_items(n: int, seed: int = 12345, split: str = "all", size: int | None = None) -> list[EvalItem]:
+def synthetic_items(n: int, seed: int = 12345, split: str = "all", size: int | None = None,
+                    subject_scale: float = 1.0) -> list[EvalItem]:
     """The synthetic benchmark: each bird against the classes that differ from it in ONE part.
 
     Item k contrasts part ATTRIBUTE_PARTS[k % 3]; its references are every class that
     differs only there, and its mask is that part: the evidence that tells them apart.
+    `subject_scale` S < 1 pastes each bird (of `size` pixels) on a cluttered canvas 1/S
+    times as large (`synthetic.make_scene`): small subjects in large photos.
     """
     from ..synthetic import ATTRIBUTE_PARTS, PART_VALUES, class_name, make_dataset
 
     if n < 1:
         raise UsageError(f"--synthetic needs a positive number of images, got {n}")
+    if not 0 < subject_scale <= 1:
+        raise UsageError(f"--subject-scale must be in (0, 1], got {subject_scale}")
     items = []
-    for k, sample in enumerate(make_dataset(n, seed=seed, split=split, **({"size": size} if size else {}))):
+    sizing = {"size": size} if size else {}
+    for k, sample in enumerate(make_dataset(n, seed=seed, split=split, subject_scale=subject_scale, **sizing)):
         part = ATTRIBUTE_PARTS[k % len(ATTRIBUTE_PARTS)]
         refs = [class_name({**sample.attrs, part: v}) for v in PART_VALUES[part] if v != sample.attrs[part]]
         items.append(EvalItem(np.asarray(sample.image), sample.class_name, refs, None,
@@ -166,20 +173,23 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
 
 def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHODS, *,
              bases: Sequence[str] | None = None, perturbation: bool = False, top_percent: float = 5.0,
-             progress: bool = True) -> EvalReport:
+             progress: bool = True, zoom: bool = False, zoom_on: str | None = None) -> EvalReport:
     """Score every method on every item; the trunk runs once per item for all methods.
 
     Args:
         bases: CAM bases (options.BASES) to compare; None = the model's default base only
             (`Localizer.options`), rows labelled by method alone. Given, every method but "random"
             has one row per base, labelled "method/base". Every row but "random" records its "base".
+        zoom: also score every map method zoomed, in rows "<label>+zoom" that record their
+            "window" (None: the whole image); `zoom_on` as in `LocateOptions`.
     """
     from tqdm import tqdm
 
     bad = [m for m in methods if m not in EVAL_METHODS]
     if bad:
         raise UsageError(f"unknown method {bad[0]!r}; choose from: {', '.join(EVAL_METHODS)}")
-    runs = _runs(methods, bases, loc.options().base)
+    zooming = LocateOptions(zoom=zoom, zoom_on=zoom_on)  # checked before any map is made
+    runs = _runs(methods, bases, loc.options().base, zooming.zoom_on, zoom)
     items = list(items)
     report = EvalReport()
     scrambled = _randomized(loc) if "randomized" in methods else None
@@ -188,15 +198,17 @@ def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHO
         scrambled_feats = scrambled.encode_image(item.image) if scrambled is not None else None
         image = feats.images[0]
         refs = item.references
-        for label, method, base in runs:
+        for label, method, base, zoom_options in runs:
             if method == "randomized":
-                heat, used = _heatmap(scrambled, scrambled_feats, item, "finer", base, seed=k)
+                heat, used, window = _heatmap(scrambled, scrambled_feats, item, "finer", base, k, zoom_options)
             else:
-                heat, used = _heatmap(loc, feats, item, method, base, seed=k)
+                heat, used, window = _heatmap(loc, feats, item, method, base, k, zoom_options)
             refs = refs or used
             row = {"item": k, "label": item.label, "concept": item.concept, "method": label}
             if base is not None:
                 row["base"] = base
+            if zoom_options:
+                row["window"] = window
             row.update(_mask_metrics(heat, item))
             if perturbation:
                 row.update(_perturbation_metrics(loc, image, heat, [item.concept, *(refs or [])], top_percent))
@@ -204,15 +216,20 @@ def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHO
     return report
 
 
-def _runs(methods: Sequence[str], bases: Sequence[str] | None, default: str) -> list[tuple[str, str, str | None]]:
-    """(row label, method, base) per scored map: one per method on the `default` base (rows
-    labelled by method), or per method and base (labelled "method/base"); "random" has no base."""
+def _runs(methods: Sequence[str], bases: Sequence[str] | None, default: str, zoom_on: str | None = None,
+          zoom: bool = False) -> list[tuple[str, str, str | None, dict]]:
+    """(row label, method, base, zoom options) per scored map: one per method on the `default` base (rows
+    labelled by method), or per method and base (labelled "method/base"); "random" has no base. With
+    `zoom`, each map method's rows again, zoomed ("+zoom")."""
     if bases is not None and (isinstance(bases, str) or not bases):
         raise UsageError(f"bases must be a non-empty list of: {', '.join(BASES)}")
     chosen = [LocateOptions(base=b).base for b in dict.fromkeys(bases)] if bases is not None else [default]
     label = (lambda m, b: m) if bases is None else (lambda m, b: f"{m}/{b}")  # noqa: E731
-    return [(m, m, None) if m == "random" else (label(m, b), m, b) for m in methods
-            for b in (chosen[:1] if m == "random" else chosen)]
+    plain = [(m, m, None) if m == "random" else (label(m, b), m, b) for m in methods
+             for b in (chosen[:1] if m == "random" else chosen)]
+    zoomed = {"zoom": True, "zoom_on": zoom_on}
+    return [(*run, {}) for run in plain] + \
+        [(f"{name}+zoom", m, b, zoomed) for name, m, b in plain if zoom and m != "random"]
 
 
 def with_logit_scale(loc, scale: float):
@@ -238,13 +255,15 @@ def _randomized(loc):
     return Localizer(loc.backend.randomized(seed=0), cache_dir=None, kernel=loc.kernel, max_pixels=loc.max_pixels)
 
 
-def _heatmap(loc, feats, item: EvalItem, method: str, base: str | None, seed: int) -> tuple[np.ndarray, list[str]]:
-    """The method's heatmap at image size on `base` (None for "random"), and the references Finer-CAM used."""
+def _heatmap(loc, feats, item: EvalItem, method: str, base: str | None, seed: int,
+             zoom: dict) -> tuple[np.ndarray, list[str], list[int] | None]:
+    """The method's heatmap at image size on `base` (None for "random"), the references Finer-CAM used,
+    and the zoom window (None: the whole image)."""
     if method == "random":
-        return metrics.resize_map(metrics.random_map(loc.config.grid_size, seed), feats.images[0].shape[:2]), []
-    options = LocateOptions(vs=item.references, vocab=item.vocab, method=method, base=base)
+        return metrics.resize_map(metrics.random_map(loc.config.grid_size, seed), feats.images[0].shape[:2]), [], None
+    options = LocateOptions(vs=item.references, vocab=item.vocab, method=method, base=base, **zoom)
     res = loc.locate_many(feats, [item.concept], options)[0]
-    return res.heatmap, list(res.references)
+    return res.heatmap, list(res.references), list(res.window) if res.window else None
 
 
 def _mask_metrics(heat: np.ndarray, item: EvalItem) -> dict:

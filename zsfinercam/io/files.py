@@ -117,10 +117,13 @@ def result_stem(prefix: str, concept: str, settings: Mapping[str, Any], referenc
 
 def settings_label(settings: Mapping[str, Any]) -> str:
     """The readable part of `result_stem`'s settings: `<base>` for the base alone (method "base"),
-    `finer-<objective>-a<alpha>-<base>` for Finer-CAM (the settings must be resolved)."""
+    `finer-<objective>-a<alpha>-<base>` for Finer-CAM (the settings must be resolved); "-zoom"
+    follows when the map was asked for with zoom."""
     if settings["method"] == "base":
-        return str(settings["base"])
-    return f"finer-{settings['objective']}-a{float(settings['alpha']):g}-{settings['base']}"
+        label = str(settings["base"])
+    else:
+        label = f"finer-{settings['objective']}-a{float(settings['alpha']):g}-{settings['base']}"
+    return label + ("-zoom" if settings.get("zoom") else "")
 
 
 def result_name_pattern(prefix: str, concept: str, settings: Mapping[str, Any]) -> re.Pattern:

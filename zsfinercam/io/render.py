@@ -56,6 +56,40 @@ def upsample(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(out, arr.min(), arr.max())
 
 
+def placed(values: np.ndarray, size: tuple[int, int], window: tuple[int, int, int, int] | None = None,
+           frame: tuple[int, int] | None = None) -> np.ndarray:
+    """`upsample(values, size)`; with a `window` (x0, y0, x1, y1), exclusive ends, in pixels of a
+    `frame` (H, W) (default: `size`), the map upsampled into that window scaled to `size`, 0 elsewhere.
+    """
+    if window is None:
+        return upsample(values, size)
+    h, w = (int(n) for n in size)
+    fh, fw = frame or (h, w)
+    x0, x1 = (round(v * w / fw) for v in window[0::2])
+    y0, y1 = (round(v * h / fh) for v in window[1::2])
+    arr = _float(values)
+    out = np.zeros((h, w), dtype=arr.dtype)
+    if x1 > x0 and y1 > y0:
+        out[y0:y1, x0:x1] = upsample(arr, (y1 - y0, x1 - x0))
+    return out
+
+
+def outline(image: Img, window: tuple[int, int, int, int], frame: tuple[int, int] | None = None) -> Img:
+    """A copy of `image` with the box `window` (pixels of a `frame` (H, W), default the image's) outlined
+    in white on black, a line about 1/200 of the image's longer side thick; PIL in, PIL out."""
+    pil = image.convert("RGB") if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    pil = pil.copy()
+    fh, fw = frame or (pil.height, pil.width)
+    x0, x1 = (round(v * pil.width / fw) for v in window[0::2])
+    y0, y1 = (round(v * pil.height / fh) for v in window[1::2])
+    width = max(1, max(pil.size) // 200)
+    draw = ImageDraw.Draw(pil)
+    draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline="black", width=2 * width)
+    draw.rectangle((x0 + width // 2, y0 + width // 2, x1 - 1 - width // 2, y1 - 1 - width // 2),
+                   outline="white", width=width)
+    return pil if isinstance(image, Image.Image) else np.asarray(pil)
+
+
 def colorize(heatmap: np.ndarray) -> np.ndarray:
     """JET colours (blue = low, red = high) for a [0, 1] map, as RGB uint8 (H, W, 3)."""
     unit = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)

@@ -66,12 +66,14 @@ def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
     size = loc.config.image_size
 
     def locate(image, concepts, references=None, contrast=session.DEFAULT_CONTRAST, vocab=session.MODEL_VOCAB,
-               alpha=None, templates=None, method="finer", objective="weighted", base=None, folder=None):
+               alpha=None, templates=None, method="finer", objective="weighted", base=None, zoom=False,
+               folder=None):
         """The CAM base alone, Finer-CAM and their difference for each concept (one per line) in
-        the image; `base` (the CAM base, the last input) defaults to the model's (`Localizer.options`)."""
+        the image; `base` (the CAM base) defaults to the model's (`Localizer.options`); `zoom` maps each
+        concept in a window around the subject (zsfinercam.zoom)."""
         try:
             request = session.parse_request(concepts, references, contrast, vocab, alpha, templates, method,
-                                            objective, base)
+                                            objective, base, zoom)
             if not image:
                 raise UsageError("no image given; upload an image or pick an example")
             result = session.run_request(loc, cache, image, request)
@@ -87,7 +89,8 @@ def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
 
 
 def _input_widgets(gr, loc: "Localizer", examples):
-    """([image, concepts, references, contrast, vocab, alpha, templates, method, objective, base], the button)."""
+    """([image, concepts, references, contrast, vocab, alpha, templates, method, objective, base, zoom],
+    the button)."""
     from ..options import BASES, METHODS, OBJECTIVES, STRATEGIES
     from ..concepts.vocab import list_templates, list_vocabs
 
@@ -107,10 +110,11 @@ def _input_widgets(gr, loc: "Localizer", examples):
         method = gr.Radio(list(METHODS), value="finer", label="method (base: the CAM base alone)")
         objective = gr.Dropdown(list(OBJECTIVES), value="weighted", label="objective")
         base = gr.Dropdown(list(BASES), value=loc.options().base, label="CAM base", elem_id="base")
+        zoom = gr.Checkbox(False, label="zoom: map a window around the subject (small subjects)", elem_id="zoom")
         h, w = loc.config.image_size
         gr.Markdown(f"Image size **{w} x {h}**: a model property, set with `--image-size` at launch; "
                     "a new size needs the trunk again.")
-    return [image, concepts, references, contrast, vocab, alpha, templates, method, objective, base], run
+    return [image, concepts, references, contrast, vocab, alpha, templates, method, objective, base, zoom], run
 
 
 def _output_widgets(gr):

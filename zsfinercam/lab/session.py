@@ -52,6 +52,7 @@ class LabRequest:
     method: str = "finer"
     objective: str = "weighted"
     base: str | None = None  # the CAM base (options.BASES); None: the model's default (`Localizer.options`)
+    zoom: bool = False  # map each concept in a window on the subject (LocateOptions.zoom)
 
 
 def parse_lines(text: str | None) -> list[str]:
@@ -62,7 +63,8 @@ def parse_lines(text: str | None) -> list[str]:
 
 def parse_request(concepts: str | None, references: str | None = "", contrast: str | None = DEFAULT_CONTRAST,
                   vocab: str | None = MODEL_VOCAB, alpha: float | None = None, templates: str | None = None,
-                  method: str = "finer", objective: str = "weighted", base: str | None = None) -> LabRequest:
+                  method: str = "finer", objective: str = "weighted", base: str | None = None,
+                  zoom: bool = False) -> LabRequest:
     """A LabRequest from the page's widget values; vocabularies and template sets are only the
     shipped names (a browser never names a server file).
 
@@ -82,8 +84,8 @@ def parse_request(concepts: str | None, references: str | None = "", contrast: s
         raise UsageError(f"unknown template set {templates!r}; shipped template sets: {', '.join(list_templates())}")
     request = LabRequest(tuple(names), tuple(parse_lines(references)),
                          None if contrast in (None, "", DEFAULT_CONTRAST) else contrast, vocab, templates,
-                         alpha, method, objective, base or None)
-    request_options(request)  # LocateOptions checks the rule, alpha, method, objective and base
+                         alpha, method, objective, base or None, bool(zoom))
+    request_options(request)  # LocateOptions checks the rule, alpha, method, objective, base and zoom
     return request
 
 
@@ -97,7 +99,8 @@ def request_options(request: LabRequest) -> "LocateOptions":
     return LocateOptions(vs=request.references or None, vocab=request.vocab, contrast=request.contrast,
                          parts=parts, alpha=0.0 if request.method == "base" else request.alpha,
                          method="finer" if request.method == "base" else request.method,
-                         objective=request.objective, templates=request.templates, base=request.base)
+                         objective=request.objective, templates=request.templates, base=request.base,
+                         zoom=request.zoom)
 
 
 class FeatureCache:
@@ -146,14 +149,16 @@ class FeatureCache:
 
 
 def features_nbytes(feats: "ImageFeatures") -> int:
-    """Bytes held by features: tensors (Jacobian and backend cache included) and the images."""
+    """Bytes held by features: tensors (Jacobian and backend cache included), the images, and the zoom
+    windows' features."""
     import torch
 
     matrix, record = feats.output_jacobian or (None, None)  # the record's projection weights are the model's
     per_image = [matrix, record.v, record.weights] if record is not None else []
     tensors = [feats.stream, feats.target, feats.embedding, feats.jacobian, *per_image, *feats.cache.values()]
     size = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
-    return size + sum(im.nbytes for im in feats.images)
+    windows = sum(features_nbytes(w) for w in feats.windows.values() if w is not feats)
+    return size + sum(im.nbytes for im in feats.images) + windows
 
 
 def image_key(loc: "Localizer", path: str | os.PathLike) -> str:

@@ -11,6 +11,7 @@ from .draw import (
     make_background,
     make_dataset,
     make_sample,
+    make_scene,
     sample_seeds,
 )
 from .taxonomy import (
@@ -33,5 +34,5 @@ __all__ = [
     "ATTRIBUTE_PARTS", "BODY_COLOURS", "HELDOUT", "PART_COLOURS", "PART_VALUES", "PARTS",
     "SPLITS", "Sample", "attribute_phrase", "attribute_phrases", "class_name",
     "differing_parts", "draw_pose", "list_classes", "make_background", "make_dataset",
-    "make_sample", "name_fragment", "parse_class", "sample_seeds",
+    "make_sample", "make_scene", "name_fragment", "parse_class", "sample_seeds",
 ]

@@ -32,7 +32,7 @@ EYE_COLOUR = (12, 12, 12)
 _MARK_DARK, _MARK_LIGHT = (20, 20, 20), (240, 240, 240)
 BIRD_NOISE_STD = 3.0  # per-pixel Gaussian noise on bird pixels (grey levels)
 COLOUR_JITTER = 12  # max per-channel shift of each named colour, per image
-_STREAMS = {"background": 0, "pose": 1, "noise": 2}
+_STREAMS = {"background": 0, "pose": 1, "noise": 2, "scene": 3}
 
 
 @dataclass(frozen=True)
@@ -227,6 +227,34 @@ def make_sample(cls: AttrsLike, seed: int, size: int = 64) -> Sample:
     return Sample(Image.fromarray(image), masks, attrs, class_name(attrs), int(seed), pose)
 
 
+def make_scene(cls: AttrsLike, seed: int, size: int = 64, subject_scale: float = 1.0) -> Sample:
+    """A small subject in a large photo: the bird of `make_sample(cls, seed, size)` on a cluttered
+    canvas `subject_scale` times its size.
+
+    The canvas is round(size / subject_scale) pixels square with its own background (same
+    distractors, drawn at the canvas's size); only the bird's pixels are pasted, at a place
+    drawn from the seed, so no square tile gives it away. Masks and pose are the canvas's.
+    `subject_scale` 1 is `make_sample` itself.
+    """
+    if not 0 < subject_scale <= 1:
+        raise ValueError(f"subject_scale must be in (0, 1], got {subject_scale!r}")
+    tile = make_sample(cls, seed, size)
+    if subject_scale == 1:
+        return tile
+    side = int(round(size / subject_scale))
+    r = _rng(seed, "scene")
+    x0, y0 = (int(v) for v in r.integers(0, side - size + 1, size=2))
+    canvas = _bg.render_background(r, side)
+    bird = np.logical_or.reduce(list(tile.masks.values()))
+    canvas[y0:y0 + size, x0:x0 + size][bird] = np.asarray(tile.image)[bird]
+    masks = {}
+    for part, mask in tile.masks.items():
+        masks[part] = np.zeros((side, side), dtype=bool)
+        masks[part][y0:y0 + size, x0:x0 + size] = mask
+    pose = {**tile.pose, "scene_x": float(x0), "scene_y": float(y0), "scene_side": float(side)}
+    return Sample(Image.fromarray(canvas), masks, tile.attrs, tile.class_name, tile.seed, pose)
+
+
 def sample_seeds(n: int, seed: int) -> list[int]:
     """`n` per-sample seeds derived from a dataset seed (distinct datasets never share)."""
     if not isinstance(n, (int, np.integer)) or n < 0:
@@ -236,13 +264,16 @@ def sample_seeds(n: int, seed: int) -> list[int]:
     return [int(s >> np.uint64(1)) for s in state[:n]]
 
 
-def make_dataset(n: int, seed: int = 0, split: str = "train", size: int = 64) -> list[Sample]:
+def make_dataset(n: int, seed: int = 0, split: str = "train", size: int = 64,
+                 subject_scale: float = 1.0) -> list[Sample]:
     """`n` samples cycling through the classes of a split (balanced), deterministic.
 
     Sample k has class `list_classes(split)[k % n_classes]` and seed `sample_seeds(n, seed)[k]`,
     so datasets built with different `seed` share no images (up to 63-bit seed collisions).
+    With `subject_scale` below 1 each bird is a small subject on a larger canvas (`make_scene`).
     """
     from .taxonomy import list_classes
 
     classes = list_classes(split)
-    return [make_sample(classes[k % len(classes)], s, size) for k, s in enumerate(sample_seeds(n, seed))]
+    return [make_scene(classes[k % len(classes)], s, size, subject_scale)
+            for k, s in enumerate(sample_seeds(n, seed))]
