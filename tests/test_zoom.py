@@ -342,5 +342,5 @@ def test_lab_request_carries_zoom():
     from zsfinercam.lab import session
 
     request = session.parse_request("a", zoom=True)
-    assert request.zoom and session.locate_options(request).zoom
-    assert not session.locate_options(session.parse_request("a")).zoom
+    assert request.zoom and session.request_options(request).zoom
+    assert not session.request_options(session.parse_request("a")).zoom

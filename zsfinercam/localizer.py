@@ -270,7 +270,7 @@ class Localizer:
         if notice := vocabulary_notice(self.config.known_words, typed):
             warnings.warn(notice, stacklevel=3)
         if options.zoom:
-            return zoomed_maps(self, feats, names, options, use_jacobian)
+            return zoomed_maps(self, feats, names, options)
         plans, candidates = self._plans(names, options)
         table = list(dict.fromkeys([*names, *(c for p in plans for c in p.concepts), *candidates]))
         index = {n: i for i, n in enumerate(table)}

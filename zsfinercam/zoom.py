@@ -111,10 +111,10 @@ def search(size: tuple[int, int], score: Callable[[list[Window]], Sequence[float
     return Found(found, best, float(whole_score), scored)
 
 
-def zoomed_maps(loc: "Localizer", feats: "ImageFeatures", concepts, options: LocateOptions,
-                use_jacobian: bool) -> list[list[LocateResult]]:
-    """`Localizer._maps` with zoom: per image, a window per concept (or one for `zoom_on`), the
-    concepts mapped together in each distinct window, the maps placed back in the image."""
+def zoomed_maps(loc: "Localizer", feats: "ImageFeatures", concepts, options: LocateOptions) -> list[list[LocateResult]]:
+    """`Localizer.locate_many` with zoom, one list of results per image: per image, a window per
+    concept (or one for `zoom_on`), the concepts mapped together in each distinct window (through
+    the public `locate_many` on the window's features), the maps placed back in the image."""
     names = check_concepts(concepts)
     plain = options.replace(zoom=False, zoom_on=None)
     out = []
@@ -125,7 +125,9 @@ def zoomed_maps(loc: "Localizer", feats: "ImageFeatures", concepts, options: Loc
         windows = {text: f.window and with_margin(f.window, MARGIN, size) for text, f in found.items()}
         by_window: dict[Window | None, dict[str, LocateResult]] = {}
         for window in dict.fromkeys(windows.values()):
-            results = loc._maps(window_features(loc, feats, b, [window])[0], names, plain, use_jacobian)[0]
+            (window_feats,) = window_features(loc, feats, b, [window])
+            results = loc.locate_many(window_feats, names, plain)
+            results = results[0] if window_feats.from_list else results  # the whole image, given as a list
             by_window[window] = {r.concept: _placed(r, feats, b, window, options) for r in results}
         out.append([by_window[windows[options.zoom_on or n]][n] for n in names])
     return out
@@ -134,10 +136,8 @@ def zoomed_maps(loc: "Localizer", feats: "ImageFeatures", concepts, options: Loc
 def find_window(loc: "Localizer", feats: "ImageFeatures", b: int, text: str, templates=None) -> Found:
     """`search` on image b of `feats` for `text`'s zero-shot logit (the text head is the
     Localizer's, cached); windows' features are encoded once and kept on `feats`."""
-    row = loc.head([text], templates)
-
     def logits(windows):
-        return [float(loc._logits(f, row)[0, 0]) for f in window_features(loc, feats, b, windows)]
+        return [loc.scores(f, [text], templates)[0][text] for f in window_features(loc, feats, b, windows)]
 
     image = feats.images[b]
     min_side = math.ceil(MIN_SIDE * min(loc.config.image_size))
