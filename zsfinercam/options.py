@@ -31,6 +31,7 @@ BASES = ("gradcam", "hirescam", "layercam")  # how a gradient becomes a map (eng
 # base=None: HiResCAM, the best on the synthetic benchmark (README, "Evaluation"), on every backend that
 # gives per-token gradients (all built-ins); Grad-CAM on one that gives only channel weights
 DEFAULT_BASE = "hirescam"
+FAITHFULNESS = (False, True, "insertion")  # per-map faithfulness: off, deletion + insertion, insertion alone
 DEFAULT_NUM_REFERENCES = 3  # references per pool ("logits", "parts") and neighbours ("text")
 DEFAULT_MAX_PIXELS = 89_478_485  # image files with more pixels (w x h) are refused: PIL's own warning level
 
@@ -94,6 +95,9 @@ class LocateOptions:
             (kept as a tuple of (part, attributes) pairs so the options stay hashable): each
             concept is contrasted with the other attributes of its part and with the same
             trait on the other parts.
+        faithfulness: one of FAITHFULNESS: also score how much each map's own objective rests on
+            its top patch tokens (`zsfinercam.core.faithfulness`): True with deletion and
+            insertion, "insertion" with insertion alone (cheaper), False (default) not at all.
     """
 
     vs: Texts | None = None
@@ -107,8 +111,12 @@ class LocateOptions:
     contrast: str | None = None
     category: str | None = None
     parts: str | Parts | None = None
+    faithfulness: bool | str = False
 
     def __post_init__(self) -> None:
+        if not any(self.faithfulness is v or (isinstance(v, str) and self.faithfulness == v) for v in FAITHFULNESS):
+            raise OptionError("faithfulness", f"faithfulness must be False, True or 'insertion', "
+                                              f"got {self.faithfulness!r}")
         check_choice("method", self.method, METHODS)
         check_choice("objective", self.objective, OBJECTIVES)
         if self.base is not None:

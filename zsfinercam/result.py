@@ -6,7 +6,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image
@@ -14,6 +14,9 @@ from PIL import Image
 from .io import render
 from .io.files import (HEATMAP_FORMATS, SAVE_KINDS, atomic_write, json_bytes, result_paths, result_stem,
                     source_stem)
+
+if TYPE_CHECKING:
+    from .core.faithfulness import Faithfulness
 
 DISPLAY_SIZE = 384  # pixels on the longer side of an overlay shown in a notebook, at least
 MAX_DISPLAY_SIZE = 768
@@ -41,6 +44,8 @@ class LocateResult:
     source: str = "image"
     base: str = "gradcam"  # the CAM base: "gradcam", "hirescam" or "layercam" (options.BASES)
     norm_map: np.ndarray | None = field(default=None, repr=False)  # (h, w) min-max of token_map; None: computed
+    # how much the map's objective rests on its top tokens (core.faithfulness); None: not asked for
+    faithfulness: "Faithfulness | None" = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.token_map = np.asarray(self.token_map, dtype=np.float32)
@@ -142,7 +147,15 @@ class LocateResult:
         head = f"{self.concept}   z {self.scores[self.concept]:.2f}" + (f"   p {p:.2f}" if p is not None else "")
         refs = ", ".join(f"{r} ({self.scores[r]:.2f})" for r in self.references) or "-"
         where = "  (empty map: no peak)" if self.empty else ""
-        return [head + where, f"vs {refs}   [{self.method}, {self.objective}, alpha {self.alpha:g}]"]
+        faith = f"   faithfulness {self.faithfulness_text}" if self.faithfulness is not None else ""
+        return [head + where, f"vs {refs}   [{self.method}, {self.objective}, alpha {self.alpha:g}]{faith}"]
+
+    @property
+    def faithfulness_text(self) -> str:
+        """The faithfulness score as shown ("0.42"), "-" for an empty map, "" when not asked for."""
+        if self.faithfulness is None:
+            return ""
+        return "-" if self.faithfulness.score is None else f"{self.faithfulness.score:.2f}"
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no image pixels; the token map as nested lists)."""
@@ -161,6 +174,7 @@ class LocateResult:
             "peak": list(self.peak) if self.peak else None,
             "bbox": list(b) if (b := self.bbox()) else None,
             "token_map": np.round(self.token_map, 6).tolist(),
+            **({} if self.faithfulness is None else {"faithfulness": self.faithfulness.to_dict()}),
         }
 
     def default_stem(self) -> str:

@@ -1,0 +1,92 @@
+"""How much a map's own objective rests on its hottest tokens: the scoring, pure given objective values.
+
+`core.removal` runs the model on the kept tokens (`Backend.encode_kept`) and hands the objective
+values here. For each level k (a fraction of the N patch tokens, n_k = max(1, round(k N))), with O
+the map's own objective (the Finer contrast; the concept's logit for the base alone) and "random"
+the mean of O over DRAWS seeded draws of n_k tokens (the same draws for every map of an image):
+
+    deletion  d_k = (drop_top - drop_random) / (|drop_top| + |drop_random|),  drop = O(all) - O(without them)
+    insertion i_k = (O_top - O_random) / (|O_top| + |O_random|),               O_x = O(only those tokens)
+    faithfulness  = mean over k of (d_k + i_k) / 2;   insertion mode: mean over k of i_k
+
+Every term lies in [-1, 1] (0 when numerator and denominator are both 0): 0 means the map's top
+tokens move its objective no more than as many random tokens, 1 that they carry all of it (and
+random tokens none), negative that random tokens do better. The top tokens are the map's largest
+values (ties by position); a map with no positive value ranks nothing and gets no number (None).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+LEVELS = (0.05, 0.10, 0.20)  # fractions of the patch tokens removed (deletion) or kept (insertion)
+DRAWS = 4  # random token sets per level, shared by every map of an image
+SEED = 0  # of the random sets: the same image gets the same sets on every run
+MODES = ("both", "insertion")  # deletion and insertion, or insertion alone (no near-full sequences)
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """One map's faithfulness: the summary `score` and its curve, one value per level.
+
+    `score` (and both curves) are None for an empty map; `deletion` is None in insertion mode.
+    """
+
+    mode: str
+    levels: tuple[float, ...]
+    score: float | None
+    deletion: tuple[float, ...] | None = None
+    insertion: tuple[float, ...] | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready: mode, levels, the score and the curve (d_k, i_k per level), rounded to 1e-6."""
+        rounded = lambda values: None if values is None else [round(float(v), 6) for v in values]  # noqa: E731
+        return {"score": None if self.score is None else round(self.score, 6), "mode": self.mode,
+                "levels": list(self.levels), "deletion": rounded(self.deletion), "insertion": rounded(self.insertion)}
+
+
+def counts(patches: int, levels: Sequence[float] = LEVELS) -> list[int]:
+    """Tokens per level: max(1, round(k * patches)), at most patches - 1 (something is always left)."""
+    return [min(max(1, round(k * patches)), patches - 1) for k in levels]
+
+
+def top_sets(token_map: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray] | None:
+    """The indices of the `size` largest values of a flat map, per size (ties: the lower index first);
+    None for a map with no positive value (nothing stands out to rank)."""
+    values = np.asarray(token_map, dtype=np.float64).ravel()
+    if not np.any(values > 0):
+        return None
+    order = np.argsort(-values, kind="stable")
+    return [order[:n] for n in sizes]
+
+
+def random_sets(patches: int, sizes: Sequence[int], draws: int = DRAWS, seed: int = SEED) -> list[np.ndarray]:
+    """Per size, (draws, size) token indices drawn without replacement, seeded (the same for every map)."""
+    rng = np.random.default_rng(seed)
+    return [np.stack([rng.permutation(patches)[:n] for _ in range(draws)]) for n in sizes]
+
+
+def contrast(top: float, random: float) -> float:
+    """(top - random) / (|top| + |random|), in [-1, 1]; 0 when both are 0."""
+    scale = abs(top) + abs(random)
+    return 0.0 if scale == 0 else float((top - random) / scale)
+
+
+def score(levels: Sequence[float], insertion_top: Sequence[float], insertion_random: np.ndarray,
+          full: float | None = None, deletion_top: Sequence[float] | None = None,
+          deletion_random: np.ndarray | None = None) -> Faithfulness:
+    """A map's faithfulness from objective values: per level the top set's O and the random draws'
+    O (levels, draws), for insertion (only those tokens kept) and, when `full` (O with every token)
+    is given, deletion (those tokens removed)."""
+    ins = tuple(contrast(t, float(np.mean(r))) for t, r in zip(insertion_top, insertion_random))
+    if full is None:
+        return Faithfulness("insertion", tuple(levels), float(np.mean(ins)), None, ins)
+    dels = tuple(contrast(full - t, full - float(np.mean(r))) for t, r in zip(deletion_top, deletion_random))
+    return Faithfulness("both", tuple(levels), float(np.mean([(d + i) / 2 for d, i in zip(dels, ins)])), dels, ins)
+
+
+def empty(mode: str, levels: Sequence[float] = LEVELS) -> Faithfulness:
+    """The faithfulness of a map with nothing to rank: no score, no curve."""
+    return Faithfulness(mode, tuple(levels), None)

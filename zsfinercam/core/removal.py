@@ -1,0 +1,104 @@
+"""Objective values with patch tokens removed, batched: what per-map faithfulness is computed from.
+
+For each image the sequences are: per level and map, its top tokens kept alone (insertion) and
+removed (deletion); per level, DRAWS random sets kept alone and removed, shared by every map. They
+run through `Backend.encode_kept` (tokens dropped after the position embedding), grouped by length
+so that one pass serves every sequence of a length (insertion sequences are short, deletion ones
+nearly full), in chunks of at most `max_tokens` tokens. The objective of every map is then
+evaluated on every sequence's logits (no logit bias: the objective the map was made from), and
+`core.faithfulness.score` turns the values into a number per map.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+
+from . import faithfulness as faith
+from .engine import logits
+from .objectives import Objective, objective_scores
+
+if TYPE_CHECKING:
+    from ..backends import Backend
+
+MAX_TOKENS = 1 << 15  # tokens per encode_kept pass (sets x kept tokens): bounds activation memory
+
+
+def faithfulness(backend: Backend, pixels: torch.Tensor, text: torch.Tensor, objectives: Sequence[Sequence[Objective]],
+                 maps: np.ndarray, embedding: torch.Tensor, mode: str = "both", *,
+                 max_tokens: int = MAX_TOKENS) -> list[list[faith.Faithfulness]]:
+    """The faithfulness of every map (one list per image).
+
+    Args:
+        pixels: (B, 3, H, W) the images as the model sees them.
+        text: (K, E) the head the objectives index.
+        objectives: B lists of M objectives, map m of image b made from objectives[b][m].
+        maps: (B, M, N) the maps on the flattened patch grid (raw or normalised: only the order counts).
+        embedding: (B, E) the plain forward's embeddings, for O(all) (deletion).
+        mode: one of `faithfulness.MODES`.
+    """
+    if mode not in faith.MODES:
+        raise ValueError(f"unknown faithfulness mode {mode!r}; choose one of: {', '.join(faith.MODES)}")
+    full = objective_scores(logits(embedding[:, None], text, backend.logit_scale).expand(-1, maps.shape[1], -1),
+                            objectives).cpu().numpy()
+    return [_image(backend, pixels[b:b + 1], text, objectives[b], maps[b], full[b], mode, max_tokens)
+            for b in range(len(objectives))]
+
+
+def _image(backend, pixels, text, objectives, maps, full, mode, max_tokens) -> list[faith.Faithfulness]:
+    """Faithfulness of the M maps (M, N) of one image."""
+    patches = maps.shape[-1]
+    sizes = faith.counts(patches)
+    tops = [faith.top_sets(m, sizes) for m in maps]
+    kept = {"insertion": lambda idx: np.sort(idx), "deletion": lambda idx: np.setdiff1d(np.arange(patches), idx)}
+    kinds = ["insertion"] if mode == "insertion" else ["insertion", "deletion"]
+    sets, where = [], {}  # keep sets in order; (kind, level, m) -> its row, (kind, level) -> the draws' rows
+    for kind in kinds:
+        for level, draws in enumerate(faith.random_sets(patches, sizes)):
+            where[kind, level] = list(range(len(sets), len(sets) + len(draws)))
+            sets += [kept[kind](idx) for idx in draws]
+            for m, top in enumerate(tops):
+                if top is not None:
+                    where[kind, level, m] = len(sets)
+                    sets.append(kept[kind](top[level]))
+    values = _objective_values(backend, pixels, text, objectives, sets, max_tokens)  # (sets, M)
+    return [_score(values, where, m, full[m], len(sizes), mode) if tops[m] is not None else faith.empty(mode)
+            for m in range(len(tops))]
+
+
+def _score(values: np.ndarray, where: dict, m: int, full: float, levels: int, mode: str) -> faith.Faithfulness:
+    """Map m's faithfulness from the objective values of every set."""
+    def picked(kind):
+        top = [values[where[kind, k, m], m] for k in range(levels)]
+        return top, np.stack([values[where[kind, k], m] for k in range(levels)])
+
+    insertion = picked("insertion")
+    if mode == "insertion":
+        return faith.score(faith.LEVELS, *insertion)
+    return faith.score(faith.LEVELS, *insertion, full, *picked("deletion"))
+
+
+def _objective_values(backend, pixels, text, objectives, sets: list[np.ndarray], max_tokens: int) -> np.ndarray:
+    """O of every objective (columns) on the image run with each keep set (rows): (len(sets), M)."""
+    embeddings = kept_embeddings(backend, pixels, sets, max_tokens)
+    z = logits(embeddings, text, backend.logit_scale)[:, None].expand(-1, len(objectives), -1)
+    return objective_scores(z, [objectives] * len(sets)).cpu().numpy()
+
+
+def kept_embeddings(backend: Backend, pixels: torch.Tensor, sets: list[np.ndarray],
+                    max_tokens: int = MAX_TOKENS) -> torch.Tensor:
+    """(len(sets), E) embeddings of one image (pixels (1, 3, H, W)) run on each keep set: sets of one
+    length share `encode_kept` passes of at most `max_tokens` tokens."""
+    out: list[torch.Tensor | None] = [None] * len(sets)
+    by_length: dict[int, list[int]] = {}
+    for i, s in enumerate(sets):
+        by_length.setdefault(len(s), []).append(i)
+    for length, rows in by_length.items():
+        step = max(1, max_tokens // max(length, 1))
+        for start in range(0, len(rows), step):
+            chunk = rows[start:start + step]
+            keep = torch.as_tensor(np.stack([sets[i] for i in chunk]), dtype=torch.long, device=pixels.device)
+            for i, e in zip(chunk, backend.encode_kept(pixels, keep[None])[0]):
+                out[i] = e
+    return torch.stack(out)
