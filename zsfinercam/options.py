@@ -32,6 +32,7 @@ BASES = ("gradcam", "hirescam", "layercam")  # how a gradient becomes a map (eng
 # gives per-token gradients (all built-ins); Grad-CAM on one that gives only channel weights
 DEFAULT_BASE = "hirescam"
 FAITHFULNESS = (False, True, "insertion")  # per-map faithfulness: off, deletion + insertion, insertion alone
+FAITHFULNESS_NAMES = {"off": False, "both": True, "insertion": "insertion"}  # as a flag or a page names them
 DEFAULT_NUM_REFERENCES = 3  # references per pool ("logits", "parts") and neighbours ("text")
 DEFAULT_MAX_PIXELS = 89_478_485  # image files with more pixels (w x h) are refused: PIL's own warning level
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from ..options import BASES, EVAL_METHODS
-from .flags import json_option, load_localizer, model_options, report_path, run_options
+from ..options import BASES, EVAL_METHODS, FAITHFULNESS_NAMES
+from .flags import faithfulness_option, json_option, load_localizer, model_options, report_path, run_options
 
 
 def _methods(ctx, param, value: str) -> tuple[str, ...]:
@@ -44,6 +44,7 @@ def _bases(ctx, param, value: str | None) -> tuple[str, ...] | None:
 @click.option("--perturbation", is_flag=True, help="Also deletion/insertion AUC and RD@k (slower).")
 @click.option("--top-percent", type=click.FloatRange(0, 100, min_open=True), default=5.0, show_default=True,
               help="k of RD@k: percent of pixels hidden.")
+@faithfulness_option
 @model_options
 @json_option("the summary and every per-item row")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
@@ -51,8 +52,9 @@ def _bases(ctx, param, value: str | None) -> tuple[str, ...] | None:
 @click.option("--write-manifest", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --synthetic: also save the generated set (PNGs + manifest.jsonl) here.")
 @run_options
-def eval_command(manifest, synthetic, split, seed, methods, bases, logit_scale, perturbation, top_percent, model,
-                 pretrained, model_config, backend, device, image_size, as_json, report, write_manifest):
+def eval_command(manifest, synthetic, split, seed, methods, bases, logit_scale, perturbation, top_percent,
+                 faithfulness, model, pretrained, model_config, backend, device, image_size, as_json, report,
+                 write_manifest):
     """Score maps against masks/boxes from MANIFEST (JSONL), or on a synthetic set with --synthetic N."""
     from ..evaluation.evaluate import evaluate, read_manifest, synthetic_items, with_logit_scale, write_manifest as save_set
     from ..io.files import atomic_write, json_bytes, refuse_overwriting_inputs
@@ -73,7 +75,8 @@ def eval_command(manifest, synthetic, split, seed, methods, bases, logit_scale, 
         items = synthetic_items(synthetic, seed, split, size=loc.config.image_size[0])
         if write_manifest is not None:
             click.echo(f"# synthetic set written to {save_set(items, write_manifest)}", err=True)
-    result = evaluate(loc, items, methods, bases=bases, perturbation=perturbation, top_percent=top_percent)
+    result = evaluate(loc, items, methods, bases=bases, perturbation=perturbation, top_percent=top_percent,
+                      faithfulness=FAITHFULNESS_NAMES[faithfulness])
     record = {"summary": result.summary(), "rows": result.rows}
     click.echo(json_bytes(record).decode() if as_json else result.table())
     if report is not None:

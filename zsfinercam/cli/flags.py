@@ -14,8 +14,8 @@ import click
 
 from ..backends import list_backends
 from ..concepts.vocab import preflight
-from ..options import (BASES, DEFAULT_BASE, DEFAULT_MAX_PIXELS, METHODS, OBJECTIVES, STRATEGIES, LocateOptions,
-                       OptionError)
+from ..options import (BASES, DEFAULT_BASE, DEFAULT_MAX_PIXELS, FAITHFULNESS_NAMES, METHODS, OBJECTIVES, STRATEGIES,
+                       LocateOptions, OptionError)
 from ..io.progress import LOGGER, note
 
 THREADS = "zsfinercam.threads"  # click context meta key: --threads, applied by load_localizer
@@ -149,10 +149,18 @@ def contrast_options(func):
                      help="CAM base: gradcam (channel weights = mean gradient), hirescam (gradient x "
                           "activation per patch) or layercam (positive gradient x activation)."),
         click.option("--templates", default=None, metavar="NAME|FILE", help="Prompt template set or file."),
+        faithfulness_option,
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+faithfulness_option = click.option(
+    "--faithfulness", type=click.Choice(list(FAITHFULNESS_NAMES)), is_flag=False, flag_value="both", default="off",
+    show_default=True, help="Also score how much each map's objective rests on its top patch tokens (-1..1; "
+                            "docs/faithfulness.md): --faithfulness alone or 'both' with deletion and insertion, "
+                            "'insertion' with insertion alone (cheaper).")
 
 
 method_option = click.option("--method", type=click.Choice(METHODS), default="finer", show_default=True,
@@ -163,7 +171,7 @@ FLAGS = {"parts": "--part-vocab"}  # LocateOptions fields whose flag is not --<f
 
 
 def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, objective, templates,
-                   method: str = "finer", base: str | None = None) -> LocateOptions:
+                   method: str = "finer", base: str | None = None, faithfulness: str = "off") -> LocateOptions:
     """The LocateOptions of contrast_options' (and method_option's) values.
 
     Raises:
@@ -175,7 +183,8 @@ def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, obje
     try:
         options = LocateOptions(vs=vs, vocab=vocab, contrast=contrast, category=category,
                                 parts=part_vocab if parts else None, alpha=alpha, method=method,
-                                objective=objective, base=base, templates=templates)
+                                objective=objective, base=base, templates=templates,
+                                faithfulness=FAITHFULNESS_NAMES[faithfulness])
         preflight(options)  # a misspelt --vocab or a conflict fails here, before the model loads
         return options
     except OptionError as err:

@@ -127,8 +127,9 @@ def summary(res, files: dict[str, str]) -> str:
     refs = ", ".join(res.references) or "-"
     ref_scores = f" (scores {', '.join(f'{res.scores[r]:.3f}' for r in res.references)})" if res.references else ""
     box = res.bbox()
+    faith = f" faithfulness {res.faithfulness_text}" if res.faithfulness is not None else ""
     return (f"{res.concept}: score {res.scores[res.concept]:.3f}{f', p {p:.3f}' if p is not None else ''} "
-            f"vs [{refs}]{ref_scores} peak {res.peak or '-'} bbox {box or '-'} -> {', '.join(files.values())}")
+            f"vs [{refs}]{ref_scores} peak {res.peak or '-'} bbox {box or '-'}{faith} -> {', '.join(files.values())}")
 
 
 def _empty_hint(res) -> str:

@@ -53,6 +53,7 @@ class LabRequest:
     method: str = "finer"
     objective: str = "weighted"
     base: str | None = None  # the CAM base (options.BASES); None: options.DEFAULT_BASE
+    faithfulness: bool | str = False  # options.FAITHFULNESS
 
 
 def parse_lines(text: str | None) -> list[str]:
@@ -63,14 +64,15 @@ def parse_lines(text: str | None) -> list[str]:
 
 def parse_request(concepts: str | None, references: str | None = "", contrast: str | None = DEFAULT_CONTRAST,
                   vocab: str | None = MODEL_VOCAB, alpha: float | None = None, templates: str | None = None,
-                  method: str = "finer", objective: str = "weighted", base: str | None = None) -> LabRequest:
+                  method: str = "finer", objective: str = "weighted", base: str | None = None,
+                  faithfulness: str | None = "off") -> LabRequest:
     """A LabRequest from the page's widget values; vocabularies and template sets are only the
-    shipped names (a browser never names a server file).
+    shipped names (a browser never names a server file). `faithfulness`: a key of options.FAITHFULNESS_NAMES.
 
     Raises:
         UsageError: blank concepts, an unknown vocabulary, template set, rule or base, a bad alpha.
     """
-    from ..options import BASES, METHODS, OBJECTIVES, STRATEGIES, check_alpha, check_choice
+    from ..options import BASES, FAITHFULNESS_NAMES, METHODS, OBJECTIVES, STRATEGIES, check_alpha, check_choice
     from ..concepts.vocab import list_templates, list_vocabs
 
     names = parse_lines(concepts)
@@ -87,8 +89,9 @@ def parse_request(concepts: str | None, references: str | None = "", contrast: s
     if templates is not None and templates not in list_templates():
         raise UsageError(f"unknown template set {templates!r}; shipped template sets: {', '.join(list_templates())}")
     alpha = None if alpha is None else check_alpha(alpha)
+    faithfulness = FAITHFULNESS_NAMES[check_choice("faithfulness", faithfulness or "off", list(FAITHFULNESS_NAMES))]
     return LabRequest(tuple(names), tuple(parse_lines(references)), contrast, vocab, templates,
-                      alpha, method, objective, base)
+                      alpha, method, objective, base, faithfulness)
 
 
 def locate_options(request: LabRequest) -> "LocateOptions":
@@ -100,7 +103,8 @@ def locate_options(request: LabRequest) -> "LocateOptions":
     alpha = 0.0 if request.method == "gradcam" else request.alpha  # compare's Finer-CAM row as plain Grad-CAM
     base = {"base": request.base} if request.base is not None else {}
     return LocateOptions(vs=request.references or None, vocab=request.vocab, contrast=request.contrast,
-                         parts=parts, alpha=alpha, objective=request.objective, templates=request.templates, **base)
+                         parts=parts, alpha=alpha, objective=request.objective, templates=request.templates,
+                         faithfulness=request.faithfulness, **base)
 
 
 class FeatureCache:
@@ -226,19 +230,20 @@ def softmax(values: list[float]) -> list[float]:
 
 
 def score_rows(result: LabResult) -> list[list]:
-    """Rows [concept, entry, role, logit, probability]: each concept then its references; the
-    probability is a softmax over the concept and its references."""
+    """Rows [concept, entry, role, logit, probability, faithfulness]: each concept then its references;
+    the probability is a softmax over the concept and its references; the faithfulness of the
+    concept's Finer-CAM map ("" for references, when not asked for, and "-" for an empty map)."""
     rows = []
     for res in result.comparison.finer:
         names = [res.concept, *res.references]
         probs = softmax([res.scores[n] for n in names])
         for i, (name, p) in enumerate(zip(names, probs)):
             rows.append([res.concept, name, "concept" if i == 0 else "reference",
-                         round(res.scores[name], 4), round(p, 4)])
+                         round(res.scores[name], 4), round(p, 4), res.faithfulness_text if i == 0 else ""])
     return rows
 
 
-SCORE_HEADERS = ["concept", "entry", "role", "logit", "p vs refs"]  # p: softmax over concept + references
+SCORE_HEADERS = ["concept", "entry", "role", "logit", "p vs refs", "faithfulness"]  # p: over concept + references
 
 
 def gallery(result: LabResult, cell: int = CELL) -> list[tuple[Any, str]]:
@@ -283,7 +288,9 @@ def summary(result: LabResult) -> dict:
     for grad, finer in zip(result.comparison.gradcam, result.comparison.finer):
         record = {k: v for k, v in finer.to_dict().items() if k != "token_map"}
         box = grad.bbox()
-        record["gradcam"] = {"peak": list(grad.peak), "bbox": list(box) if box else None}
+        record["gradcam"] = {"peak": list(grad.peak) if grad.peak else None, "bbox": list(box) if box else None}
+        if grad.faithfulness is not None:
+            record["gradcam"]["faithfulness"] = grad.faithfulness.to_dict()
         out.append(record)
     return {"cached": result.cached, "seconds": round(result.seconds, 6), "results": out}
 
