@@ -12,7 +12,7 @@ the mean of O over DRAWS seeded draws of n_k tokens (the same draws for every ma
 Every term lies in [-1, 1] (0 when numerator and denominator are both 0): 0 means the map's top
 tokens move its objective no more than as many random tokens, 1 that they carry all of it (and
 random tokens none), negative that random tokens do better. The top tokens are the map's largest
-values (ties by position); a map with no positive value ranks nothing and gets no number (None).
+values (ties by position); an empty map (no positive value, or flat) ranks nothing: no number (None).
 """
 from __future__ import annotations
 
@@ -54,9 +54,9 @@ def counts(patches: int, levels: Sequence[float] = LEVELS) -> list[int]:
 
 def top_sets(token_map: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray] | None:
     """The indices of the `size` largest values of a flat map, per size (ties: the lower index first);
-    None for a map with no positive value (nothing stands out to rank)."""
+    None for an empty map (no positive value, or all equal: nothing stands out, as `LocateResult.empty`)."""
     values = np.asarray(token_map, dtype=np.float64).ravel()
-    if not np.any(values > 0):
+    if not np.any(values > 0) or values.max() == values.min():
         return None
     order = np.argsort(-values, kind="stable")
     return [order[:n] for n in sizes]
