@@ -22,34 +22,40 @@ def _contrast(top, random):
     return 0.0 if abs(top) + abs(random) == 0 else (top - random) / (abs(top) + abs(random))
 
 
-def expected(values, tokens, top, full, insertion_only=False):
-    """The documented formula, by hand: O(S) = values(S); top = the map's order; draws: faithfulness.random_sets."""
-    n = len(tokens)
-    sizes = faith.counts(n)
-    terms = []
-    for size, draws in zip(sizes, faith.random_sets(n, sizes)):
-        keep_top = top[:size]
-        i = _contrast(values(keep_top), np.mean([values(d) for d in draws]))
-        rest = lambda s: np.setdiff1d(np.arange(n), s)  # noqa: E731
-        d = _contrast(full - values(rest(keep_top)), full - np.mean([values(rest(dr)) for dr in draws]))
-        terms.append(i if insertion_only else (d + i) / 2)
-    return float(np.mean(terms))
+def expected(values, n, top, full, insertion_only=False):
+    """The documented formula, by hand: O(S) = values(S) for a sorted token set S; `top` the map's order;
+    the draws of `faithfulness.random_sets` over the sizes of every level."""
+    rest = lambda s: np.setdiff1d(np.arange(n), s)  # noqa: E731
+    levels = sorted(set(faith.INSERTION_LEVELS) | set(faith.DELETION_LEVELS))
+    sizes = faith.counts(n, levels)
+    draws = dict(zip(levels, faith.random_sets(n, sizes)))
+    ins = [_contrast(values(np.sort(top[:size])), np.mean([values(np.sort(d)) for d in draws[k]]))
+           for k, size in zip(faith.INSERTION_LEVELS, faith.counts(n, faith.INSERTION_LEVELS))]
+    dels = [_contrast(full - values(rest(top[:size])), full - np.mean([values(rest(d)) for d in draws[k]]))
+            for k, size in zip(faith.DELETION_LEVELS, faith.counts(n, faith.DELETION_LEVELS))]
+    return float(np.mean(ins)) if insertion_only else (np.mean(ins) + np.mean(dels)) / 2
 
 
 # the scoring, pure ---------------------------------------------------------------
 def test_score_is_the_formula_on_hand_set_values():
-    got = faith.score((0.05, 0.1), insertion_top=[3.0, 0.0], insertion_random=np.array([[1.0, -1.0], [0.0, 0.0]]),
-                      full=4.0, deletion_top=[1.0, 5.0], deletion_random=np.array([[2.0, 4.0], [4.0, 4.0]]))
+    got = faith.score([3.0, 0.0], [[1.0, -1.0], [0.0, 0.0]], 4.0, [1.0, 5.0], [[2.0, 4.0], [4.0, 4.0]],
+                      insertion_levels=(0.05, 0.1), deletion_levels=(0.05, 0.1))
     # i = (3 - 0) / 3 = 1, (0 - 0) / 0 -> 0;  d = (3 - 1) / (3 + 1) = 0.5, (-1 - 0) / 1 = -1
-    assert got.insertion == (1.0, 0.0) and got.deletion == (0.5, -1.0)
-    assert got.score == pytest.approx(((1 + 0.5) / 2 + (0 - 1) / 2) / 2) and got.mode == "both"
-    alone = faith.score((0.05, 0.1), [3.0, 0.0], np.array([[1.0, -1.0], [0.0, 0.0]]))
+    assert got.insertion == ((0.05, 1.0), (0.1, 0.0)) and got.deletion == ((0.05, 0.5), (0.1, -1.0))
+    assert got.score == pytest.approx(((1 + 0.5) / 2 + (0 - 1) / 2) / 2) and got.mode == "both"  # design.md's form
+    alone = faith.score([3.0, 0.0], [[1.0, -1.0], [0.0, 0.0]], insertion_levels=(0.05, 0.1))
     assert alone.score == 0.5 and alone.deletion is None and alone.mode == "insertion"
+    one = faith.score([3.0, 0.0], [[1.0, -1.0], [0.0, 0.0]], 4.0, [1.0], [[2.0, 4.0]],
+                      insertion_levels=(0.05, 0.1), deletion_levels=(0.2,))
+    assert one.score == pytest.approx((0.5 + 0.5) / 2) and one.to_dict()["deletion"] == [[0.2, 0.5]]
 
 
 def test_sets_counts_ties_and_empty_maps():
-    assert faith.counts(196) == [10, 20, 39] and faith.counts(4) == [1, 1, 1] and faith.counts(2) == [1, 1, 1]
-    assert [s.tolist() for s in faith.top_sets(np.array([0.0, 2.0, 1.0, 2.0]), [1, 3])] == [[1], [1, 3, 2]]
+    assert faith.counts(196, (0.05, 0.1, 0.2)) == [10, 20, 39] and faith.counts(2, (0.05, 0.9)) == [1, 1]
+    assert [sorted(s.tolist()) for s in faith.top_sets(np.array([0.0, 2.0, 1.0, 2.0]), [2, 3])] == [[1, 3], [1, 2, 3]]
+    ties = [faith.top_sets(np.r_[1.0, np.zeros(99)], [10], seed=s)[0] for s in range(2)]
+    assert all(t[0] == 0 for t in ties) and not np.array_equal(ties[0], ties[1])  # zeros: seeded order
+    assert ties[0].tolist() != list(range(10)) and np.array_equal(ties[0], faith.top_sets(np.r_[1.0, np.zeros(99)], [10])[0])
     assert faith.top_sets(np.zeros(5), [1]) is None and faith.top_sets(np.full(5, 0.3), [1]) is None
     a, b = faith.random_sets(50, [3, 5]), faith.random_sets(50, [3, 5])
     assert all(np.array_equal(x, y) for x, y in zip(a, b)) and a[1].shape == (faith.DRAWS, 5)
@@ -85,8 +91,8 @@ def test_on_a_hand_set_model_the_number_is_the_formula(mode):
     got = removal.faithfulness(model, torch.zeros(1, 3, 4, 4), torch.tensor([[1.0, 0.0]]), [[objective] * 3],
                                maps, full, mode)[0]
     for m in range(2):
-        top = np.argsort(-maps[0, m], kind="stable")
-        want = expected(lambda s: values[s].sum(), values, top, values.sum(), mode == "insertion")
+        top = faith.top_sets(maps[0, m], [40 - 1])[0]
+        want = expected(lambda s: values[s].sum(), 40, top, values.sum(), mode == "insertion")
         assert got[m].score == pytest.approx(want, abs=1e-5)
     assert got[0].score > 0.5 > got[1].score  # the map on the known tokens is the faithful one
     assert got[2].score is None and got[2].insertion is None  # an empty map gets no number
@@ -168,11 +174,15 @@ def test_locate_many_insertion_mode_and_off(toy):
     alone = toy.locate_many(str(BIRD), names, faithfulness="insertion")
     off = toy.locate_many(str(BIRD), names)
     for b, a, o in zip(both, alone, off):
-        assert a.faithfulness.insertion == pytest.approx(b.faithfulness.insertion, abs=1e-6)
-        assert a.faithfulness.deletion is None and a.faithfulness.score == pytest.approx(np.mean(a.faithfulness.insertion))
-        assert o.faithfulness is None and "faithfulness" not in o.to_dict() and "faithfulness" not in o.caption_lines()[1]
+        np.testing.assert_allclose(a.faithfulness.insertion, b.faithfulness.insertion, atol=1e-6)
+        assert a.faithfulness.deletion is None
+        assert a.faithfulness.score == pytest.approx(np.mean([v for _, v in a.faithfulness.insertion]))
+        assert o.faithfulness is None and "faithfulness" not in o.to_dict()
+        assert "faithfulness" not in o.caption_lines()[1]
         record = b.to_dict()["faithfulness"]
-        assert record["score"] == round(b.faithfulness.score, 6) and record["levels"] == list(faith.LEVELS)
+        assert record["score"] == round(b.faithfulness.score, 6)
+        assert [k for k, _ in record["insertion"]] == list(faith.INSERTION_LEVELS)
+        assert [k for k, _ in record["deletion"]] == list(faith.DELETION_LEVELS)
         np.testing.assert_array_equal(b.token_map, o.token_map)  # the maps themselves do not change
 
 

@@ -12,7 +12,7 @@ the mean of O over DRAWS seeded draws of n_k tokens (the same draws for every ma
 Every term lies in [-1, 1] (0 when numerator and denominator are both 0): 0 means the map's top
 tokens move its objective no more than as many random tokens, 1 that they carry all of it (and
 random tokens none), negative that random tokens do better. The top tokens are the map's largest
-values (ties by position); an empty map (no positive value, or flat) ranks nothing: no number (None).
+values (ties in a seeded random order); an empty map (no positive value, or flat) ranks nothing: no number (None).
 """
 from __future__ import annotations
 
@@ -21,44 +21,52 @@ from typing import Sequence
 
 import numpy as np
 
-LEVELS = (0.05, 0.10, 0.20)  # fractions of the patch tokens removed (deletion) or kept (insertion)
+INSERTION_LEVELS = (0.05, 0.10, 0.20)  # fractions of the patch tokens kept alone (insertion)
+DELETION_LEVELS = (0.20,)  # fractions removed (deletion): near-full sequences, so one level (docs/faithfulness.md)
 DRAWS = 4  # random token sets per level, shared by every map of an image
 SEED = 0  # of the random sets: the same image gets the same sets on every run
 MODES = ("both", "insertion")  # deletion and insertion, or insertion alone (no near-full sequences)
 
+Curve = tuple[tuple[float, float], ...]  # ((level k, d_k or i_k), ...)
+
 
 @dataclass(frozen=True)
 class Faithfulness:
-    """One map's faithfulness: the summary `score` and its curve, one value per level.
+    """One map's faithfulness: the summary `score` and its curves, (level, value) per level.
 
     `score` (and both curves) are None for an empty map; `deletion` is None in insertion mode.
     """
 
     mode: str
-    levels: tuple[float, ...]
     score: float | None
-    deletion: tuple[float, ...] | None = None
-    insertion: tuple[float, ...] | None = None
+    insertion: Curve | None = None
+    deletion: Curve | None = None
 
     def to_dict(self) -> dict:
-        """JSON-ready: mode, levels, the score and the curve (d_k, i_k per level), rounded to 1e-6."""
-        rounded = lambda values: None if values is None else [round(float(v), 6) for v in values]  # noqa: E731
+        """JSON-ready: the score, the mode and the curves as [[k, value], ...], rounded to 1e-6."""
+        rounded = lambda curve: None if curve is None else [[k, round(float(v), 6)] for k, v in curve]  # noqa: E731
         return {"score": None if self.score is None else round(self.score, 6), "mode": self.mode,
-                "levels": list(self.levels), "deletion": rounded(self.deletion), "insertion": rounded(self.insertion)}
+                "insertion": rounded(self.insertion), "deletion": rounded(self.deletion)}
 
 
-def counts(patches: int, levels: Sequence[float] = LEVELS) -> list[int]:
+def counts(patches: int, levels: Sequence[float]) -> list[int]:
     """Tokens per level: max(1, round(k * patches)), at most patches - 1 (something is always left)."""
     return [min(max(1, round(k * patches)), patches - 1) for k in levels]
 
 
-def top_sets(token_map: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray] | None:
-    """The indices of the `size` largest values of a flat map, per size (ties: the lower index first);
-    None for an empty map (no positive value, or all equal: nothing stands out, as `LocateResult.empty`)."""
+def top_sets(token_map: np.ndarray, sizes: Sequence[int], seed: int = SEED) -> list[np.ndarray] | None:
+    """The indices of the `size` largest values of a flat map, per size; None for an empty map (no
+    positive value, or all equal: nothing stands out, as `LocateResult.empty`).
+
+    Ties (the zeros a ReLU leaves, often more than the smaller levels' worth) are broken in a seeded
+    random order, not by position: by position they would be the image's top rows, a corner of
+    background, which biases both the map's number and a shuffled control's (measured: -0.1).
+    """
     values = np.asarray(token_map, dtype=np.float64).ravel()
     if not np.any(values > 0) or values.max() == values.min():
         return None
-    order = np.argsort(-values, kind="stable")
+    ties = np.random.default_rng([seed, 1]).permutation(values.size)  # a stream apart from random_sets'
+    order = np.lexsort((ties, -values))
     return [order[:n] for n in sizes]
 
 
@@ -74,19 +82,24 @@ def contrast(top: float, random: float) -> float:
     return 0.0 if scale == 0 else float((top - random) / scale)
 
 
-def score(levels: Sequence[float], insertion_top: Sequence[float], insertion_random: np.ndarray,
-          full: float | None = None, deletion_top: Sequence[float] | None = None,
-          deletion_random: np.ndarray | None = None) -> Faithfulness:
-    """A map's faithfulness from objective values: per level the top set's O and the random draws'
-    O (levels, draws), for insertion (only those tokens kept) and, when `full` (O with every token)
-    is given, deletion (those tokens removed)."""
-    ins = tuple(contrast(t, float(np.mean(r))) for t, r in zip(insertion_top, insertion_random))
+def score(insertion_top: Sequence[float], insertion_random: Sequence[Sequence[float]], full: float | None = None,
+          deletion_top: Sequence[float] = (), deletion_random: Sequence[Sequence[float]] = (), *,
+          insertion_levels: Sequence[float] = INSERTION_LEVELS,
+          deletion_levels: Sequence[float] = DELETION_LEVELS) -> Faithfulness:
+    """A map's faithfulness from objective values: per level the top set's O and the random draws' O,
+    for insertion (only those tokens kept) and, when `full` (O with every token) is given, deletion
+    (those tokens removed). Score: the mean of the insertion curve, averaged with the mean of the
+    deletion curve when there is one (= mean over k of (d_k + i_k) / 2 when the levels agree)."""
+    ins = tuple((k, contrast(t, float(np.mean(r)))) for k, t, r in zip(insertion_levels, insertion_top,
+                                                                       insertion_random))
+    ins_mean = float(np.mean([v for _, v in ins]))
     if full is None:
-        return Faithfulness("insertion", tuple(levels), float(np.mean(ins)), None, ins)
-    dels = tuple(contrast(full - t, full - float(np.mean(r))) for t, r in zip(deletion_top, deletion_random))
-    return Faithfulness("both", tuple(levels), float(np.mean([(d + i) / 2 for d, i in zip(dels, ins)])), dels, ins)
+        return Faithfulness("insertion", ins_mean, ins)
+    dels = tuple((k, contrast(full - t, full - float(np.mean(r)))) for k, t, r in zip(deletion_levels, deletion_top,
+                                                                                       deletion_random))
+    return Faithfulness("both", (ins_mean + float(np.mean([v for _, v in dels]))) / 2, ins, dels)
 
 
-def empty(mode: str, levels: Sequence[float] = LEVELS) -> Faithfulness:
+def empty(mode: str) -> Faithfulness:
     """The faithfulness of a map with nothing to rank: no score, no curve."""
-    return Faithfulness(mode, tuple(levels), None)
+    return Faithfulness(mode, None)

@@ -1,7 +1,7 @@
 """Objective values with patch tokens removed, batched: what per-map faithfulness is computed from.
 
-For each image the sequences are: per level and map, its top tokens kept alone (insertion) and
-removed (deletion); per level, DRAWS random sets kept alone and removed, shared by every map. They
+For each image the sequences are: per level and map, its top tokens kept alone (insertion levels)
+and removed (deletion levels); per level, DRAWS random sets kept alone or removed, shared by every map. They
 run through `Backend.encode_kept` (tokens dropped after the position embedding), grouped by length
 so that one pass serves every sequence of a length (insertion sequences are short, deletion ones
 nearly full), in chunks of at most `max_tokens` tokens. The objective of every map is then
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..backends import Backend
 
 MAX_TOKENS = 1 << 15  # tokens per encode_kept pass (sets x kept tokens): bounds activation memory
+LEVELS = {"insertion": faith.INSERTION_LEVELS, "deletion": faith.DELETION_LEVELS}
 
 
 def faithfulness(backend: Backend, pixels: torch.Tensor, text: torch.Tensor, objectives: Sequence[Sequence[Objective]],
@@ -49,34 +50,29 @@ def faithfulness(backend: Backend, pixels: torch.Tensor, text: torch.Tensor, obj
 def _image(backend, pixels, text, objectives, maps, full, mode, max_tokens) -> list[faith.Faithfulness]:
     """Faithfulness of the M maps (M, N) of one image."""
     patches = maps.shape[-1]
-    sizes = faith.counts(patches)
-    tops = [faith.top_sets(m, sizes) for m in maps]
-    kept = {"insertion": lambda idx: np.sort(idx), "deletion": lambda idx: np.setdiff1d(np.arange(patches), idx)}
     kinds = ["insertion"] if mode == "insertion" else ["insertion", "deletion"]
-    sets, where = [], {}  # keep sets in order; (kind, level, m) -> its row, (kind, level) -> the draws' rows
+    sizes = sorted({n for kind in kinds for n in faith.counts(patches, LEVELS[kind])})
+    draws = dict(zip(sizes, faith.random_sets(patches, sizes)))  # a level of each kind shares its size's draws
+    tops = [faith.top_sets(m, sizes) for m in maps]
+    kept = {"insertion": np.sort, "deletion": lambda idx: np.setdiff1d(np.arange(patches), idx)}
+    sets, where = [], {}  # keep sets in order; (kind, size, m) -> its row, (kind, size) -> the draws' rows
     for kind in kinds:
-        for level, draws in enumerate(faith.random_sets(patches, sizes)):
-            where[kind, level] = list(range(len(sets), len(sets) + len(draws)))
-            sets += [kept[kind](idx) for idx in draws]
+        for size in faith.counts(patches, LEVELS[kind]):
+            where[kind, size] = list(range(len(sets), len(sets) + len(draws[size])))
+            sets += [kept[kind](idx) for idx in draws[size]]
             for m, top in enumerate(tops):
                 if top is not None:
-                    where[kind, level, m] = len(sets)
-                    sets.append(kept[kind](top[level]))
+                    where[kind, size, m] = len(sets)
+                    sets.append(kept[kind](top[sizes.index(size)]))
     values = _objective_values(backend, pixels, text, objectives, sets, max_tokens)  # (sets, M)
-    return [_score(values, where, m, full[m], len(sizes), mode) if tops[m] is not None else faith.empty(mode)
-            for m in range(len(tops))]
 
+    def curve(kind: str, m: int) -> tuple[list[float], list[np.ndarray]]:
+        counts = faith.counts(patches, LEVELS[kind])
+        return [values[where[kind, n, m], m] for n in counts], [values[where[kind, n], m] for n in counts]
 
-def _score(values: np.ndarray, where: dict, m: int, full: float, levels: int, mode: str) -> faith.Faithfulness:
-    """Map m's faithfulness from the objective values of every set."""
-    def picked(kind):
-        top = [values[where[kind, k, m], m] for k in range(levels)]
-        return top, np.stack([values[where[kind, k], m] for k in range(levels)])
-
-    insertion = picked("insertion")
-    if mode == "insertion":
-        return faith.score(faith.LEVELS, *insertion)
-    return faith.score(faith.LEVELS, *insertion, full, *picked("deletion"))
+    return [faith.empty(mode) if tops[m] is None else
+            faith.score(*curve("insertion", m)) if mode == "insertion" else
+            faith.score(*curve("insertion", m), full[m], *curve("deletion", m)) for m in range(len(tops))]
 
 
 def _objective_values(backend, pixels, text, objectives, sets: list[np.ndarray], max_tokens: int) -> np.ndarray:
