@@ -47,6 +47,7 @@ def test_parse_lines_keeps_order_and_drops_blanks_and_repeats():
     (dict(concepts="bird", method="score-cam"), "unknown method 'score-cam'"),
     (dict(concepts="bird", objective="max"), "unknown objective 'max'"),
     (dict(concepts="bird", base="scorecam"), "unknown base 'scorecam'; choose one of: gradcam, hirescam"),
+    (dict(concepts="bird", faithfulness="yes"), "unknown faithfulness 'yes'; choose one of: off, both, deletion"),
 ])
 def test_parse_request_refuses_bad_input_with_one_line(kwargs, message):
     with pytest.raises(UsageError, match=message) as err:
@@ -242,6 +243,18 @@ def test_the_api_takes_a_base_and_defaults_it(served):
 
     assert _locate(served, BIRD, "bird", base="layercam")[4]["results"][0]["base"] == "layercam"
     assert _locate(served, BIRD, "bird")[4]["results"][0]["base"] == DEFAULT_BASE
+
+
+def test_the_api_scores_faithfulness_in_the_table_and_the_json(served):
+    out = _locate(served, BIRD, "red tail", references="blue head", faithfulness="deletion")
+    record, table = out[4]["results"][0], out[1]
+    faith = record["faithfulness"]
+    assert faith["mode"] == "deletion" and -1 <= faith["score"] <= 1 and faith["insertion"] is None
+    assert "faithfulness" in record["gradcam"]
+    assert table["headers"][-1] == "faithfulness" and table["data"][0][-1] == f"{faith['score']:.2f}"
+    assert table["data"][1][-1] == ""  # a reference row
+    plain = _locate(served, BIRD, "red tail", references="blue head")
+    assert "faithfulness" not in plain[4]["results"][0] and plain[1]["data"][0][-1] == ""
 
 
 def test_a_server_path_named_by_the_browser_is_never_read(served, loc, tmp_path):

@@ -272,12 +272,12 @@ class Localizer:
         """Per image and map its `Faithfulness` (`core.removal`); None when `mode` (options.faithfulness) is off."""
         if not mode:
             return None
-        from .core import removal
+        from .core import faithfulness, removal
 
         cfg = self.config
         pixels = to_pixels(feats.images, cfg.image_size, cfg.mean, cfg.std).to(self.backend.device)
         return removal.faithfulness(self.backend, pixels, text, objectives, raw.reshape(*raw.shape[:2], -1),
-                                    feats.embedding, "insertion" if mode == "insertion" else "both")
+                                    feats.embedding, faithfulness.mode_of(mode))
 
     def _features(self, images) -> ImageFeatures:
         if isinstance(images, ImageFeatures):

@@ -31,8 +31,8 @@ BASES = ("gradcam", "hirescam", "layercam")  # how a gradient becomes a map (eng
 # base=None: HiResCAM, the best on the synthetic benchmark (README, "Evaluation"), on every backend that
 # gives per-token gradients (all built-ins); Grad-CAM on one that gives only channel weights
 DEFAULT_BASE = "hirescam"
-FAITHFULNESS = (False, True, "insertion")  # per-map faithfulness: off, deletion + insertion, insertion alone
-FAITHFULNESS_NAMES = {"off": False, "both": True, "insertion": "insertion"}  # as a flag or a page names them
+FAITHFULNESS = (False, True, "deletion")  # per-map faithfulness: off, deletion + insertion, deletion alone
+FAITHFULNESS_NAMES = {"off": False, "both": True, "deletion": "deletion"}  # as a flag or a page names them
 DEFAULT_NUM_REFERENCES = 3  # references per pool ("logits", "parts") and neighbours ("text")
 DEFAULT_MAX_PIXELS = 89_478_485  # image files with more pixels (w x h) are refused: PIL's own warning level
 
@@ -98,7 +98,7 @@ class LocateOptions:
             trait on the other parts.
         faithfulness: one of FAITHFULNESS: also score how much each map's own objective rests on
             its top patch tokens (`zsfinercam.core.faithfulness`): True with deletion and
-            insertion, "insertion" with insertion alone (cheaper), False (default) not at all.
+            insertion, "deletion" with deletion alone (half the cost), False (default) not at all.
     """
 
     vs: Texts | None = None
@@ -116,7 +116,7 @@ class LocateOptions:
 
     def __post_init__(self) -> None:
         if not any(self.faithfulness is v or (isinstance(v, str) and self.faithfulness == v) for v in FAITHFULNESS):
-            raise OptionError("faithfulness", f"faithfulness must be False, True or 'insertion', "
+            raise OptionError("faithfulness", f"faithfulness must be False, True or 'deletion', "
                                               f"got {self.faithfulness!r}")
         check_choice("method", self.method, METHODS)
         check_choice("objective", self.objective, OBJECTIVES)

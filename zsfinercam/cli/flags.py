@@ -160,7 +160,7 @@ faithfulness_option = click.option(
     "--faithfulness", type=click.Choice(list(FAITHFULNESS_NAMES)), is_flag=False, flag_value="both", default="off",
     show_default=True, help="Also score how much each map's objective rests on its top patch tokens (-1..1; "
                             "docs/faithfulness.md): --faithfulness alone or 'both' with deletion and insertion, "
-                            "'insertion' with insertion alone (cheaper).")
+                            "'deletion' with deletion alone (half the cost).")
 
 
 method_option = click.option("--method", type=click.Choice(METHODS), default="finer", show_default=True,

@@ -1,7 +1,8 @@
 """Objective values with patch tokens removed, batched: what per-map faithfulness is computed from.
 
-For each image the sequences are: per level and map, its top tokens kept alone (insertion levels)
-and removed (deletion levels); per level, DRAWS random sets kept alone or removed, shared by every map. They
+For each image the sequences are: per level and map, its top tokens removed (deletion levels) and
+kept alone (insertion levels, unless the mode is "deletion"); per level, DRAWS random sets removed or
+kept alone, shared by every map. They
 run through `Backend.encode_kept` (tokens dropped after the position embedding), grouped by length
 so that one pass serves every sequence of a length (insertion sequences are short, deletion ones
 nearly full), in chunks of at most `max_tokens` tokens. The objective of every map is then
@@ -50,7 +51,7 @@ def faithfulness(backend: Backend, pixels: torch.Tensor, text: torch.Tensor, obj
 def _image(backend, pixels, text, objectives, maps, full, mode, max_tokens) -> list[faith.Faithfulness]:
     """Faithfulness of the M maps (M, N) of one image."""
     patches = maps.shape[-1]
-    kinds = ["insertion"] if mode == "insertion" else ["insertion", "deletion"]
+    kinds = ["deletion"] if mode == "deletion" else ["deletion", "insertion"]
     sizes = sorted({n for kind in kinds for n in faith.counts(patches, LEVELS[kind])})
     draws = dict(zip(sizes, faith.random_sets(patches, sizes)))  # a level of each kind shares its size's draws
     tops = [faith.top_sets(m, sizes) for m in maps]
@@ -71,8 +72,8 @@ def _image(backend, pixels, text, objectives, maps, full, mode, max_tokens) -> l
         return [values[where[kind, n, m], m] for n in counts], [values[where[kind, n], m] for n in counts]
 
     return [faith.empty(mode) if tops[m] is None else
-            faith.score(*curve("insertion", m)) if mode == "insertion" else
-            faith.score(*curve("insertion", m), full[m], *curve("deletion", m)) for m in range(len(tops))]
+            faith.score(full[m], *curve("deletion", m), *(curve("insertion", m) if "insertion" in kinds else ()))
+            for m in range(len(tops))]
 
 
 def _objective_values(backend, pixels, text, objectives, sets: list[np.ndarray], max_tokens: int) -> np.ndarray:

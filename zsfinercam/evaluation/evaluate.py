@@ -268,7 +268,7 @@ def faithfulness_metrics(loc, feats, res, mode: bool | str, seed: int = 0) -> di
     """{"faithfulness": of the result's map, "shuffled": of the same map with its tokens permuted
     (seeded)}, both with the result's own objective and the same random sets (`core.removal`);
     None for an empty map."""
-    from ..core import removal
+    from ..core import faithfulness, removal
     from ..core.objectives import Objective
     from ..io.images import to_pixels
 
@@ -281,7 +281,7 @@ def faithfulness_metrics(loc, feats, res, mode: bool | str, seed: int = 0) -> di
     pixels = to_pixels(feats.images, cfg.image_size, cfg.mean, cfg.std).to(loc.backend.device)
     real, shuffled = removal.faithfulness(loc.backend, pixels, loc.head([res.concept, *res.references]),
                                           [[objective, objective]], maps, feats.embedding,
-                                          "insertion" if mode == "insertion" else "both")[0]
+                                          faithfulness.mode_of(mode))[0]
     return {"faithfulness": real.score, "shuffled": shuffled.score}
 
 

@@ -70,7 +70,7 @@ def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
                folder=None):
         """The CAM base alone, Finer-CAM and their difference for each concept (one per line) in
         the image; `base` (the CAM base) defaults to options.DEFAULT_BASE; `faithfulness` (the last
-        input): "off", "both" or "insertion"."""
+        input): "off", "both" or "deletion"."""
         try:
             request = session.parse_request(concepts, references, contrast, vocab, alpha, templates, method,
                                             objective, base, faithfulness)
@@ -111,7 +111,7 @@ def _input_widgets(gr, loc: "Localizer", examples):
         objective = gr.Dropdown(list(OBJECTIVES), value="weighted", label="objective")
         base = gr.Dropdown(list(BASES), value=loc.options().base, label="CAM base", elem_id="base")
         faithfulness = gr.Dropdown(list(FAITHFULNESS_NAMES), value="off", elem_id="faithfulness",
-                                   label="faithfulness (both: deletion + insertion; insertion: cheaper)")
+                                   label="faithfulness (both: deletion + insertion; deletion: cheaper)")
         h, w = loc.config.image_size
         gr.Markdown(f"Image size **{w} x {h}**: a model property, set with `--image-size` at launch; "
                     "a new size needs the trunk again.")
