@@ -22,15 +22,15 @@ def _contrast(top, random):
     return 0.0 if abs(top) + abs(random) == 0 else (top - random) / (abs(top) + abs(random))
 
 
-def expected(values, n, top, full, deletion_only=False):
+def expected(values, n, top, full, seed, deletion_only=False):
     """The documented formula, by hand: O(S) = values(S) for a sorted token set S; `top` the map's order;
-    the draws of `faithfulness.random_sets`; each term averaged over the draws."""
+    the draws of `faithfulness.random_sets` with the image's `seed`; each term averaged over the draws."""
     rest = lambda s: np.setdiff1d(np.arange(n), s)  # noqa: E731
 
     def term(levels, o):
         sizes = faith.counts(n, levels)
         return np.mean([np.mean([_contrast(o(top[:size]), o(d)) for d in draws])
-                        for size, draws in zip(sizes, faith.random_sets(n, sizes))])
+                        for size, draws in zip(sizes, faith.random_sets(n, sizes, seed=seed))])
 
     dels = term(faith.DELETION_LEVELS, lambda s: full - values(rest(s)))
     ins = term(faith.INSERTION_LEVELS, lambda s: values(np.sort(s)))
@@ -63,6 +63,8 @@ def test_sets_counts_ties_and_empty_maps():
     a, b = faith.random_sets(50, [3, 5]), faith.random_sets(50, [5])
     assert np.array_equal(a[1], b[0]) and a[1].shape == (faith.DRAWS, 5)  # a size's draws, whatever else
     assert all(len(set(row)) == len(row) for row in a[1])  # without replacement
+    image = np.zeros((3, 4, 4), np.float32)
+    assert faith.image_seed(image) == faith.image_seed(image.copy()) != faith.image_seed(image + 1)
 
 
 class SumModel:
@@ -91,13 +93,14 @@ def test_on_a_hand_set_model_the_number_is_the_formula(mode):
     maps = np.stack([heat, rng.random(40), np.zeros(40)])[None]
     full = torch.tensor([[values.sum(), 1.0]], dtype=torch.float32)
     objective = Objective(0, (), 0.0)
-    got = removal.faithfulness(model, torch.zeros(1, 3, 4, 4), torch.tensor([[1.0, 0.0]]), [[objective] * 3],
-                               maps, full, mode)[0]
+    pixels = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    got = removal.faithfulness(model, pixels, torch.tensor([[1.0, 0.0]]), [[objective] * 3], maps, full, mode)[0]
+    seed = faith.image_seed(pixels.numpy())
     for m in range(2):
-        top = faith.top_sets(maps[0, m], [40 - 1])[0]
-        want = expected(lambda s: values[s].sum(), 40, top, values.sum(), mode == "deletion")
+        top = faith.top_sets(maps[0, m], [40 - 1], seed=seed)[0]
+        want = expected(lambda s: values[s].sum(), 40, top, values.sum(), seed, mode == "deletion")
         assert got[m].score == pytest.approx(want, abs=1e-5)
-    assert got[0].score > 0.3 and got[0].score > got[1].score + 0.2  # the map on the known tokens is faithful
+    assert got[0].score > 0.25 and got[0].score > got[1].score + 0.2  # the map on the known tokens is faithful
     assert got[2].score is None and got[2].deletion is None  # an empty map gets no number
     lengths = {shape[2] for shape in model.calls}
     assert len(model.calls) == len(lengths)  # one pass per sequence length (3 maps and 4 draws each)

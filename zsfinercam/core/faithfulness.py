@@ -23,6 +23,7 @@ value, or flat) ranks nothing and gets no number (None).
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -31,7 +32,7 @@ import numpy as np
 INSERTION_LEVELS = (0.05, 0.10, 0.20)  # fractions of the patch tokens kept alone (insertion)
 DELETION_LEVELS = (0.20,)  # fractions removed (deletion): near-full sequences, so one level (docs/faithfulness.md)
 DRAWS = 4  # random token sets per level, shared by every map of an image
-SEED = 0  # of the random sets: the same image gets the same sets on every run
+SEED = 0  # of the random sets, with the image's own bytes (`image_seed`): the same image, the same sets
 MODES = ("both", "deletion")  # deletion and insertion, or deletion alone (half the cost; docs/faithfulness.md)
 
 Curve = tuple[tuple[float, float], ...]  # ((level k, d_k or i_k), ...)
@@ -75,6 +76,16 @@ def top_sets(token_map: np.ndarray, sizes: Sequence[int], seed: int = SEED) -> l
     ties = np.random.default_rng([seed, 1]).permutation(values.size)  # a stream apart from random_sets'
     order = np.lexsort((ties, -values))
     return [order[:n] for n in sizes]
+
+
+def image_seed(pixels: np.ndarray, seed: int = SEED) -> int:
+    """The seed of an image's random sets and tie order: `seed` mixed with a checksum of its pixels.
+
+    Fixed per image (every concept, every run), but not the same positions for every image: with one
+    fixed set of positions for a whole data set, positions that happen to fall on the subject more
+    often than chance bias every map's number alike (measured: shuffled maps -0.06 instead of 0).
+    """
+    return zlib.crc32(np.ascontiguousarray(pixels).tobytes(), seed)
 
 
 def random_sets(patches: int, sizes: Sequence[int], draws: int = DRAWS, seed: int = SEED) -> list[np.ndarray]:

@@ -53,8 +53,9 @@ def _image(backend, pixels, text, objectives, maps, full, mode, max_tokens) -> l
     patches = maps.shape[-1]
     kinds = ["deletion"] if mode == "deletion" else ["deletion", "insertion"]
     sizes = sorted({n for kind in kinds for n in faith.counts(patches, LEVELS[kind])})
-    draws = dict(zip(sizes, faith.random_sets(patches, sizes)))  # a level of each kind shares its size's draws
-    tops = [faith.top_sets(m, sizes) for m in maps]
+    seed = faith.image_seed(pixels.cpu().numpy())
+    draws = dict(zip(sizes, faith.random_sets(patches, sizes, seed=seed)))  # a size's draws serve both kinds
+    tops = [faith.top_sets(m, sizes, seed=seed) for m in maps]
     kept = {"insertion": np.sort, "deletion": lambda idx: np.setdiff1d(np.arange(patches), idx)}
     sets, where = [], {}  # keep sets in order; (kind, size, m) -> its row, (kind, size) -> the draws' rows
     for kind in kinds:
