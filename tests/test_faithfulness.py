@@ -288,3 +288,17 @@ def test_auroc_exact_values():
     assert auroc([0.9, 0.8, 0.2, 0.1], [False, False, True, True]) == 0.0
     assert auroc([0.5, 0.5, 0.7, 0.1], [True, False, True, False]) == pytest.approx((0.5 + 1 + 1 + 1) / 4)
     assert np.isnan(auroc([0.1, 0.2], [True, True]))
+
+
+def test_the_benchmark_runs_and_reports_the_split():
+    import argparse
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_faithfulness.py"
+    spec = importlib.util.spec_from_file_location("bench_faithfulness", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.run(argparse.Namespace(model="toy", size=64, k=2, threads=1, rounds=1))
+    assert {"floor", "maps", "both", "deletion", "insertion", "tokens both"} <= set(out)
+    tokens = {name: float(out[f"tokens {name}"].split()[0]) for name in ("insertion", "deletion", "both")}
+    assert tokens["both"] == pytest.approx(tokens["insertion"] + tokens["deletion"], abs=0.011)
