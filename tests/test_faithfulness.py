@@ -56,9 +56,10 @@ def test_score_is_the_formula_on_hand_set_values():
 def test_sets_counts_ties_and_empty_maps():
     assert faith.counts(196, (0.05, 0.1, 0.2)) == [10, 20, 39] and faith.counts(2, (0.05, 0.9)) == [1, 1]
     assert [sorted(s.tolist()) for s in faith.top_sets(np.array([0.0, 2.0, 1.0, 2.0]), [2, 3])] == [[1, 3], [1, 2, 3]]
-    ties = [faith.top_sets(np.r_[1.0, np.zeros(99)], [10], seed=s)[0] for s in range(2)]
+    spike = np.r_[1.0, np.zeros(99)]
+    ties = [faith.top_sets(spike, [10], seed=s)[0] for s in range(2)]
     assert all(t[0] == 0 for t in ties) and not np.array_equal(ties[0], ties[1])  # zeros: seeded order
-    assert ties[0].tolist() != list(range(10)) and np.array_equal(ties[0], faith.top_sets(np.r_[1.0, np.zeros(99)], [10])[0])
+    assert ties[0].tolist() != list(range(10)) and np.array_equal(ties[0], faith.top_sets(spike, [10])[0])
     assert faith.top_sets(np.zeros(5), [1]) is None and faith.top_sets(np.full(5, 0.3), [1]) is None
     a, b = faith.random_sets(50, [3, 5]), faith.random_sets(50, [5])
     assert np.array_equal(a[1], b[0]) and a[1].shape == (faith.DRAWS, 5)  # a size's draws, whatever else
