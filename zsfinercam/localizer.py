@@ -226,7 +226,7 @@ class Localizer:
             concepts: the concepts to locate.
             options: a `LocateOptions`; or give its fields as keywords (vs=, vocab=, alpha=,
                 method=, objective=, base=, templates=, num_references=, contrast=,
-                category=, parts=; see `LocateOptions`), not both.
+                category=, parts=, faithfulness=; see `LocateOptions`), not both.
 
         Returns:
             The shape follows the input. One image, or ImageFeatures of one image given
