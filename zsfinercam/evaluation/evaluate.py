@@ -181,10 +181,10 @@ def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHO
         bases: CAM bases (options.BASES) to compare; None = the default base only, rows
             labelled by method alone. Given, every method but "random" has one row per base,
             labelled "method/base", and each row records its "base".
-        faithfulness: as `LocateOptions.faithfulness`: rows of "finer" and "gradcam" also get the
-            map's "faithfulness" and "shuffled", that of the same map with its tokens shuffled (a
-            control that should score near 0); the summary adds "faith_auroc", the AUROC of
-            faithfulness for "the peak lies in the mask" (pointing).
+        faithfulness: as `LocateOptions.faithfulness`: rows of the map methods (not the baselines)
+            also get the map's "faithfulness" and "shuffled", that of the same map with its tokens
+            shuffled (a control that should score near 0); the summary adds "faith_auroc", the
+            AUROC of faithfulness for "the peak lies in the mask" (pointing).
     """
     from tqdm import tqdm
 
@@ -211,7 +211,7 @@ def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHO
             if method != "random":
                 row["base"] = base or default_base
             row.update(_mask_metrics(heat, item))
-            if faithfulness and method in ("finer", "gradcam"):
+            if faithfulness and res is not None and method != "randomized":  # the maps of this model
                 row.update(faithfulness_metrics(loc, feats, res, faithfulness, seed=k))
             if perturbation:
                 row.update(_perturbation_metrics(loc, image, heat, [item.concept, *(refs or [])], top_percent))
