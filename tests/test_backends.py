@@ -15,6 +15,9 @@ from zsfinercam.core import engine
 from zsfinercam.backends.base import Backend
 from zsfinercam.config import ModelConfig
 from zsfinercam.core.objectives import Objective
+from test_faithfulness import by_hand, expected, pixels_of
+from zsfinercam.core import faithfulness as faith
+from zsfinercam.core import removal
 
 TEXT_VOCAB = ["cat", "dog", "bird", "red fox", "grey wolf", "barn owl"]
 _BUILT: dict[str, zf.Localizer] = {}
@@ -312,3 +315,45 @@ def test_a_taken_backend_name_is_refused():
     with pytest.raises(ValueError, match="backend 'hf' is already registered by .*HFBackend"):
         zf.register_backend("hf")(ThirdPartyBackend)
     assert zf.get_backend("hf").__name__ == "HFBackend" and ThirdPartyBackend.name == "test-third-party"
+
+
+# token removal (Backend.encode_kept) and per-map faithfulness --------------------------------------
+def test_dropping_tokens_equals_the_model_on_the_kept_tokens_alone(loc):
+    pixels = pixels_of(loc, random_image(21))
+    n = loc.config.grid_size[0] * loc.config.grid_size[1]
+    sets = [np.sort(np.random.default_rng(s).permutation(n)[:k]) for s, k in ((0, 3), (1, 3), (2, n - 2))]
+    got = removal.kept_embeddings(loc.backend, pixels, sets)
+    with torch.no_grad():
+        for row, kept in zip(got, sets):
+            torch.testing.assert_close(row[None], by_hand(loc, pixels, kept).float(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(removal.kept_embeddings(loc.backend, pixels, [np.arange(n)]),
+                                   loc.backend.encode_pixels(pixels), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got[0], got[1])  # other tokens, another embedding
+
+
+def test_the_api_number_is_the_formula_on_the_backends_own_sequences(loc):
+    from zsfinercam.core.engine import logits
+
+    names = list(loc.config.default_vocab)[:3] if loc.config.backend == "probe" else ["cat", "dog", "red fox"]
+    image = random_image(22)
+    res = loc.locate(image, names[0], vs=names[1:], faithfulness=True)
+    text = loc.head(names)
+    objective = Objective(0, (1, 2), res.alpha)
+    pixels = pixels_of(loc, image)
+
+    def value(kept):
+        e = removal.kept_embeddings(loc.backend, pixels, [np.sort(kept)])
+        return float(objective(logits(e, text, loc.backend.logit_scale))[0])
+
+    n, seed = res.token_map.size, faith.image_seed(pixels.numpy())
+    top = faith.top_sets(res.token_map, [n - 1], seed=seed)[0]
+    want = expected(value, n, top, value(np.arange(n)), seed)  # O(all) on the kept path (feats': equal to 1e-5)
+    assert res.faithfulness.score == pytest.approx(want, abs=2e-4)
+    assert -1 <= res.faithfulness.score <= 1 and len(res.faithfulness.deletion) == len(faith.DELETION_LEVELS)
+
+
+def test_a_backend_without_token_removal_refuses_faithfulness_with_one_line():
+    third = zf.Localizer(ThirdPartyBackend(), cache_dir=None)
+    with pytest.raises(zf.UsageError, match="cannot run its image tower on a subset of patch tokens") as err:
+        third.locate_many(random_image(16), ["cat"], vs=["dog"], faithfulness=True)
+    assert "\n" not in str(err.value)

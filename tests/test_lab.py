@@ -47,6 +47,7 @@ def test_parse_lines_keeps_order_and_drops_blanks_and_repeats():
     (dict(concepts="bird", method="score-cam"), "unknown method 'score-cam'"),
     (dict(concepts="bird", objective="max"), "unknown objective 'max'"),
     (dict(concepts="bird", base="scorecam"), "unknown base 'scorecam'; choose one of: gradcam, hirescam"),
+    (dict(concepts="bird", faithfulness="yes"), "unknown faithfulness 'yes'; choose one of: off, both, deletion"),
 ])
 def test_parse_request_refuses_bad_input_with_one_line(kwargs, message):
     with pytest.raises(UsageError, match=message) as err:
@@ -284,9 +285,19 @@ def test_an_empty_base_alone_map_flows_through_the_page(served, tmp_path, base):
     gallery, _, _, _, record, files, status, *_ = _locate(served, red, "striped wings", references="a tree",
                                                          base=base)
     (result,) = record["results"]
-    assert result["base"] == base and result["base_alone"] == {"peak": None, "bbox": None}
+    assert result["base"] == base and result["base_alone"] == {"peak": None, "bbox": None, "window": None}
     assert result["concept"] == "striped wings" and result["references"] == ["a tree"]
     assert len(gallery) == 3 and any(Path(f).name == "compare_grid.png" for f in files) and "ms" in status
+def test_the_api_scores_faithfulness_in_the_table_and_the_json(served):
+    out = _locate(served, BIRD, "red tail", references="blue head", faithfulness="deletion")
+    record, table = out[4]["results"][0], out[1]
+    faith = record["faithfulness"]
+    assert faith["mode"] == "deletion" and -1 <= faith["score"] <= 1 and faith["insertion"] is None
+    assert "faithfulness" in record["base_alone"]
+    assert table["headers"][-1] == "faithfulness" and table["data"][0][-1] == f"{faith['score']:.2f}"
+    assert table["data"][1][-1] == ""  # a reference row
+    plain = _locate(served, BIRD, "red tail", references="blue head")
+    assert "faithfulness" not in plain[4]["results"][0] and plain[1]["data"][0][-1] == ""
 
 
 def test_a_server_path_named_by_the_browser_is_never_read(served, loc, tmp_path):

@@ -126,7 +126,15 @@ class Comparison:
         p = res.probability
         score = f"z {res.scores[res.concept]:.2f}" + (f"  p {p:.2f}" if p is not None else "") + f"  ({res.contrast})"
         refs = ", ".join(f"{r} {res.scores[r]:.2f}" for r in res.references) or "-"
-        return [line for text in (res.concept, score, f"vs {refs}") for line in render.wrap(draw, text, face, width)]
+        texts = [res.concept, score, f"vs {refs}"] + self._faithfulness_line(i)
+        return [line for text in texts for line in render.wrap(draw, text, face, width)]
+
+    def _faithfulness_line(self, i: int) -> list[str]:
+        """["faithfulness <Finer-CAM's> (<base alone's>)"] when it was asked for, else []."""
+        finer, alone = self.finer[i], self.gradcam[i]
+        if finer.faithfulness is None:
+            return []
+        return [f"faithfulness {finer.faithfulness_text} ({self.rows[0]} {alone.faithfulness_text})"]
 
     def grid(self, cell: int = DEFAULT_CELL) -> Image.Image:
         """The grid as one RGB image, of `layout(cell).size(number of concepts)`: captions on top,
@@ -162,10 +170,14 @@ class Comparison:
 
     def to_dict(self) -> dict:
         """JSON-ready summary: per concept its score, references, and both maps' peak and box."""
+        def where(res: LocateResult) -> dict:
+            faith = {} if res.faithfulness is None else {"faithfulness": res.faithfulness.to_dict()}
+            return {**res.location(), **faith}
+
         return {"source": self.finer[0].source, "base": self.base, "rows": list(self.rows), "concepts": [
             {"concept": f.concept, "score": round(float(f.scores[f.concept]), 6),
              "probability": None if f.probability is None else round(f.probability, 6), "contrast": f.contrast,
-             "references": list(f.references), "base_alone": a.location(), "finer": f.location()}
+             "references": list(f.references), "base_alone": where(a), "finer": where(f)}
             for a, f in zip(self.base_alone, self.finer)]}
 
 

@@ -245,8 +245,8 @@ class Localizer:
             concepts: the concepts to locate.
             options: a `LocateOptions`; or give its fields as keywords (vs=, vocab=, alpha=,
                 method=, objective=, base=, templates=, num_references=, contrast=,
-                category=, parts=, zoom=, zoom_on=; see `LocateOptions`), not both. With
-                zoom=True each map is made in a window on the subject (`zsfinercam.zoom`).
+                category=, parts=, zoom=, zoom_on=, faithfulness=; see `LocateOptions`), not both.
+                With zoom=True each map is made in a window on the subject (`zsfinercam.zoom`).
 
         Returns:
             The shape follows the input. One image, or ImageFeatures of one image given
@@ -282,9 +282,19 @@ class Localizer:
                                 use_jacobian=use_jacobian, impl=self.kernel)
         shown = [index[c] for c in candidates]
         raw, norm, z = raw.cpu().numpy(), norm.cpu().numpy(), z.tolist()  # one device sync, not one per map
+        faith = self._faithfulness(feats, text, objectives, raw, options.faithfulness)
         return [[self._result(feats, b, objectives[b][m], table, z[b], (raw[b, m], norm[b, m]), shown, options,
-                              plans[m].strategy) for m in range(len(names))]
+                              plans[m].strategy, faith[b][m] if faith else None) for m in range(len(names))]
                 for b in range(len(feats))]
+
+    def _faithfulness(self, feats: ImageFeatures, text, objectives, raw: np.ndarray, mode) -> list | None:
+        """Per image and map its `Faithfulness` (`core.removal`); None when `mode` (options.faithfulness) is off."""
+        if not mode:
+            return None
+        from .core import faithfulness, removal
+
+        return removal.faithfulness(self.backend, self.pixels(feats.images), text, objectives, raw.reshape(*raw.shape[:2], -1),
+                                    feats.embedding, faithfulness.mode_of(mode))
 
     def _features(self, images) -> ImageFeatures:
         if isinstance(images, ImageFeatures):
@@ -370,7 +380,8 @@ class Localizer:
         return Objective(concept, chosen[:1] if single else chosen, options.alpha, options.objective)
 
     @staticmethod
-    def _result(feats, b, obj, table, z_b, maps, vocab_idx, options: LocateOptions, contrast) -> LocateResult:
+    def _result(feats, b, obj, table, z_b, maps, vocab_idx, options: LocateOptions, contrast,
+                faithfulness=None) -> LocateResult:
         """LocateResult of objective `obj` on image b; `maps` = its (raw, normalised) token maps."""
         shown = [obj.concept, *obj.references, *vocab_idx]
         return LocateResult(
@@ -378,4 +389,5 @@ class Localizer:
             scores={table[i]: z_b[i] for i in dict.fromkeys(shown)},
             token_map=maps[0], norm_map=maps[1], image=feats.images[b], method=options.method,
             objective=options.objective if options.method == "finer" else LOGIT, alpha=options.alpha,
-            contrast=contrast, source=feats.sources[b], base=options.base, templates=options.templates)
+            contrast=contrast, source=feats.sources[b], base=options.base, templates=options.templates,
+            faithfulness=faithfulness)

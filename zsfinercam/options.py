@@ -33,6 +33,8 @@ BASES = tuple(list_bases())  # how a gradient becomes a map: the CAM base regist
 # "Evaluation"), on every backend that gives per-token gradients (all built-ins); else to FALLBACK_BASE
 DEFAULT_BASE = "hirescam"
 FALLBACK_BASE = "gradcam"  # the base of a backend that gives only channel weights (no per-token gradients)
+FAITHFULNESS = (False, True, "deletion")  # per-map faithfulness: off, deletion + insertion, deletion alone
+FAITHFULNESS_NAMES = {"off": False, "both": True, "deletion": "deletion"}  # as a flag or a page names them
 DEFAULT_NUM_REFERENCES = 3  # references per pool ("logits", "parts") and neighbours ("text")
 DEFAULT_MAX_PIXELS = 89_478_485  # image files with more pixels (w x h) are refused: PIL's own warning level
 
@@ -101,6 +103,9 @@ class LocateOptions:
             size, for small subjects in large photos (`zsfinercam.zoom`).
         zoom_on: the text whose zero-shot logit finds the window (e.g. "bird"), one window for
             every concept; None = each concept's own. Needs `zoom`.
+        faithfulness: one of FAITHFULNESS: also score how much each map's own objective rests on
+            its top patch tokens (`zsfinercam.core.faithfulness`): True with deletion and
+            insertion, "deletion" with deletion alone (half the cost), False (default) not at all.
     """
 
     vs: Texts | None = None
@@ -116,8 +121,12 @@ class LocateOptions:
     parts: str | Parts | None = None
     zoom: bool = False
     zoom_on: str | None = None
+    faithfulness: bool | str = False
 
     def __post_init__(self) -> None:
+        if not any(self.faithfulness is v or (isinstance(v, str) and self.faithfulness == v) for v in FAITHFULNESS):
+            raise OptionError("faithfulness", f"faithfulness must be False, True or 'deletion', "
+                                              f"got {self.faithfulness!r}")
         check_choice("method", self.method, METHODS)
         check_choice("objective", self.objective, OBJECTIVES)
         if self.base is not None:

@@ -6,7 +6,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image
@@ -14,6 +14,9 @@ from PIL import Image
 from .io import render
 from .io.files import (HEATMAP_FORMATS, SAVE_KINDS, atomic_write, check_save_kinds, json_bytes, result_paths,
                        result_stem, source_stem)
+
+if TYPE_CHECKING:
+    from .core.faithfulness import Faithfulness
 
 LOGIT = "logit"  # the objective a base-alone map records: the concept's logit, no references
 DISPLAY_SIZE = 384  # pixels on the longer side of an overlay shown in a notebook, at least
@@ -52,6 +55,8 @@ class LocateResult:
     zoom: bool = False  # asked for zoom (LocateOptions.zoom)
     zoom_on: str | None = None  # the text that found the window; None: the concept
     window: tuple[int, int, int, int] | None = None  # where the map was made (see above); None: whole image
+    # how much the map's objective rests on its top tokens (core.faithfulness); None: not asked for
+    faithfulness: "Faithfulness | None" = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.token_map = np.asarray(self.token_map, dtype=np.float32)
@@ -164,7 +169,15 @@ class LocateResult:
         head = f"{self.concept}   z {self.scores[self.concept]:.2f}" + (f"   p {p:.2f}" if p is not None else "")
         refs = ", ".join(f"{r} ({self.scores[r]:.2f})" for r in self.references) or "-"
         where = "  (empty map: no peak)" if self.empty else ""
-        return [head + where, f"vs {refs}   [{self.method}, {self.objective}, alpha {self.alpha:g}, {self.base}]"]
+        faith = f"   faithfulness {self.faithfulness_text}" if self.faithfulness is not None else ""
+        return [head + where, f"vs {refs}   [{self.method}, {self.objective}, alpha {self.alpha:g}, {self.base}]{faith}"]
+
+    @property
+    def faithfulness_text(self) -> str:
+        """The faithfulness score as shown ("0.42"), "-" for an empty map, "" when not asked for."""
+        if self.faithfulness is None:
+            return ""
+        return "-" if self.faithfulness.score is None else f"{self.faithfulness.score:.2f}"
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no image pixels; the token map as nested lists)."""
@@ -180,6 +193,7 @@ class LocateResult:
             "zoom": self.zoom,
             "zoom_on": self.zoom_on,
             "token_map": np.round(self.token_map, 6).tolist(),
+            **({} if self.faithfulness is None else {"faithfulness": self.faithfulness.to_dict()}),
         }
 
     def location(self) -> dict:

@@ -53,6 +53,13 @@ Methods (abstract unless a default is named):
         It runs under the CALLER's grad mode (wrap it in `torch.no_grad()` for a plain forward;
         with grad on, hooks on `target_module()` see A and its gradient). Default: trunk,
         target and embed at zero shift.
+    encode_kept(pixels (B, 3, H, W), keep (B, S, n)) -> (B, S, E) unnormalised float32, grad-free: the
+        plain forward of image b with only the patch tokens `keep[b, s]` (indices in 0..N-1, row-major
+        on the patch grid) and every prefix token (CLS, registers) kept, once per set s. The others are
+        dropped right after the position embedding is added, so no block sees them and nothing stands
+        in their place; the pooling is the model's own over what is left (CLS, attention pool, or the
+        mean of the kept patches). For per-map faithfulness (`core.removal`); build the sequences
+        with `kept_sequences`. Default: a UsageError (this backend cannot drop tokens).
     target_module() -> nn.Module whose output is A during `encode_pixels` (`config.target_layer`),
         for hook-based references such as pytorch-grad-cam; default: `config.target_layer`
         looked up in the modules the backend holds.
@@ -149,6 +156,13 @@ class Backend(ABC):
         target = self.target(stream)
         return self.embed(stream, target, stream.new_zeros(stream.shape[0], 1, stream.shape[-1]), {})[:, 0]
 
+    def encode_kept(self, pixels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, S, E) of the image tower run on the prefix tokens and the patch tokens `keep`
+        (B, S, n) only (the contract: module docstring); here refused."""
+        raise UsageError(f"the {getattr(self, 'name', type(self).__name__)} backend cannot run its image tower "
+                         "on a subset of patch tokens (Backend.encode_kept), which faithfulness needs; "
+                         "drop faithfulness (--faithfulness off)")
+
     def target_module(self) -> nn.Module:
         """The module whose output is A (`config.target_layer`), found in the modules held."""
         path = self.config.target_layer
@@ -224,7 +238,7 @@ def redraw_matrices(params, seed: int = 0) -> None:
 
 class TowerImage:
     """Mixin (before `Backend` in the bases) for backends that hand their image side to
-    `self.tower`, an object with trunk/target/embed/encode_pixels/target_module and
+    `self.tower`, an object with trunk/target/embed/encode_pixels/encode_kept/target_module and
     `jacobian_chunk` (e.g. `timm_vit.TimmViT`)."""
 
     tower: object
@@ -240,6 +254,9 @@ class TowerImage:
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.tower.encode_pixels(pixels)
+
+    def encode_kept(self, pixels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.tower.encode_kept(pixels, keep)
 
     def target_module(self) -> nn.Module:
         return self.tower.target_module()
@@ -260,6 +277,15 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return torch.autocast("cpu", enabled=False)
     return torch.autocast(device.type, dtype=dtype)
+
+
+def kept_sequences(tokens: torch.Tensor, keep: torch.Tensor, prefix: int) -> torch.Tensor:
+    """(B * S, prefix + n, D): per image b and set s, the `prefix` leading tokens of `tokens` (B, T, D)
+    followed by its patch tokens `keep[b, s]` (keep: (B, S, n) indices among the T - prefix patches)."""
+    batch, sets, n = keep.shape
+    index = keep.to(tokens.device)[..., None].expand(-1, -1, -1, tokens.shape[-1])
+    patches = tokens[:, None, prefix:].expand(-1, sets, -1, -1).gather(2, index)
+    return torch.cat([tokens[:, None, :prefix].expand(-1, sets, -1, -1), patches], dim=2).flatten(0, 1)
 
 
 def require_float32(model: nn.Module, name: str) -> None:

@@ -28,8 +28,8 @@ from torch import nn
 from ..config import ModelConfig, as_pair, run_size
 from ..errors import UsageError, WorkError
 from . import hf_weights
-from .base import (Backend, autocast, check_not_degenerate, require_float32, resample_pos, state_digest,
-                   trunk_dtype)
+from .base import (Backend, autocast, check_not_degenerate, kept_sequences, require_float32, resample_pos,
+                   state_digest, trunk_dtype)
 from .registry import register_backend
 from ..core.shift import shifted_attention, split_projection
 
@@ -99,23 +99,42 @@ class HFBackend(Backend):
     def trunk(self, pixels: torch.Tensor) -> torch.Tensor:
         """Stream entering the last encoder layer (CLIP) or the MAP head (SigLIP)."""
         v = self.model.vision_model
-        emb, prefix = v.embeddings, self.config.num_prefix_tokens
         layers = v.encoder.layers if self.config.pooling == "map" else v.encoder.layers[:-1]
         with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
-            x = emb.patch_embedding(pixels.to(self.device, emb.patch_embedding.weight.dtype))
-            x = x.flatten(2).transpose(1, 2)
-            if prefix:
-                x = torch.cat([emb.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
-            # no antialiasing: the numbers of the model's own `interpolate_pos_encoding=True`, so
-            # `get_image_features(..., interpolate_pos_encoding=True)` is the reference at any size
-            x = x + resample_pos(emb.position_embedding.weight, self.config.grid_size, _native_grid(self.config),
-                                 prefix, antialias=False).to(x.dtype)
-            if getattr(v, "pre_layrnorm", None) is not None:
-                x = v.pre_layrnorm(x)
-            for layer in layers:
-                out = layer(x, None, **self._layer_kwargs)
-                x = out[0] if isinstance(out, tuple) else out
+            x = self._layers(self._embedded(pixels), layers)
         return x.float().clone()  # a normal tensor, usable by autograd
+
+    def encode_kept(self, pixels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """`Backend.encode_kept`: the CLS token (CLIP; SigLIP has none) plus the patch tokens `keep`
+        (B, S, n), dropped after the position embedding, through every layer, then the model's own
+        pooling (CLS and projection, or the MAP head): (B, S, E) float32, grad-free."""
+        v = self.model.vision_model
+        with torch.inference_mode(), autocast(self.device, self.autocast_dtype):
+            tokens = kept_sequences(self._embedded(pixels), keep, self.config.num_prefix_tokens)
+            x = v.post_layernorm(self._layers(tokens, v.encoder.layers))
+            out = v.head(x) if self.config.pooling == "map" else self.model.visual_projection(x[:, 0])
+        return out.float().reshape(*keep.shape[:2], -1).clone()
+
+    def _embedded(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, T, D): patch embedding, CLS token (CLIP) and position embedding (under the trunk's autocast)."""
+        emb, prefix = self.model.vision_model.embeddings, self.config.num_prefix_tokens
+        x = emb.patch_embedding(pixels.to(self.device, emb.patch_embedding.weight.dtype))
+        x = x.flatten(2).transpose(1, 2)
+        if prefix:
+            x = torch.cat([emb.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1), x], dim=1)
+        # no antialiasing: the numbers of the model's own `interpolate_pos_encoding=True`, so
+        # `get_image_features(..., interpolate_pos_encoding=True)` is the reference at any size
+        return x + resample_pos(emb.position_embedding.weight, self.config.grid_size, _native_grid(self.config),
+                                prefix, antialias=False).to(x.dtype)
+
+    def _layers(self, x: torch.Tensor, layers) -> torch.Tensor:
+        """`pre_layrnorm` (CLIP, per token), then the encoder `layers`, without masks."""
+        pre = getattr(self.model.vision_model, "pre_layrnorm", None)
+        x = pre(x) if pre is not None else x
+        for layer in layers:
+            out = layer(x, None, **self._layer_kwargs)
+            x = out[0] if isinstance(out, tuple) else out
+        return x
 
     def target(self, stream: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import run_size
 from ..errors import UsageError
-from .base import autocast, resample_pos
+from .base import autocast, kept_sequences, resample_pos
 from ..core.shift import shifted_attention, split_projection
 
 
@@ -52,18 +52,37 @@ class OpenClipViT:
         v = self.visual
         return resample_pos(v.positional_embedding, self.grid, v.grid_size, 1)
 
+    def encode_kept(self, pixels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """`Backend.encode_kept`: CLS plus the patch tokens `keep` (B, S, n), dropped after the position
+        embedding, through every block; CLS, `ln_post`, projection: (B, S, E) float32, grad-free."""
+        v = self.visual
+        with torch.inference_mode(), autocast(v.conv1.weight.device, self.autocast_dtype):
+            x = self._blocks(kept_sequences(self._embedded(pixels), keep, 1), v.transformer.resblocks)
+            pooled = v.ln_post(x[:, 0])
+            out = (pooled @ v.proj if v.proj is not None else pooled).float()
+        return out.reshape(*keep.shape[:2], -1).clone()
+
     def _tokens(self, pixels: torch.Tensor, blocks) -> torch.Tensor:
         """(B, T, D) after patch embedding, CLS token, position embedding, `ln_pre` and `blocks`."""
+        with autocast(self.visual.conv1.weight.device, self.autocast_dtype):
+            return self._blocks(self._embedded(pixels), blocks)
+
+    def _embedded(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, T, D): patch embedding, CLS token and position embedding (call under the tower's autocast)."""
         v = self.visual
-        with autocast(v.conv1.weight.device, self.autocast_dtype):
-            x = v.conv1(pixels.to(v.conv1.weight.device, v.conv1.weight.dtype))
-            batch, width, h, w = x.shape
-            x = x.flatten(2).transpose(1, 2)
-            cls_tok = v.class_embedding.to(x.dtype).expand(batch, 1, width)
-            x = v.ln_pre(torch.cat([cls_tok, x], dim=1) + resample_pos(v.positional_embedding, (h, w), v.grid_size,
-                                                                          1).to(x.dtype))
-            for block in blocks:
-                x = block(x) if v.transformer.batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+        x = v.conv1(pixels.to(v.conv1.weight.device, v.conv1.weight.dtype))
+        batch, width, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        cls_tok = v.class_embedding.to(x.dtype).expand(batch, 1, width)
+        return torch.cat([cls_tok, x], dim=1) + resample_pos(v.positional_embedding, (h, w), v.grid_size,
+                                                             1).to(x.dtype)
+
+    def _blocks(self, x: torch.Tensor, blocks) -> torch.Tensor:
+        """`ln_pre` (per token), then `blocks`."""
+        v = self.visual
+        x = v.ln_pre(x)
+        for block in blocks:
+            x = block(x) if v.transformer.batch_first else block(x.transpose(0, 1)).transpose(0, 1)
         return x
 
     def target(self, stream: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,10 @@ class ProbeBackend(TowerImage, Backend):
         """[e, 1] (B, E + 1) of the tower's plain forward, as `embed` gives it at zero shift."""
         return _with_one(self.tower.encode_pixels(pixels))
 
+    def encode_kept(self, pixels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """[e, 1] (B, S, E + 1) of the tower run on the kept tokens only (`Backend.encode_kept`)."""
+        return _with_one(self.tower.encode_kept(pixels, keep))
+
 
 def _with_one(e: torch.Tensor) -> torch.Tensor:
     """[e, 1]: the feature and the constant that carries the bias."""

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..config import run_size
 from ..errors import UsageError
-from .base import autocast, resample_pos
+from .base import autocast, kept_sequences, resample_pos
 from ..core.shift import TokenRequest, shifted_attention, split_projection
 
 FULL_PATH_JACOBIAN_CHUNK = 32  # shift rows per backward when every row runs the last block
@@ -68,6 +68,21 @@ class TimmViT:
         with autocast(self.vit.patch_embed.proj.weight.device, self.autocast_dtype):
             pooled = self.vit.forward_head(self.vit.norm(self._tokens(pixels, self.vit.blocks)))
             return (pooled if self.head is None else self.head(pooled)).float()
+
+    def encode_kept(self, pixels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """`Backend.encode_kept`: the prefix tokens plus the patch tokens `keep` (B, S, n), dropped after the
+        position embedding, through every block, timm's own pooling and `head`: (B, S, E), grad-free."""
+        v, pool = self.vit, self.vit.attn_pool
+        if pool is not None and getattr(pool, "pos_embed", None) is not None:
+            raise UsageError("this tower's pooling head has a position embedding per token; its tokens cannot be "
+                             "dropped, so faithfulness is not available")
+        proj = v.patch_embed.proj
+        with torch.inference_mode(), autocast(proj.weight.device, self.autocast_dtype):
+            x = v.patch_embed.norm(proj(pixels.to(proj.weight.device, proj.weight.dtype)).flatten(2).transpose(1, 2))
+            x = v.norm_pre(kept_sequences(self._with_prefix(x), keep, self.prefix))
+            pooled = v.forward_head(v.norm(v.blocks(x)))
+            out = (pooled if self.head is None else self.head(pooled)).float()
+        return out.reshape(*keep.shape[:2], -1).clone()
 
     def target_module(self) -> nn.Module:
         """The module whose output is A: the final norm (attention pooling) or the last block's norm1."""

@@ -54,9 +54,18 @@ def compare(image, concepts, model, pretrained, model_config, backend, device, i
             p = f", p {c['probability']:.3f}" if c["probability"] is not None else ""
             click.echo(f"{c['concept']}: score {c['score']:.3f}{p} vs [{', '.join(c['references']) or '-'}] "
                        f"peak {comparison.rows[0]} {_point(c['base_alone']['peak'])} "
-                       f"Finer-CAM {_point(c['finer']['peak'])}"
+                       f"Finer-CAM {_point(c['finer']['peak'])}{_faithfulness(c)}"
                        + (f" window {_point(c['finer']['window'])}" if options.zoom else ""))
         click.echo(f"grid {grid.size[0]}x{grid.size[1]} -> {paths['grid']}")
+
+
+def _faithfulness(concept: dict) -> str:
+    """' faithfulness F (base alone B)' when it was asked for ('-' for an empty map), else ''."""
+    if "faithfulness" not in concept["finer"]:
+        return ""
+    shown = [f"{s:.2f}" if (s := concept[row]["faithfulness"]["score"]) is not None else "-"
+             for row in ("finer", "base_alone")]
+    return f" faithfulness {shown[0]} (base alone {shown[1]})"
 
 
 def _point(peak: list[int] | None) -> str:

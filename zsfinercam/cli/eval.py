@@ -5,8 +5,9 @@ from pathlib import Path
 
 import click
 
-from ..options import BASES, EVAL_METHODS, LocateOptions, OptionError
-from .flags import json_option, kernel_option, load_localizer, model_options, report_path, run_options, zoom_options
+from ..options import BASES, EVAL_METHODS, FAITHFULNESS_NAMES, LocateOptions, OptionError
+from .flags import (faithfulness_option, json_option, kernel_option, load_localizer, model_options, report_path,
+                    run_options, zoom_options)
 
 
 def _methods(ctx, param, value: str) -> tuple[str, ...]:
@@ -50,6 +51,7 @@ def _bases(ctx, param, value: str | None) -> tuple[str, ...] | None:
 @click.option("--perturbation", is_flag=True, help="Also deletion/insertion AUC and RD@k (slower).")
 @click.option("--top-percent", type=click.FloatRange(0, 100, min_open=True), default=5.0, show_default=True,
               help="k of RD@k: percent of pixels hidden.")
+@faithfulness_option
 @model_options
 @json_option("the summary and every per-item row")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
@@ -59,8 +61,8 @@ def _bases(ctx, param, value: str | None) -> tuple[str, ...] | None:
 @kernel_option
 @run_options
 def eval_command(manifest, synthetic, split, seed, subject_scale, methods, bases, logit_scale, zoom, zoom_on,
-                 perturbation, top_percent, model, pretrained, model_config, backend, device, image_size, as_json,
-                 report, write_manifest, kernel):
+                 perturbation, top_percent, faithfulness, model, pretrained, model_config, backend, device, image_size,
+                 as_json, report, write_manifest, kernel):
     """Score maps against masks/boxes from MANIFEST (JSONL), or on a synthetic set with --synthetic N."""
     from ..evaluation.evaluate import evaluate, read_manifest, synthetic_items, with_logit_scale, write_manifest as save_set
     from ..io.files import atomic_write, json_bytes, refuse_overwriting_inputs
@@ -84,7 +86,8 @@ def eval_command(manifest, synthetic, split, seed, subject_scale, methods, bases
         if write_manifest is not None:
             click.echo(f"# synthetic set written to {save_set(items, write_manifest)}", err=True)
     result = evaluate(loc, items, methods, bases=bases, perturbation=perturbation, top_percent=top_percent,
-                      zoom=zoom or zoom_on is not None, zoom_on=zoom_on)
+                      zoom=zoom or zoom_on is not None, zoom_on=zoom_on,
+                      faithfulness=FAITHFULNESS_NAMES[faithfulness])
     record = {"summary": result.summary(), "rows": result.rows}
     click.echo(json_bytes(record).decode() if as_json else result.table())
     if report is not None:

@@ -15,8 +15,8 @@ import click
 from ..backends import list_backends, token_gradients
 from ..concepts.vocab import preflight
 from ..errors import UsageError
-from ..options import (BASES, DEFAULT_BASE, DEFAULT_MAX_PIXELS, FALLBACK_BASE, METHODS, OBJECTIVES, STRATEGIES,
-                       LocateOptions, OptionError)
+from ..options import (BASES, DEFAULT_BASE, DEFAULT_MAX_PIXELS, FAITHFULNESS_NAMES, FALLBACK_BASE, METHODS,
+                       OBJECTIVES, STRATEGIES, LocateOptions, OptionError)
 from ..io.progress import LOGGER, note
 from .defaults import choose_model
 
@@ -179,6 +179,7 @@ def contrast_options(func):
                      help="CAM base: gradcam (channel weights = mean gradient), hirescam (gradient x "
                           "activation per patch) or layercam (positive gradient x activation)."),
         click.option("--templates", default=None, metavar="NAME|FILE", help="Prompt template set or file."),
+        faithfulness_option,
     ]
     for option in reversed(options):
         func = option(func)
@@ -197,6 +198,11 @@ def zoom_options(func):
     for option in reversed(options):
         func = option(func)
     return func
+faithfulness_option = click.option(
+    "--faithfulness", type=click.Choice(list(FAITHFULNESS_NAMES)), is_flag=False, flag_value="both", default="off",
+    show_default=True, help="Also score how much each map's objective rests on its top patch tokens (-1..1; "
+                            "docs/faithfulness.md): --faithfulness alone or 'both' with deletion and insertion, "
+                            "'deletion' with deletion alone (half the cost).")
 
 
 method_option = click.option("--method", type=click.Choice(METHODS), default="finer", show_default=True,
@@ -208,9 +214,9 @@ FLAGS = {"parts": "--part-vocab"}  # LocateOptions fields whose flag is not --<f
 
 def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, objective, templates,
                    method: str = "finer", base: str | None = None, zoom: bool = False,
-                   zoom_on: str | None = None, *, backend: str) -> LocateOptions:
-    """The LocateOptions of contrast_options' (and method_option's, zoom_options') values, resolved for
-    the --backend (`LocateOptions.resolved`) as `Localizer.options` will resolve them.
+                   zoom_on: str | None = None, faithfulness: str = "off", *, backend: str) -> LocateOptions:
+    """The LocateOptions of contrast_options' (and method_option's, zoom_options', faithfulness_option's)
+    values, resolved for the --backend (`LocateOptions.resolved`) as `Localizer.options` will resolve them.
 
     Raises:
         click.BadParameter: a value LocateOptions refuses, named by its flag (exit status 2).
@@ -222,7 +228,8 @@ def locate_options(vs, vocab, contrast, category, parts, part_vocab, alpha, obje
         options = LocateOptions(vs=vs, vocab=vocab, contrast=contrast, category=category,
                                 parts=part_vocab if parts else None, alpha=alpha, method=method,
                                 objective=objective, base=base, templates=templates,
-                                zoom=zoom or zoom_on is not None, zoom_on=zoom_on)
+                                zoom=zoom or zoom_on is not None, zoom_on=zoom_on,
+                                faithfulness=FAITHFULNESS_NAMES[faithfulness])
         preflight(options)  # a misspelt --vocab or a conflict fails here, before the model loads
         return options.resolved(token_gradients(backend))
     except OptionError as err:

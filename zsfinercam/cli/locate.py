@@ -131,8 +131,10 @@ def result_line(res, files: dict[str, str]) -> str:
     ref_scores = f" (scores {', '.join(f'{res.scores[r]:.3f}' for r in res.references)})" if res.references else ""
     box = res.bbox()
     window = f" window {res.window or '-'}" if res.zoom else ""
+    faith = f" faithfulness {res.faithfulness_text}" if res.faithfulness is not None else ""
     return (f"{res.concept}: score {res.scores[res.concept]:.3f}{f', p {p:.3f}' if p is not None else ''} "
-            f"vs [{refs}]{ref_scores} peak {res.peak or '-'} bbox {box or '-'}{window} -> {', '.join(files.values())}")
+            f"vs [{refs}]{ref_scores} peak {res.peak or '-'} bbox {box or '-'}{window}{faith} "
+            f"-> {', '.join(files.values())}")
 
 
 def _empty_hint(res) -> str:

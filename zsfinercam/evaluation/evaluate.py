@@ -37,6 +37,7 @@ from ..options import BASES, EVAL_METHODS, LocateOptions
 
 MASK_METRICS = ("pointing", "energy", "iou")
 PERTURBATION_METRICS = ("deletion", "insertion", "rd")
+FAITH_METRICS = ("faithfulness", "shuffled")  # the map's faithfulness, and its control (tokens shuffled)
 
 
 @dataclass
@@ -61,20 +62,26 @@ class EvalReport:
         for method in dict.fromkeys(r["method"] for r in self.rows):
             mine = [r for r in self.rows if r["method"] == method]
             stats = {"n": float(len(mine))}
-            for key in (*MASK_METRICS, "box_iou", *PERTURBATION_METRICS):
+            for key in (*MASK_METRICS, "box_iou", *PERTURBATION_METRICS, *FAITH_METRICS):
                 vals = [float(r[key]) for r in mine if r.get(key) is not None and np.isfinite(r[key])]
                 if vals:
                     stats[key] = float(np.mean(vals))
+            scored = [r for r in mine if r.get("faithfulness") is not None and "pointing" in r]
+            if scored:  # does faithfulness predict a peak on the part? NaN when all hit or all miss
+                stats["faith_auroc"] = metrics.auroc([r["faithfulness"] for r in scored],
+                                                     [r["pointing"] > 0 for r in scored])
             out[method] = stats
         return out
 
     def table(self) -> str:
         summary = self.summary()
-        keys = [k for k in (*MASK_METRICS, "box_iou", *PERTURBATION_METRICS) if any(k in s for s in summary.values())]
+        keys = [k for k in (*MASK_METRICS, "box_iou", *PERTURBATION_METRICS, *FAITH_METRICS, "faith_auroc")
+                if any(k in s for s in summary.values())]
         width = max(10, *(len(m) + 1 for m in summary))  # "method/base" labels are longer than 10
-        lines = [f"{'method':<{width}}{'n':>6}" + "".join(f"{k:>11}" for k in keys)]
+        cols = {k: max(11, len(k) + 2) for k in keys}
+        lines = [f"{'method':<{width}}{'n':>6}" + "".join(f"{k:>{cols[k]}}" for k in keys)]
         for method, stats in summary.items():
-            cells = "".join(f"{stats[k]:>11.3f}" if k in stats else f"{'-':>11}" for k in keys)
+            cells = "".join(f"{stats[k]:>{cols[k]}.3f}" if k in stats else f"{'-':>{cols[k]}}" for k in keys)
             lines.append(f"{method:<{width}}{int(stats['n']):>6}{cells}")
         bases = {r["base"] for r in self.rows if "base" in r}
         if len(bases) == 1 and not any("/" in m for m in summary):  # one base, rows named by method
@@ -173,13 +180,19 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
 
 def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHODS, *,
              bases: Sequence[str] | None = None, perturbation: bool = False, top_percent: float = 5.0,
-             progress: bool = True, zoom: bool = False, zoom_on: str | None = None) -> EvalReport:
+             faithfulness: bool | str = False, progress: bool = True, zoom: bool = False,
+             zoom_on: str | None = None) -> EvalReport:
     """Score every method on every item; the trunk runs once per item for all methods.
 
     Args:
         bases: CAM bases (options.BASES) to compare; None = the model's default base only
             (`Localizer.options`), rows labelled by method alone. Given, every method but "random"
             has one row per base, labelled "method/base". Every row but "random" records its "base".
+        faithfulness: as `LocateOptions.faithfulness`: rows of the map methods (not the baselines,
+            nor zoomed rows, whose maps cover a window) also get the map's "faithfulness" and
+            "shuffled", that of the same map with its tokens shuffled (a control that should score
+            near 0); the summary adds "faith_auroc", the AUROC of faithfulness for "the peak lies in
+            the mask" (pointing).
         zoom: also score every map method zoomed, in rows "<label>+zoom" that record their
             "window" (None: the whole image); `zoom_on` as in `LocateOptions`.
     """
@@ -200,16 +213,18 @@ def evaluate(loc, items: Iterable[EvalItem], methods: Sequence[str] = EVAL_METHO
         refs = item.references
         for label, method, base, zoom_options in runs:
             if method == "randomized":
-                heat, used, window = _heatmap(scrambled, scrambled_feats, item, "finer", base, k, zoom_options)
+                heat, res = _heatmap(scrambled, scrambled_feats, item, "finer", base, k, zoom_options)
             else:
-                heat, used, window = _heatmap(loc, feats, item, method, base, k, zoom_options)
-            refs = refs or used
+                heat, res = _heatmap(loc, feats, item, method, base, k, zoom_options)
+            refs = refs or (list(res.references) if res is not None else None)
             row = {"item": k, "label": item.label, "concept": item.concept, "method": label}
             if base is not None:
                 row["base"] = base
             if zoom_options:
-                row["window"] = window
+                row["window"] = list(res.window) if res.window else None
             row.update(_mask_metrics(heat, item))
+            if faithfulness and res is not None and method != "randomized" and not zoom_options:  # whole-image maps
+                row.update(faithfulness_metrics(loc, feats, res, faithfulness, seed=k))
             if perturbation:
                 row.update(_perturbation_metrics(loc, image, heat, [item.concept, *(refs or [])], top_percent))
             report.rows.append(row)
@@ -256,14 +271,31 @@ def _randomized(loc):
 
 
 def _heatmap(loc, feats, item: EvalItem, method: str, base: str | None, seed: int,
-             zoom: dict) -> tuple[np.ndarray, list[str], list[int] | None]:
-    """The method's heatmap at image size on `base` (None for "random"), the references Finer-CAM used,
-    and the zoom window (None: the whole image)."""
+             zoom: dict) -> tuple[np.ndarray, object]:
+    """The method's heatmap at image size on `base` (None for "random"), and its LocateResult (None: random)."""
     if method == "random":
-        return metrics.resize_map(metrics.random_map(loc.config.grid_size, seed), feats.images[0].shape[:2]), [], None
+        return metrics.resize_map(metrics.random_map(loc.config.grid_size, seed), feats.images[0].shape[:2]), None
     options = LocateOptions(vs=item.references, vocab=item.vocab, method=method, base=base, **zoom)
     res = loc.locate_many(feats, [item.concept], options)[0]
-    return res.heatmap, list(res.references), list(res.window) if res.window else None
+    return res.heatmap, res
+
+
+def faithfulness_metrics(loc, feats, res, mode: bool | str, seed: int = 0) -> dict:
+    """{"faithfulness": of the result's map, "shuffled": of the same map with its tokens permuted
+    (seeded)}, both with the result's own objective and the same random sets (`core.removal`);
+    None for an empty map."""
+    from ..core import faithfulness, removal
+    from ..core.objectives import Objective
+
+    refs = tuple(range(1, len(res.references) + 1))
+    finer = res.method == "finer" and res.alpha > 0 and refs
+    objective = Objective(0, refs, res.alpha, res.objective) if finer else Objective(0, (), 0.0)
+    flat = res.token_map.ravel()
+    maps = np.stack([flat, np.random.default_rng(seed).permutation(flat)])[None]
+    real, shuffled = removal.faithfulness(loc.backend, loc.pixels(feats.images),
+                                          loc.head([res.concept, *res.references]), [[objective, objective]], maps,
+                                          feats.embedding, faithfulness.mode_of(mode))[0]
+    return {"faithfulness": real.score, "shuffled": shuffled.score}
 
 
 def _mask_metrics(heat: np.ndarray, item: EvalItem) -> dict:

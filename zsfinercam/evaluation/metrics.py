@@ -162,6 +162,19 @@ def rank_correlation(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve of `scores` for the bool `labels`: the probability that a positive
+    outscores a negative, ties counting half; NaN when there is no positive or no negative."""
+    s, y = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels, dtype=bool).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels differ in length: {s.size} vs {y.size}")
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if not positives or not negatives:
+        return float("nan")
+    ranks = _ranks(s)  # 0-based, ties averaged
+    return float((ranks[y].sum() - positives * (positives - 1) / 2) / (positives * negatives))
+
+
 def _ranks(x: np.ndarray) -> np.ndarray:
     order = np.argsort(x, kind="stable")
     ranks = np.empty(len(x))

@@ -67,13 +67,14 @@ def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
 
     def locate(image, concepts, references=None, contrast=session.DEFAULT_CONTRAST, vocab=session.MODEL_VOCAB,
                alpha=None, templates=None, method="finer", objective="weighted", base=None, zoom=False,
-               folder=None):
+               faithfulness="off", folder=None):
         """The CAM base alone, Finer-CAM and their difference for each concept (one per line) in
         the image; `base` (the CAM base) defaults to the model's (`Localizer.options`); `zoom` maps each
-        concept in a window around the subject (zsfinercam.zoom)."""
+        concept in a window around the subject (zsfinercam.zoom); `faithfulness`: "off", "both" or
+        "deletion"."""
         try:
             request = session.parse_request(concepts, references, contrast, vocab, alpha, templates, method,
-                                            objective, base, zoom)
+                                            objective, base, zoom, faithfulness)
             if not image:
                 raise UsageError("no image given; upload an image or pick an example")
             result = session.run_request(loc, cache, image, request)
@@ -89,9 +90,9 @@ def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
 
 
 def _input_widgets(gr, loc: "Localizer", examples):
-    """([image, concepts, references, contrast, vocab, alpha, templates, method, objective, base, zoom],
-    the button)."""
-    from ..options import BASES, METHODS, OBJECTIVES, STRATEGIES
+    """([image, concepts, references, contrast, vocab, alpha, templates, method, objective, base, zoom,
+    faithfulness], the button)."""
+    from ..options import BASES, FAITHFULNESS_NAMES, METHODS, OBJECTIVES, STRATEGIES
     from ..concepts.vocab import list_templates, list_vocabs
 
     image = _image_input(label="image", type="filepath", sources=["upload", "clipboard"], elem_id="image", height=320)
@@ -111,10 +112,13 @@ def _input_widgets(gr, loc: "Localizer", examples):
         objective = gr.Dropdown(list(OBJECTIVES), value="weighted", label="objective")
         base = gr.Dropdown(list(BASES), value=loc.options().base, label="CAM base", elem_id="base")
         zoom = gr.Checkbox(False, label="zoom: map a window around the subject (small subjects)", elem_id="zoom")
+        faithfulness = gr.Dropdown(list(FAITHFULNESS_NAMES), value="off", elem_id="faithfulness",
+                                   label="faithfulness (both: deletion + insertion; deletion: cheaper)")
         h, w = loc.config.image_size
         gr.Markdown(f"Image size **{w} x {h}**: a model property, set with `--image-size` at launch; "
                     "a new size needs the trunk again.")
-    return [image, concepts, references, contrast, vocab, alpha, templates, method, objective, base, zoom], run
+    return ([image, concepts, references, contrast, vocab, alpha, templates, method, objective, base, zoom,
+             faithfulness], run)
 
 
 def _output_widgets(gr):
@@ -124,7 +128,7 @@ def _output_widgets(gr):
                       elem_id="maps")
     scores = gr.Dataframe(headers=session.SCORE_HEADERS, interactive=False,
                           label="scores (p: softmax over the concept and its references)",
-                          column_widths=["14%", "52%", "12%", "11%", "11%"], wrap=True)
+                          column_widths=["14%", "42%", "11%", "11%", "11%", "11%"], wrap=True)
     used = gr.Markdown(label="references")
     near = gr.Markdown(label="neighbours")
     files = gr.File(label="downloads", file_count="multiple", interactive=False)

@@ -53,6 +53,7 @@ class LabRequest:
     objective: str = "weighted"
     base: str | None = None  # the CAM base (options.BASES); None: the model's default (`Localizer.options`)
     zoom: bool = False  # map each concept in a window on the subject (LocateOptions.zoom)
+    faithfulness: bool | str = False  # options.FAITHFULNESS
 
 
 def parse_lines(text: str | None) -> list[str]:
@@ -64,16 +65,17 @@ def parse_lines(text: str | None) -> list[str]:
 def parse_request(concepts: str | None, references: str | None = "", contrast: str | None = DEFAULT_CONTRAST,
                   vocab: str | None = MODEL_VOCAB, alpha: float | None = None, templates: str | None = None,
                   method: str = "finer", objective: str = "weighted", base: str | None = None,
-                  zoom: bool = False) -> LabRequest:
+                  zoom: bool = False, faithfulness: str | None = "off") -> LabRequest:
     """A LabRequest from the page's widget values; vocabularies and template sets are only the
-    shipped names (a browser never names a server file).
+    shipped names (a browser never names a server file). `faithfulness`: a key of
+    options.FAITHFULNESS_NAMES.
 
     Raises:
         UsageError: blank concepts, an unknown vocabulary, template set, rule or base, a bad alpha
             (the values of options are checked by `LocateOptions`, as everywhere).
     """
     from ..concepts.vocab import list_templates, list_vocabs
-    from ..options import check_concepts
+    from ..options import FAITHFULNESS_NAMES, check_choice, check_concepts
 
     names = check_concepts(parse_lines(concepts))
     vocab = None if vocab in (None, "", MODEL_VOCAB) else vocab
@@ -82,9 +84,10 @@ def parse_request(concepts: str | None, references: str | None = "", contrast: s
     templates = templates or None
     if templates is not None and templates not in list_templates():
         raise UsageError(f"unknown template set {templates!r}; shipped template sets: {', '.join(list_templates())}")
+    faithfulness = FAITHFULNESS_NAMES[check_choice("faithfulness", faithfulness or "off", list(FAITHFULNESS_NAMES))]
     request = LabRequest(tuple(names), tuple(parse_lines(references)),
                          None if contrast in (None, "", DEFAULT_CONTRAST) else contrast, vocab, templates,
-                         alpha, method, objective, base or None, bool(zoom))
+                         alpha, method, objective, base or None, bool(zoom), faithfulness)
     request_options(request)  # LocateOptions checks the rule, alpha, method, objective, base and zoom
     return request
 
@@ -100,7 +103,7 @@ def request_options(request: LabRequest) -> "LocateOptions":
                          parts=parts, alpha=0.0 if request.method == "base" else request.alpha,
                          method="finer" if request.method == "base" else request.method,
                          objective=request.objective, templates=request.templates, base=request.base,
-                         zoom=request.zoom)
+                         zoom=request.zoom, faithfulness=request.faithfulness)
 
 
 class FeatureCache:
@@ -226,17 +229,19 @@ def neighbours_of(loc: "Localizer", concept: str, request: LabRequest) -> list[t
 
 # layout --------------------------------------------------------------------
 def score_rows(result: LabResult) -> list[list]:
-    """Rows [concept, entry, role, logit, probability]: each concept then its references; the
-    probability is a softmax over the concept and its references (`LocateResult.probabilities`)."""
+    """Rows [concept, entry, role, logit, probability, faithfulness]: each concept then its references;
+    the probability is a softmax over the concept and its references (`LocateResult.probabilities`);
+    the faithfulness of the concept's Finer-CAM map ("" for references, when not asked for, and "-"
+    for an empty map)."""
     rows = []
     for res in result.comparison.finer:
         for i, (name, p) in enumerate(res.probabilities().items()):
             rows.append([res.concept, name, "concept" if i == 0 else "reference",
-                         round(res.scores[name], 4), round(p, 4)])
+                         round(res.scores[name], 4), round(p, 4), res.faithfulness_text if i == 0 else ""])
     return rows
 
 
-SCORE_HEADERS = ["concept", "entry", "role", "logit", "p vs refs"]  # p: softmax over concept + references
+SCORE_HEADERS = ["concept", "entry", "role", "logit", "p vs refs", "faithfulness"]  # p: over concept + references
 
 
 def gallery(result: LabResult, cell: int = CELL) -> list[tuple[Any, str]]:
@@ -283,6 +288,8 @@ def summary(result: LabResult) -> dict:
     for alone, finer in zip(result.comparison.base_alone, result.comparison.finer):
         record = {k: v for k, v in finer.to_dict().items() if k != "token_map"}
         record["base_alone"] = alone.location()
+        if alone.faithfulness is not None:
+            record["base_alone"]["faithfulness"] = alone.faithfulness.to_dict()
         out.append(record)
     return {"cached": result.cached, "seconds": round(result.seconds, 6), "results": out}
 
