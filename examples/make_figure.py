@@ -8,35 +8,31 @@ Each panel's title names the base it used (the model's default base unless --bas
 import argparse
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from figures import base_title, panel_row
+from PIL import Image
 
 import zsfinercam as zf
-from zsfinercam.compare import BASE_NAMES
+from zsfinercam.options import BASES
 
 HERE = Path(__file__).resolve().parent
 CONCEPT = "red-headed blue-tailed striped-winged bird"
 REFERENCE = "red-headed blue-tailed spotted-winged bird"  # differs only in the wings
-PANEL = 256
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "images" / "compare.png")
-    parser.add_argument("--base", choices=sorted(BASE_NAMES), default=None, help="CAM base [default: the model's]")
+    parser.add_argument("--base", choices=BASES, default=None, help="CAM base [default: the model's]")
     args = parser.parse_args(argv)
     loc = zf.Localizer.from_pretrained("toy", device="cpu", cache_dir=None)
     image = Image.open(HERE / "bird.png").convert("RGB")
     feats = loc.encode_image(image)
     alone = loc.locate(feats, CONCEPT, alpha=0, base=args.base)  # alpha 0: the base alone, no references
     finer = loc.locate(feats, CONCEPT, vs=[REFERENCE], base=args.base)
-    base = BASE_NAMES[finer.base][0]
+    base = base_title(finer.base)
     panels = [("image", image), (f"{base} alone", alone.overlay()),
               (f"Finer-CAM ({base} base) vs spotted wings", finer.overlay())]
-    out = Image.new("RGB", (PANEL * len(panels), PANEL + 24), "white")
-    draw = ImageDraw.Draw(out)
-    for i, (title, panel) in enumerate(panels):
-        out.paste(panel.resize((PANEL, PANEL), Image.NEAREST), (i * PANEL, 24))
-        draw.text((i * PANEL + 6, 5), title, fill="black")
+    out = panel_row(panels)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     out.save(args.out)
     print(f"{CONCEPT}: {base} alone peak {alone.peak}, Finer-CAM peak {finer.peak} -> {args.out}")

@@ -1,4 +1,4 @@
-"""Make docs/img/zoom.png and examples/small_bird.png: a small bird in a large cluttered photo,
+"""Make docs/images/zoom.png and examples/small_bird.png: a small bird in a large cluttered photo,
 Finer-CAM without and with zoom (embedded toy model, its default CAM base).
 
     python examples/make_zoom_figure.py
@@ -10,17 +10,16 @@ docs/zoom.md gives the rates on 300 images.
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from figures import base_title, panel_row
+from PIL import Image
 
 import zsfinercam as zf
-from zsfinercam.compare import BASE_NAMES
 from zsfinercam.synthetic import make_scene
 
 HERE = Path(__file__).resolve().parent
 CONCEPT = "red-headed blue-tailed striped-winged bird"
 REFERENCE = "red-headed blue-tailed spotted-winged bird"  # differs only in the wings
 SEED = 3
-PANEL = 256
 
 
 def main() -> None:
@@ -30,15 +29,11 @@ def main() -> None:
     feats = loc.encode_image(np.asarray(scene.image))
     plain = loc.locate(feats, CONCEPT, vs=[REFERENCE])
     zoomed = loc.locate(feats, CONCEPT, vs=[REFERENCE], zoom=True)
-    base = BASE_NAMES[plain.base][0]
+    base = base_title(plain.base)
     panels = [("image", scene.image), (f"Finer-CAM ({base} base)", plain.overlay()),
               (f"Finer-CAM + zoom ({base} base)", zoomed.overlay())]
-    out = Image.new("RGB", (PANEL * len(panels), PANEL + 24), "white")
-    draw = ImageDraw.Draw(out)
-    for i, (title, panel) in enumerate(panels):
-        out.paste(panel.resize((PANEL, PANEL), Image.BILINEAR), (i * PANEL, 24))
-        draw.text((i * PANEL + 6, 5), title, fill="black")
-    target = HERE.parent / "docs" / "img" / "zoom.png"
+    out = panel_row(panels, Image.BILINEAR)
+    target = HERE.parent / "docs" / "images" / "zoom.png"
     out.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)  # a small file
     on_wings = [bool(scene.masks["wings"][r.peak[1], r.peak[0]]) if r.peak else False for r in (plain, zoomed)]
     print(f"peak without zoom {plain.peak} (on the wings: {on_wings[0]}), with zoom {zoomed.peak} "
