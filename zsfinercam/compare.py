@@ -131,7 +131,7 @@ class Comparison:
 
     def _faithfulness_line(self, i: int) -> list[str]:
         """["faithfulness <Finer-CAM's> (<base alone's>)"] when it was asked for, else []."""
-        finer, alone = self.finer[i], self.gradcam[i]
+        finer, alone = self.finer[i], self.base_alone[i]
         if finer.faithfulness is None:
             return []
         return [f"faithfulness {finer.faithfulness_text} ({self.rows[0]} {alone.faithfulness_text})"]
