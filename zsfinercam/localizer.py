@@ -268,7 +268,7 @@ class Localizer:
         names = check_concepts(concepts)
         typed = [*names, *(options.vs or ()), *([options.category] if options.category else [])]
         if notice := vocabulary_notice(self.config.known_words, typed):
-            warnings.warn(notice, stacklevel=3)
+            warnings.warn(notice)  # at this line: the default filter shows one message once per process
         if options.zoom:
             return zoomed_maps(self, feats, names, options)
         plans, candidates = self._plans(names, options)
