@@ -75,3 +75,21 @@ def test_page_uploads_types_and_shows_maps(page_url, tmp_path):
                 shutil.copyfile(shot, os.environ["ZSFINERCAM_LAB_SCREENSHOT"])
         finally:
             browser.close()
+
+
+def test_opening_the_options_keeps_finer_cam(page_url):
+    """The options show the alpha in use (1): opening them sends no accidental 0 (the base alone)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser, page = open_page(p, page_url)
+        try:
+            page.locator("#image input[type=file]").set_input_files(str(BIRD))
+            page.locator("#image img").first.wait_for(timeout=30_000)
+            page.get_by_text("options").first.click()
+            assert page.locator("#alpha input").input_value() == "1"
+            page.locator("#references textarea").fill("blue head")
+            locate_in_page(page, "red tail")
+            assert "red tail vs blue head" in page.locator("body").inner_text()
+        finally:
+            browser.close()

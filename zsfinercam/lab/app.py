@@ -92,7 +92,7 @@ def _handler(gr, loc: "Localizer", cache: session.FeatureCache):
 def _input_widgets(gr, loc: "Localizer", examples):
     """([image, concepts, references, contrast, vocab, alpha, templates, method, objective, base, zoom,
     faithfulness], the button)."""
-    from ..options import BASES, FAITHFULNESS_NAMES, METHODS, OBJECTIVES, STRATEGIES
+    from ..options import BASES, DEFAULT_ALPHA, FAITHFULNESS_NAMES, METHODS, OBJECTIVES, STRATEGIES
     from ..concepts.vocab import list_templates, list_vocabs
 
     image = _image_input(label="image", type="filepath", sources=["upload", "clipboard"], elem_id="image", height=320)
@@ -107,9 +107,12 @@ def _input_widgets(gr, loc: "Localizer", examples):
         vocab = gr.Dropdown([session.MODEL_VOCAB, *list_vocabs()], value=session.MODEL_VOCAB, label="vocabulary",
                             allow_custom_value=True)  # checked by parse_request, with the CLI's message
         templates = gr.Dropdown(list_templates(), value=None, label="templates (empty: the model's)")
-        alpha = gr.Number(None, label="alpha (empty: 1.0, or 0.6 for objective mean)", minimum=0)
+        # the alpha in use, shown: a page renders an empty number as 0 and sends 0 (the base alone)
+        alpha = gr.Number(DEFAULT_ALPHA["weighted"], label="alpha (contrast strength; 0: the base alone)",
+                          minimum=0, elem_id="alpha")
         method = gr.Radio(list(METHODS), value="finer", label="method (base: the CAM base alone)")
-        objective = gr.Dropdown(list(OBJECTIVES), value="weighted", label="objective")
+        objective = gr.Dropdown(list(OBJECTIVES), value="weighted", label="objective (sets alpha to its default)")
+        objective.change(DEFAULT_ALPHA.get, objective, alpha, api_visibility="private")
         base = gr.Dropdown(list(BASES), value=loc.options().base, label="CAM base", elem_id="base")
         zoom = gr.Checkbox(False, label="zoom: map a window around the subject (small subjects)", elem_id="zoom")
         faithfulness = gr.Dropdown(list(FAITHFULNESS_NAMES), value="off", elem_id="faithfulness",
