@@ -32,10 +32,10 @@ def test_the_api_gives_empty_maps_without_a_peak(toy, red):
     comparison = toy.compare(str(red), [CONCEPT], vs=[REFERENCE], base="gradcam")
     for res in (*comparison.base_alone, *comparison.finer):
         assert res.empty and res.peak is None and res.bbox() is None
-        assert res.location() == {"peak": None, "bbox": None} and res.to_dict()["peak"] is None
+        assert res.location() == {"peak": None, "bbox": None, "window": None} and res.to_dict()["peak"] is None
         assert "(empty map: no peak)" in res.caption_lines()[0] and "peak None" in repr(res)
     (record,) = comparison.to_dict()["concepts"]
-    assert record["base_alone"] == record["finer"] == {"peak": None, "bbox": None}
+    assert record["base_alone"] == record["finer"] == {"peak": None, "bbox": None, "window": None}
     assert comparison.grid(cell=32).size == comparison.layout(32).size(1)
 
 
@@ -57,7 +57,7 @@ def test_compare_prints_and_draws_empty_maps(red, tmp_path, capsys):
     args = ["compare", str(red), CONCEPT, "--vs", REFERENCE, "--base", "gradcam", "--out", str(tmp_path / "out")]
     main([*args, "--json"])
     record = json.loads(capsys.readouterr().out)
-    assert record["concepts"][0]["base_alone"] == {"peak": None, "bbox": None}
+    assert record["concepts"][0]["base_alone"] == {"peak": None, "bbox": None, "window": None}
     with Image.open(record["files"]["grid"]) as grid:
         assert grid.size == tuple(record["grid_size"])
     main(args)
