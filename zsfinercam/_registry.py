@@ -32,7 +32,7 @@ class Registry:
 
         def add(cls: T) -> T:
             held = self._held.get(name)
-            if held is not None and held != f"{cls.__module__}:{cls.__qualname__}":
+            if held is not None and held is not cls and held != f"{cls.__module__}:{cls.__qualname__}":
                 owner = held if isinstance(held, str) else held.__qualname__
                 raise ValueError(f"{self.kind} {name!r} is already registered by {owner}")
             cls.name = name

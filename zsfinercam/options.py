@@ -130,7 +130,7 @@ class LocateOptions:
         check_choice("method", self.method, METHODS)
         check_choice("objective", self.objective, OBJECTIVES)
         if self.base is not None:
-            check_choice("base", self.base, BASES)
+            check_choice("base", self.base, list_bases())  # bases registered after import count too
         if self.contrast is not None:
             check_choice("contrast", self.contrast, STRATEGIES)
         k = self.num_references

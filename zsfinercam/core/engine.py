@@ -75,7 +75,8 @@ class ImageFeatures:
                 f"jacobian {jacobian})")
 
     def __getitem__(self, i: int) -> "ImageFeatures":
-        """Features of image i alone (a view, sharing memory)."""
+        """Features of image i alone (a view, sharing memory); negative i counts from the end."""
+        i = range(len(self))[i]  # an IndexError out of range, never empty features
         sl = slice(i, i + 1)
         jac = None if self.jacobian is None else self.jacobian[sl]
         out_jac = None if self.output_jacobian is None else (self.output_jacobian[0][sl],

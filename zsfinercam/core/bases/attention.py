@@ -24,13 +24,14 @@ Any position embedding added to the keys' input drops out: the projections are a
 A's patch tokens here, not read back from k or v.
 
 For a kernel, HiResCAM regroups into one matrix product per image. With kappa_lht = P_lh . A_t
-and V'_t = W_v A_t (no bias), R_lh . A_t = g_lh . V'_th, so
+and V'_t = W_v A_t (no bias), R_lh . A_t = g_lh . V'_th and s_lht = w_lht g_lh . (v_th - o_lh), so
 
-    map_t = sum_{l,h} g_lh . U_lht  -  (g_lh . o_lh) c_lht,
-    U_lht = w_lht (kappa_lht v_th + V'_th),   c_lht = w_lht kappa_lht,
+    map_t = sum_{l,h} g_lh . U_lht,   U_lht = w_lht (kappa_lht (v_th - o_lh) + V'_th),
 
-that is map = [g, -g.o] @ [U, c]^T: Grad-CAM's kernel (`kernels.token_maps`) over
-L * (H * hd + H) channels instead of D (`hirescam_operands`).
+that is map = g @ U^T: Grad-CAM's kernel (`kernels.token_maps`) over L * H * hd channels
+instead of D (`hirescam_operands`). U is centred on the attention output o, which does not
+depend on the objective: in half precision the difference g . v - g . o would otherwise be
+formed after rounding, and a value component shared by all tokens (a value bias) cancels there.
 """
 from __future__ import annotations
 
@@ -55,18 +56,15 @@ def hirescam_signed(record: AttentionRecord, grad: torch.Tensor, patches: torch.
 
 def hirescam_operands(record: AttentionRecord, grad: torch.Tensor,
                       patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features [U, c] (B, N, C), weights [g, -g.o] (B, M, C)), C = L * (H * hd + H), float32:
-    HiResCAM's signed map is weights @ features^T (the regrouping above)."""
+    """(features U (B, N, C), weights g (B, M, C)), C = L * H * hd, float32: HiResCAM's signed
+    map is weights @ features^T (the regrouping above)."""
     heads = record.v.shape[2]
     g = _heads(grad, heads)  # (B, M, L, H, hd)
-    batch, _, queries = g.shape[:3]
     w = record.weights[..., record.prefix:].float().permute(0, 3, 1, 2)  # (B, N, L, H)
-    kappa = torch.einsum("blhc,bnc->bnlh", key_rows(record, batch), patches)
-    v = record.v[:, record.prefix:, None].float()  # (B, N, 1, H, hd)
+    kappa = torch.einsum("blhc,bnc->bnlh", key_rows(record, g.shape[0]), patches)
+    centred = record.v[:, record.prefix:, None].float() - record.output.float()[:, None]  # v - o (B, N, L, H, hd)
     v_free = (patches @ record.wv.float().T).unflatten(-1, (heads, -1))[:, :, None]  # V' (B, N, 1, H, hd)
-    features = torch.cat([(w[..., None] * (kappa[..., None] * v + v_free)).flatten(2), (w * kappa).flatten(2)], -1)
-    g_o = torch.einsum("bmlhd,blhd->bmlh", g, record.output.float())
-    return features, torch.cat([g.flatten(2), -g_o.flatten(2)], dim=-1)
+    return (w[..., None] * (kappa[..., None] * centred + v_free)).flatten(2), g.flatten(2)
 
 
 def backward_parts(record: AttentionRecord, grad: torch.Tensor):

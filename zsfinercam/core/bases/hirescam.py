@@ -13,7 +13,7 @@ from .registry import register_base
 class HiResCAM(CamBase):
     """map_t = sum_c dO/dA_tc A_tc, from the pooling attention's record without forming dO/dA.
 
-    Triton: the regrouping of `attention` (one (B, N, L * (D + H)) feature tensor per image,
+    Triton: the regrouping of `attention` (one (B, N, L * H * hd) feature tensor per image,
     objective-free), then Grad-CAM's kernel (`kernels.token_maps`) over it: one launch for all
     M maps with the ReLU / min-max epilogue. Given dO/dA itself (a tower without the attention
     shortcut, `TokenGradients.record` None) both paths take the product in torch: the
