@@ -303,3 +303,10 @@ def test_the_benchmark_runs_and_reports_the_split():
     assert {"floor", "maps", "both", "deletion", "insertion", "tokens both"} <= set(out)
     tokens = {name: float(out[f"tokens {name}"].split()[0]) for name in ("insertion", "deletion", "both")}
     assert tokens["both"] == pytest.approx(tokens["insertion"] + tokens["deletion"], abs=0.011)
+
+
+def test_a_map_with_faithfulness_gets_its_own_file_names(toy, tmp_path):
+    """A rerun without (or with another mode of) faithfulness never replaces the file that holds it."""
+    stems = {mode: toy.locate(str(BIRD), "red tail", vs=["blue head"], faithfulness=mode).default_stem()
+             for mode in (False, True, "deletion")}
+    assert len(set(stems.values())) == 3

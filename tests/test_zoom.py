@@ -344,3 +344,28 @@ def test_lab_request_carries_zoom():
     request = session.parse_request("a", zoom=True)
     assert request.zoom and session.request_options(request).zoom
     assert not session.request_options(session.parse_request("a")).zoom
+
+
+def test_a_window_must_beat_its_parent_by_more_than_float_noise():
+    """A blank image scores every window as the whole image, up to batch rounding: no zoom."""
+    from zsfinercam.zoom import MIN_GAIN, search
+
+    noisy = search((90, 90), lambda windows: [1.0 + 1e-6] * len(windows), 1.0, 1)
+    assert noisy.window is None
+    real = search((90, 90), lambda windows: [1.0 + 10 * MIN_GAIN] * len(windows), 1.0, 1, levels=1)
+    assert real.window == (0, 0, 60, 60)
+
+
+def test_interactive_settings_switch_zoom_and_faithfulness():
+    from zsfinercam.cli.interactive import _apply, _describe
+    from zsfinercam.errors import UsageError
+
+    options = LocateOptions()
+    on = _apply(options, "zoom_on", "bird", {})
+    assert on.zoom and on.zoom_on == "bird" and "zoom on" in _describe(on) and "zoom_on bird" in _describe(on)
+    off = _apply(on, "zoom", "off", {})
+    assert not off.zoom and off.zoom_on is None
+    faith = _apply(off, "faithfulness", "deletion", {})
+    assert faith.faithfulness == "deletion" and "faithfulness deletion" in _describe(faith)
+    with pytest.raises(UsageError, match="zoom: on or off"):
+        _apply(options, "zoom", "maybe", {})

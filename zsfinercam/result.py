@@ -209,7 +209,11 @@ class LocateResult:
         templates = list(self.templates) if isinstance(self.templates, tuple) else self.templates
         settings = {"method": self.method, "objective": self.objective, "alpha": self.alpha, "base": self.base,
                     "templates": templates, "contrast": self.contrast}
-        return {**settings, "zoom": True, "zoom_on": self.zoom_on} if self.zoom else settings
+        if self.zoom:
+            settings.update(zoom=True, zoom_on=self.zoom_on)
+        if self.faithfulness is not None:  # a rerun without it must not replace the file that has it
+            settings["faithfulness"] = self.faithfulness.mode
+        return settings
 
     def default_stem(self) -> str:
         """The stem of this result's files, by the one naming rule (`files.result_stem`) every

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 SHRINK = 2 / 3  # a level's windows are this fraction of the shorter side of the window they refine
 MAX_LEVELS = 3  # levels of refinement at most (a window of 8/27 of the image's shorter side)
+MIN_GAIN = 1e-3  # logits a window must add over its parent: less is float noise between batch sizes
 MIN_SIDE = 0.5  # no window smaller than this fraction of the model's input side (in image pixels)
 MARGIN = 0.0  # the found window grows by this fraction of its side on every side (0: as scored, no extra pass)
 STRIDE_SLACK = 0.05  # a stride may exceed half a window by this fraction before another window is added
@@ -105,7 +106,7 @@ def search(size: tuple[int, int], score: Callable[[list[Window]], Sequence[float
         scores = [float(s) for s in score(windows)]
         scored += len(windows)
         top = int(np.argmax(scores))
-        if not scores[top] > best:
+        if not scores[top] > best + MIN_GAIN:  # a tie (a blank image, batch rounding) keeps the larger
             break
         current, best, found = windows[top], scores[top], windows[top]
     return Found(found, best, float(whole_score), scored)

@@ -19,7 +19,8 @@ from ..io.progress import note
 
 TEXT_SETTINGS = ("vocab", "templates", "category", "contrast")  # an empty value clears them (None)
 CHOICE_SETTINGS = ("objective", "method", "base")
-SETTINGS = ("vs", "alpha", *CHOICE_SETTINGS, *TEXT_SETTINGS)
+SWITCHES = {"on": True, "off": False}  # zoom: on | off
+SETTINGS = ("vs", "alpha", *CHOICE_SETTINGS, *TEXT_SETTINGS, "zoom", "zoom_on", "faithfulness")
 QUIT = ("quit", "exit", "q")
 HELP = ("one concept a line; settings as NAME: VALUE with NAME one of " + ", ".join(SETTINGS)
         + " (vs: a; b); reset; quit")
@@ -76,7 +77,7 @@ def _setting(line: str) -> tuple[str, str] | None:
 def _apply(options, name: str, value: str, given: dict[str, float]):
     """`options` with one setting changed, checked as the command line checks it (preflight)."""
     from ..concepts.vocab import preflight
-    from ..options import OptionError
+    from ..options import FAITHFULNESS_NAMES, OptionError
 
     if name == "vs":
         change = {"vs": tuple(v.strip() for v in value.split(";") if v.strip()) or None}
@@ -85,6 +86,16 @@ def _apply(options, name: str, value: str, given: dict[str, float]):
             change = {"alpha": float(value) if value else None}
         except ValueError:
             raise UsageError(f"alpha must be a number, got {value!r}") from None
+    elif name == "zoom":
+        if value not in SWITCHES:
+            raise UsageError(f"zoom: on or off, got {value!r}")
+        change = {"zoom": SWITCHES[value], **({} if SWITCHES[value] else {"zoom_on": None})}
+    elif name == "zoom_on":  # a text turns zoom on; an empty one goes back to each concept's own window
+        change = {"zoom_on": value or None, **({"zoom": True} if value else {})}
+    elif name == "faithfulness":
+        if value not in FAITHFULNESS_NAMES:
+            raise UsageError(f"faithfulness: one of {', '.join(FAITHFULNESS_NAMES)}, got {value!r}")
+        change = {"faithfulness": FAITHFULNESS_NAMES[value]}
     else:
         change = {name: value or None} if name in TEXT_SETTINGS else {name: value}
     if name in ("objective", "method"):  # the alpha the user gave, else the objective's default
@@ -104,5 +115,6 @@ def _apply(options, name: str, value: str, given: dict[str, float]):
 def _describe(options) -> str:
     data = options.to_json()
     shown = {k: data[k] for k in ("method", "objective", "alpha", "base", "vs", "contrast", "vocab", "templates",
-                                  "category") if k in data and data[k] is not None}
+                                  "category", "zoom_on") if k in data and data[k] is not None}
+    shown.update({k: data[k] if data[k] is not True else "on" for k in ("zoom", "faithfulness") if data.get(k)})
     return ", ".join(f"{k} {'; '.join(v) if isinstance(v, list) else v}" for k, v in shown.items())
