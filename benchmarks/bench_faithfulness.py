@@ -68,7 +68,7 @@ def run(args) -> dict[str, str]:
     maps = raw.flatten(2).numpy()
 
     def faith(mode):
-        return removal.faithfulness(backend, pixels, text, objectives, maps, feats.embedding, mode)
+        return removal.faithfulness(backend, pixels, text, objectives, maps, mode)
 
     calls = {"floor": lambda: _floor(backend, pixels),
              "maps": lambda: engine.maps(backend, loc.encode_image(image), text, objectives, base=loc.options().base),

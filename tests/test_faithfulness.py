@@ -92,10 +92,9 @@ def test_on_a_hand_set_model_the_number_is_the_formula(mode):
     model = SumModel(values)
     heat = np.where(np.isin(np.arange(40), [5, 17, 30]), 1.0, 0.1) + 0.01 * rng.random(40)
     maps = np.stack([heat, rng.random(40), np.zeros(40)])[None]
-    full = torch.tensor([[values.sum(), 1.0]], dtype=torch.float32)
     objective = Objective(0, (), 0.0)
     pixels = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    got = removal.faithfulness(model, pixels, torch.tensor([[1.0, 0.0]]), [[objective] * 3], maps, full, mode)[0]
+    got = removal.faithfulness(model, pixels, torch.tensor([[1.0, 0.0]]), [[objective] * 3], maps, mode)[0]
     seed = faith.image_seed(pixels.numpy())
     for m in range(2):
         top = faith.top_sets(maps[0, m], [40 - 1], seed=seed)[0]
@@ -110,8 +109,7 @@ def test_on_a_hand_set_model_the_number_is_the_formula(mode):
 def test_chunks_bound_the_tokens_per_pass_and_change_nothing():
     values = np.random.default_rng(0).normal(size=30)
     maps = np.random.default_rng(1).random((1, 2, 30))
-    args = (torch.zeros(1, 3, 4, 4), torch.tensor([[1.0, 0.0]]), [[Objective(0, (), 0.0)] * 2], maps,
-            torch.tensor([[values.sum(), 1.0]], dtype=torch.float32))
+    args = (torch.zeros(1, 3, 4, 4), torch.tensor([[1.0, 0.0]]), [[Objective(0, (), 0.0)] * 2], maps)
     whole = removal.faithfulness(SumModel(values), *args)[0]
     small = SumModel(values)
     chunked = removal.faithfulness(small, *args, max_tokens=40)[0]

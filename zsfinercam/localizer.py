@@ -293,8 +293,8 @@ class Localizer:
             return None
         from .core import faithfulness, removal
 
-        return removal.faithfulness(self.backend, self.pixels(feats.images), text, objectives, raw.reshape(*raw.shape[:2], -1),
-                                    feats.embedding, faithfulness.mode_of(mode))
+        return removal.faithfulness(self.backend, self.pixels(feats.images), text, objectives,
+                                    raw.reshape(*raw.shape[:2], -1), faithfulness.mode_of(mode))
 
     def _features(self, images) -> ImageFeatures:
         if isinstance(images, ImageFeatures):

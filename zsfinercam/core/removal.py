@@ -2,8 +2,7 @@
 
 For each image the sequences are: per level and map, its top tokens removed (deletion levels) and
 kept alone (insertion levels, unless the mode is "deletion"); per level, DRAWS random sets removed or
-kept alone, shared by every map. They
-run through `Backend.encode_kept` (tokens dropped after the position embedding), grouped by length
+kept alone, shared by every map; and one with every token kept, for O(all). They run through `Backend.encode_kept` (tokens dropped after the position embedding), grouped by length
 so that one pass serves every sequence of a length (insertion sequences are short, deletion ones
 nearly full), in chunks of at most `max_tokens` tokens. The objective of every map is then
 evaluated on every sequence's logits (no logit bias: the objective the map was made from), and
@@ -28,7 +27,7 @@ LEVELS = {"insertion": faith.INSERTION_LEVELS, "deletion": faith.DELETION_LEVELS
 
 
 def faithfulness(backend: Backend, pixels: torch.Tensor, text: torch.Tensor, objectives: Sequence[Sequence[Objective]],
-                 maps: np.ndarray, embedding: torch.Tensor, mode: str = "both", *,
+                 maps: np.ndarray, mode: str = "both", *,
                  max_tokens: int = MAX_TOKENS) -> list[list[faith.Faithfulness]]:
     """The faithfulness of every map (one list per image).
 
@@ -37,19 +36,18 @@ def faithfulness(backend: Backend, pixels: torch.Tensor, text: torch.Tensor, obj
         text: (K, E) the head the objectives index.
         objectives: B lists of M objectives, map m of image b made from objectives[b][m].
         maps: (B, M, N) the maps on the flattened patch grid (raw or normalised: only the order counts).
-        embedding: (B, E) the plain forward's embeddings, for O(all) (deletion).
         mode: one of `faithfulness.MODES`.
     """
     if mode not in faith.MODES:
         raise ValueError(f"unknown faithfulness mode {mode!r}; choose one of: {', '.join(faith.MODES)}")
-    full = objective_scores(logits(embedding[:, None], text, backend.logit_scale).expand(-1, maps.shape[1], -1),
-                            objectives).cpu().numpy()
-    return [_image(backend, pixels[b:b + 1], text, objectives[b], maps[b], full[b], mode, max_tokens)
+    return [_image(backend, pixels[b:b + 1], text, objectives[b], maps[b], mode, max_tokens)
             for b in range(len(objectives))]
 
 
-def _image(backend, pixels, text, objectives, maps, full, mode, max_tokens) -> list[faith.Faithfulness]:
-    """Faithfulness of the M maps (M, N) of one image."""
+def _image(backend, pixels, text, objectives, maps, mode, max_tokens) -> list[faith.Faithfulness]:
+    """Faithfulness of the M maps (M, N) of one image. O(all) comes from the same path as every
+    other value (`encode_kept` with every token kept), so the precision the tower runs in (an
+    autocast on CUDA) enters both sides of each difference alike."""
     patches = maps.shape[-1]
     kinds = ["deletion"] if mode == "deletion" else ["deletion", "insertion"]
     sizes = sorted({n for kind in kinds for n in faith.counts(patches, LEVELS[kind])})
@@ -66,7 +64,8 @@ def _image(backend, pixels, text, objectives, maps, full, mode, max_tokens) -> l
                 if top is not None:
                     where[kind, size, m] = len(sets)
                     sets.append(kept[kind](top[sizes.index(size)]))
-    values = _objective_values(backend, pixels, text, objectives, sets, max_tokens)  # (sets, M)
+    values = _objective_values(backend, pixels, text, objectives, [*sets, np.arange(patches)], max_tokens)
+    full = values[-1]  # (M,): O(all), every token kept
 
     def curve(kind: str, m: int) -> tuple[list[float], list[np.ndarray]]:
         counts = faith.counts(patches, LEVELS[kind])

@@ -294,7 +294,7 @@ def faithfulness_metrics(loc, feats, res, mode: bool | str, seed: int = 0) -> di
     maps = np.stack([flat, np.random.default_rng(seed).permutation(flat)])[None]
     real, shuffled = removal.faithfulness(loc.backend, loc.pixels(feats.images),
                                           loc.head([res.concept, *res.references]), [[objective, objective]], maps,
-                                          feats.embedding, faithfulness.mode_of(mode))[0]
+                                          faithfulness.mode_of(mode))[0]
     return {"faithfulness": real.score, "shuffled": shuffled.score}
 
 
